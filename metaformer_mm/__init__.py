@@ -1,0 +1,13 @@
+"""MetaFormer backbones (PoolFormer, sMLPNet, PoolFormerV2, ConvFormer, CAFormer) for OpenMMLab 2.0.
+
+``import metaformer_mm`` (or ``custom_imports=dict(imports=['metaformer_mm'])`` in a config)
+registers the backbones for mmdet and mmseg and allow-lists the types that mmengine's own
+training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_only=True``.
+"""
+from .checkpoint import allow_mmengine_checkpoint_types
+from .models import *  # noqa: F401,F403
+from .version import __version__
+
+allow_mmengine_checkpoint_types()
+
+__all__ = ['__version__']

@@ -1,0 +1,399 @@
+"""The MetaFormer backbone: one class for PoolFormer, its baselines family and sMLPNet.
+
+A MetaFormer is a stem, four stages (a downsampling conv, then blocks) and either four
+output norms (``fork_feat=True``, for dense prediction) or the classifier. Each block is
+
+    x = res_scale1(x) + drop_path(layer_scale1(token_mixer(norm1(x))))
+    x = res_scale2(x) + drop_path(layer_scale2(mlp(norm2(x))))
+
+Family members differ only in the arguments of the table ``ARCH_SETTINGS`` below.
+State-dict keys follow timm's ``metaformer.py`` (``stem``, ``stages.N.downsample``,
+``stages.N.blocks.M``, ``head``), plus ``out_norms.N`` for the dense-prediction maps.
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import register_backbone
+from ..layers import DropPath, Downsample, Mlp, Scale, build_act
+from ..mixers import build_mixer
+from ..norms import build_norm
+
+NUM_STAGES = 4
+
+_V1 = dict(  # PoolFormer ("MetaFormer is Actually What You Need for Vision")
+    token_mixers='pooling', mlp_ratios=4, norm_cfg=dict(type='GN', num_groups=1, eps=1e-5),
+    act_cfg=dict(type='GELU'), mlp_bias=True, res_scale_init_values=None,
+    stem=dict(kernel_size=7, stride=4, padding=2, bias=True, post_norm=None),
+    downsample=dict(kernel_size=3, stride=2, padding=1, bias=True, pre_norm=None),
+    out_norm_cfg=dict(type='GN', num_groups=1, eps=1e-5),
+    head=dict(norm_cfg=dict(type='GN', num_groups=1, eps=1e-5), pool_first=False, mlp=False))
+
+_LN_NO_BIAS = dict(type='LN2d', eps=1e-6, bias=False)
+_V2 = dict(  # "MetaFormer Baselines for Vision"
+    token_mixers='pooling', mlp_ratios=4, norm_cfg=_LN_NO_BIAS,
+    act_cfg=dict(type='StarReLU'), mlp_bias=False, layer_scale_init_value=None,
+    res_scale_init_values=[None, None, 1.0, 1.0],
+    stem=dict(kernel_size=7, stride=4, padding=2, bias=True, post_norm=_LN_NO_BIAS),
+    downsample=dict(kernel_size=3, stride=2, padding=1, bias=True, pre_norm=_LN_NO_BIAS),
+    out_norm_cfg=dict(type='LN2d', eps=1e-6),
+    head=dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=False))
+_GN1_NO_BIAS = dict(type='GN', num_groups=1, eps=1e-6, bias=False)
+_SEPCONV = dict(type='sepconv')
+_ATTENTION = dict(type='attention', head_dim=32)
+
+_S = dict(dims=[64, 128, 320, 512])
+_M = dict(dims=[96, 192, 384, 768])
+_B = dict(dims=[128, 256, 512, 768])
+
+
+def _arch(base: Dict, **kwargs) -> Dict:
+    out = copy.deepcopy(base)
+    out.update(copy.deepcopy(kwargs))
+    return out
+
+
+ARCH_SETTINGS: Dict[str, Dict] = {
+    'poolformer_s12': _arch(_V1, **_S, depths=[2, 2, 6, 2], layer_scale_init_value=1e-5),
+    'poolformer_s24': _arch(_V1, **_S, depths=[4, 4, 12, 4], layer_scale_init_value=1e-5),
+    'poolformer_s36': _arch(_V1, **_S, depths=[6, 6, 18, 6], layer_scale_init_value=1e-6),
+    'poolformer_m36': _arch(_V1, **_M, depths=[6, 6, 18, 6], layer_scale_init_value=1e-6),
+    'poolformer_m48': _arch(_V1, **_M, depths=[8, 8, 24, 8], layer_scale_init_value=1e-6),
+}
+for _name, _depths, _dims in [('s12', [2, 2, 6, 2], _S), ('s24', [4, 4, 12, 4], _S),
+                              ('s36', [6, 6, 18, 6], _S), ('m36', [6, 6, 18, 6], _M),
+                              ('m48', [8, 8, 24, 8], _M)]:
+    ARCH_SETTINGS[f'poolformerv2_{_name}'] = _arch(_V2, **_dims, depths=_depths,
+                                                   norm_cfg=_GN1_NO_BIAS)
+    ARCH_SETTINGS[f'identityformer_{_name}'] = _arch(_V2, **_dims, depths=_depths,
+                                                     norm_cfg=_GN1_NO_BIAS,
+                                                     token_mixers='identity')
+for _name, _depths, _dims in [('s18', [3, 3, 9, 3], _S), ('s36', [3, 12, 18, 3], _S),
+                              ('m36', [3, 12, 18, 3], _M), ('b36', [3, 12, 18, 3], _B)]:
+    _head = dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=True)
+    ARCH_SETTINGS[f'convformer_{_name}'] = _arch(_V2, **_dims, depths=_depths,
+                                                 token_mixers=_SEPCONV, head=_head)
+    ARCH_SETTINGS[f'caformer_{_name}'] = _arch(
+        _V2, **_dims, depths=_depths, head=_head,
+        token_mixers=[_SEPCONV, _SEPCONV, _ATTENTION, _ATTENTION])
+
+# Arguments a user may override on top of a preset (or give in full as ``arch=dict(...)``).
+ARCH_KEYS = ('depths', 'dims', 'token_mixers', 'mlp_ratios', 'norm_cfg', 'act_cfg', 'mlp_bias',
+             'layer_scale_init_value', 'res_scale_init_values', 'stem', 'downsample',
+             'out_norm_cfg', 'head')
+
+
+def _per_stage(value, name: str) -> List:
+    """Expands a single value to four stages, or checks a per-stage list has four entries."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != NUM_STAGES:
+            raise ValueError(f'{name} must have {NUM_STAGES} entries (one per stage) or be a '
+                             f'single value, got {len(value)}: {value!r}')
+        return list(value)
+    return [value] * NUM_STAGES
+
+
+class MetaFormerBlock(nn.Module):
+    """One MetaFormer block: token mixing and channel MLP, each in a scaled residual branch."""
+
+    def __init__(self, dim: int, token_mixer: nn.Module, mlp: nn.Module, norm_cfg: Dict,
+                 drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
+                 res_scale_init_value: Optional[float] = None,
+                 norm1_cfg: Union[Dict, None, str] = 'same') -> None:
+        super().__init__()
+        self.norm1 = build_norm(norm_cfg if norm1_cfg == 'same' else norm1_cfg, dim)
+        self.token_mixer = token_mixer
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale1 = self._scale(dim, layer_scale_init_value)
+        self.res_scale1 = self._scale(dim, res_scale_init_value)
+        self.norm2 = build_norm(norm_cfg, dim)
+        self.mlp = mlp
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale2 = self._scale(dim, layer_scale_init_value)
+        self.res_scale2 = self._scale(dim, res_scale_init_value)
+
+    @staticmethod
+    def _scale(dim: int, init_value: Optional[float]) -> nn.Module:
+        return Scale(dim, init_value) if init_value is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.drop_path1(self.layer_scale1(self.token_mixer(self.norm1(x))))
+        return self.res_scale2(x) + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
+
+
+class MetaFormerStage(nn.Module):
+    """Downsampling (the stem for stage 0 lives outside) followed by a stack of blocks."""
+
+    def __init__(self, downsample: nn.Module, blocks: List[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*blocks)
+
+
+class MlpHead(nn.Module):
+    """The baselines' MLP classifier: fc, SquaredReLU, LayerNorm, fc."""
+
+    def __init__(self, dim: int, num_classes: int, mlp_ratio: float = 4) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = build_act(dict(type='SquaredReLU'))
+        self.norm = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class ClassifierHead(nn.Module):
+    """Final norm, global average pooling and classifier (only without ``fork_feat``).
+
+    PoolFormer and sMLPNet normalize the last map before pooling; the baselines pool first.
+    """
+
+    def __init__(self, dim: int, num_classes: int, norm_cfg: Dict, pool_first: bool,
+                 mlp: bool) -> None:
+        super().__init__()
+        self.pool_first = pool_first
+        self.norm = build_norm(norm_cfg, dim)
+        self.fc = MlpHead(dim, num_classes) if mlp else nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.mean((2, 3))) if self.pool_first else self.norm(x).mean((2, 3))
+        return self.fc(x)
+
+
+@register_backbone
+class MetaFormer(BaseModule):
+    """MetaFormer backbone for mmdet/mmseg (``fork_feat=True``) or classification.
+
+    Args:
+        arch: a preset name from ``ARCH_SETTINGS`` (``'poolformer_s12'``; subclasses such as
+            ``PoolFormer`` accept the short name ``'s12'``) or a dict of ``ARCH_KEYS``.
+        in_channels: input channels.
+        fork_feat: return the normalized maps of the stages in ``out_indices`` (strides
+            4, 8, 16, 32) instead of classification logits.
+        out_indices: stage indices 0..3 (negatives count from the end); output norms are
+            built only for these, so no parameter is left unused under DDP.
+        frozen_stages: -1 freezes nothing; k freezes the stem and stages 0..k-1 with their
+            output norms, kept in eval mode through ``train()``.
+        norm_eval: keep every BatchNorm in eval mode while training (frozen statistics).
+        with_cp: gradient checkpointing per block (saves activation memory in training).
+        drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
+        num_classes: classifier classes (only without ``fork_feat``).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
+            weights in any supported layout (see ``metaformer_mm.checkpoint``).
+        **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
+            and ``pool_size``, which sets the pool size of every pooling mixer.
+    """
+
+    arch_prefix = ''  # subclasses resolve short names such as 's12' to f'{arch_prefix}s12'
+    arch_settings = ARCH_SETTINGS
+
+    def __init__(self, arch: Union[str, Dict] = 'poolformer_s12', in_channels: int = 3,
+                 fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
+                 drop_path_rate: float = 0.0, num_classes: int = 1000,
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None, **arch_overrides) -> None:
+        super().__init__(init_cfg=init_cfg)
+        settings = self._resolve_arch(arch, arch_overrides)
+        depths, dims = list(settings['depths']), list(settings['dims'])
+        if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
+            raise ValueError(f'depths and dims must have {NUM_STAGES} entries, got '
+                             f'depths={depths}, dims={dims}')
+        if drop_path_rate < 0 or drop_path_rate >= 1:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'frozen_stages must be in -1..{NUM_STAGES}, got {frozen_stages}')
+        self.arch_settings_used = settings
+        self.depths, self.dims = depths, dims
+        self.fork_feat = fork_feat
+        self.out_indices = self._check_out_indices(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        mixers = _per_stage(settings['token_mixers'], 'token_mixers')
+        mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
+        res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
+        pool_size = settings.get('pool_size')
+        ls_init = settings.get('layer_scale_init_value')
+
+        stem = dict(settings['stem'])
+        self.stem = Downsample(in_channels, dims[0], **stem)
+        strides = [stem['stride'] * 2 ** i for i in range(NUM_STAGES)]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, cursor = [], 0
+        for i in range(NUM_STAGES):
+            down = (Downsample(dims[i - 1], dims[i], **settings['downsample'])
+                    if i > 0 else nn.Identity())
+            mixer_cfg = mixers[i] if isinstance(mixers[i], dict) else dict(type=mixers[i])
+            if pool_size is not None and mixer_cfg.get('type') == 'pooling':
+                mixer_cfg = dict(mixer_cfg, pool_size=pool_size)
+            blocks = [
+                MetaFormerBlock(
+                    dims[i],
+                    token_mixer=build_mixer(mixer_cfg, dims[i], strides[i]),
+                    mlp=Mlp(dims[i], mlp_ratios[i], settings['act_cfg'], settings['mlp_bias']),
+                    norm_cfg=settings['norm_cfg'], drop_path=dpr[cursor + j],
+                    layer_scale_init_value=ls_init, res_scale_init_value=res_scales[i],
+                    norm1_cfg=settings.get('norm1_cfg', 'same'))
+                for j in range(depths[i])
+            ]
+            cursor += depths[i]
+            stages.append(MetaFormerStage(down, blocks))
+        self.stages = nn.ModuleList(stages)
+
+        if fork_feat:
+            self.out_norms = nn.ModuleDict({
+                str(i): build_norm(settings['out_norm_cfg'], dims[i]) for i in self.out_indices})
+        else:
+            head = dict(settings['head'])
+            self.head = ClassifierHead(dims[-1], num_classes, **head)
+        self._freeze_stages()
+
+    @classmethod
+    def _resolve_arch(cls, arch: Union[str, Dict], overrides: Dict) -> Dict:
+        if isinstance(arch, str):
+            name = arch if arch in cls.arch_settings else f'{cls.arch_prefix}{arch}'
+            if name not in cls.arch_settings:
+                allowed = sorted(k[len(cls.arch_prefix):] for k in cls.arch_settings
+                                 if k.startswith(cls.arch_prefix))
+                raise ValueError(f'unknown arch {arch!r} for {cls.__name__}; allowed: {allowed}')
+            settings = copy.deepcopy(cls.arch_settings[name])
+        elif isinstance(arch, dict):
+            base = arch.get('base')
+            settings = copy.deepcopy(cls.arch_settings[base]) if base else {}
+            settings.update({k: v for k, v in arch.items() if k != 'base'})
+        else:
+            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
+        unknown = set(overrides) - set(ARCH_KEYS) - {'pool_size', 'norm1_cfg'}
+        if unknown:
+            raise TypeError(f'{cls.__name__} got unexpected arguments {sorted(unknown)}; '
+                            f'architecture arguments are {list(ARCH_KEYS) + ["pool_size"]}')
+        settings.update(copy.deepcopy(overrides))
+        missing = {'depths', 'dims', 'stem', 'downsample'} - set(settings)
+        if missing:
+            raise ValueError(f'arch dict lacks {sorted(missing)}; give them or base=PRESET')
+        for key, value in ARCH_SETTINGS['poolformer_s12'].items():
+            settings.setdefault(key, copy.deepcopy(value))
+        return settings
+
+    def _check_out_indices(self, out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        result = []
+        for idx in out_indices:
+            if not isinstance(idx, int) or not -NUM_STAGES <= idx < NUM_STAGES:
+                raise ValueError(f'out_indices must hold stage indices in {-NUM_STAGES}..'
+                                 f'{NUM_STAGES - 1}, got {list(out_indices)}')
+            result.append(idx % NUM_STAGES)
+        if len(set(result)) != len(result) or not result:
+            raise ValueError(f'out_indices must be non-empty and name each stage once, got '
+                             f'{list(out_indices)}')
+        return tuple(sorted(result))
+
+    # ---------------------------------------------------------------- forward
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            for block in blocks:
+                x = cp.checkpoint(block, x, use_reentrant=False)
+            return x
+        return blocks(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        in_channels = self.stem.conv.in_channels
+        if x.dim() != 4 or x.shape[1] != in_channels:
+            raise ValueError(f'expected an input of shape (N, {in_channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+
+    def forward_stages(self, x: torch.Tensor, last: int = NUM_STAGES - 1) -> List[torch.Tensor]:
+        """Runs the stem and stages 0..``last``; returns the raw (un-normalized) stage outputs."""
+        self._check_input(x)
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages[:last + 1]:
+            x = self._run_blocks(stage.blocks, stage.downsample(x))
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> Union[Tuple[torch.Tensor, ...], torch.Tensor]:
+        if not self.fork_feat:
+            return self.head(self.forward_stages(x)[-1])
+        stage_outs = self.forward_stages(x, last=max(self.out_indices))
+        return tuple(self.out_norms[str(i)](stage_outs[i]) for i in self.out_indices)
+
+    # ---------------------------------------------------------------- training state
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.stem]
+        for i in range(self.frozen_stages):
+            modules.append(self.stages[i])
+            if self.fork_feat and str(i) in self.out_norms:
+                modules.append(self.out_norms[str(i)])
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'MetaFormer':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    # ---------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """Loads ``init_cfg`` weights in any supported layout, or initialises like the originals."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            from ...checkpoint import load_pretrained
+            load_pretrained(self, self.init_cfg['checkpoint'],
+                            prefix=self.init_cfg.get('prefix'),
+                            map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        if self.init_cfg is None:
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+            self._is_init = True
+            return
+        super().init_weights()
+
+
+def _family(name: str, prefix: str, doc: str) -> type:
+    """Makes a preset-family subclass (``PoolFormer(arch='s12')``) of :class:`MetaFormer`."""
+    cls = type(name, (MetaFormer,), {'arch_prefix': prefix, '__doc__': doc})
+    default = next(k for k in ARCH_SETTINGS if k.startswith(prefix))
+
+    def __init__(self, arch: Union[str, Dict] = default[len(prefix):], **kwargs) -> None:
+        MetaFormer.__init__(self, arch, **kwargs)
+
+    cls.__init__ = __init__
+    return register_backbone(cls)
+
+
+PoolFormer = _family('PoolFormer', 'poolformer_',
+                     'PoolFormer S12/S24/S36/M36/M48 (pooling mixer, GroupNorm, layer scale).')
+PoolFormerV2 = _family('PoolFormerV2', 'poolformerv2_', 'PoolFormerV2 of the MetaFormer baselines.')
+IdentityFormer = _family('IdentityFormer', 'identityformer_',
+                         'IdentityFormer of the MetaFormer baselines (no token mixing).')
+ConvFormer = _family('ConvFormer', 'convformer_',
+                     'ConvFormer of the MetaFormer baselines (separable-conv mixer).')
+CAFormer = _family('CAFormer', 'caformer_',
+                   'CAFormer: separable convs in stages 0-1, attention in stages 2-3.')

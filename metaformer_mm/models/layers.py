@@ -1,0 +1,114 @@
+"""Small building blocks shared by every MetaFormer: activations, scales, MLP, stem/downsampling."""
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .norms import NormCfg, build_norm
+
+
+class StarReLU(nn.Module):
+    """``s * relu(x) ** 2 + b`` with learnable scalars (MetaFormer baselines)."""
+
+    def __init__(self, scale_value: float = 1.0, bias_value: float = 0.0,
+                 scale_learnable: bool = True, bias_learnable: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), scale_value), requires_grad=scale_learnable)
+        self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=bias_learnable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.relu(x).square() + self.bias
+
+
+class SquaredReLU(nn.Module):
+    """``relu(x) ** 2`` (the activation of the baselines' MLP classifier head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+_ACTS = {'GELU': nn.GELU, 'ReLU': nn.ReLU, 'SiLU': nn.SiLU, 'StarReLU': StarReLU,
+         'SquaredReLU': SquaredReLU, 'Identity': nn.Identity}
+
+
+def build_act(cfg: Optional[Dict]) -> nn.Module:
+    """Builds an activation from an mmcv-style ``act_cfg``; ``None`` gives identity."""
+    if cfg is None:
+        return nn.Identity()
+    cfg = dict(cfg)
+    act_type = cfg.pop('type', None)
+    if act_type not in _ACTS:
+        raise KeyError(f'unknown activation {act_type!r} in act_cfg; allowed: {sorted(_ACTS)}')
+    return _ACTS[act_type](**cfg)
+
+
+class Scale(nn.Module):
+    """Per-channel learnable scale of an NCHW tensor (layer scale and res scale)."""
+
+    def __init__(self, dim: int, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
+
+
+class Mlp(nn.Module):
+    """Channel MLP of a MetaFormer block: 1x1 conv, activation, 1x1 conv."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, act_cfg: Optional[Dict] = None,
+                 bias: bool = True, drop: float = 0.0) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = nn.Conv2d(dim, hidden, 1, bias=bias)
+        self.act = build_act(act_cfg or dict(type='GELU'))
+        self.fc2 = nn.Conv2d(hidden, dim, 1, bias=bias)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Downsample(nn.Module):
+    """Strided conv between stages (and the stem), with optional pre- and post-norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 padding: int, bias: bool = True, pre_norm: NormCfg = None,
+                 post_norm: NormCfg = None) -> None:
+        super().__init__()
+        # Keys follow timm's layout: `norm` before the conv (stages), `norm` after it (stem);
+        # a module never has both in the MetaFormer family.
+        if pre_norm is not None and post_norm is not None:
+            raise ValueError('Downsample takes pre_norm or post_norm, not both')
+        self.pre_norm = pre_norm is not None
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        if pre_norm is not None:
+            self.norm = build_norm(pre_norm, in_channels)
+        elif post_norm is not None:
+            self.norm = build_norm(post_norm, out_channels)
+        else:
+            self.norm = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            return self.conv(self.norm(x))
+        return self.norm(self.conv(x))
