@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -193,16 +192,17 @@ class MetaFormer(BaseModule):
             and ``pool_size``, which sets the pool size of every pooling mixer.
     """
 
-    arch_prefix = ''  # subclasses resolve short names such as 's12' to f'{arch_prefix}s12'
+    # Subclasses resolve short names such as 's12' to f'{arch_prefix}s12'.
+    arch_prefix, default_arch = '', 'poolformer_s12'
     arch_settings = ARCH_SETTINGS
 
-    def __init__(self, arch: Union[str, Dict] = 'poolformer_s12', in_channels: int = 3,
+    def __init__(self, arch: Union[str, Dict, None] = None, in_channels: int = 3,
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  drop_path_rate: float = 0.0, num_classes: int = 1000,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None, **arch_overrides) -> None:
         super().__init__(init_cfg=init_cfg)
-        settings = self._resolve_arch(arch, arch_overrides)
+        settings = self._resolve_arch(self.default_arch if arch is None else arch, arch_overrides)
         depths, dims = list(settings['depths']), list(settings['dims'])
         if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
             raise ValueError(f'depths and dims must have {NUM_STAGES} entries, got '
@@ -376,24 +376,31 @@ class MetaFormer(BaseModule):
         super().init_weights()
 
 
-def _family(name: str, prefix: str, doc: str) -> type:
-    """Makes a preset-family subclass (``PoolFormer(arch='s12')``) of :class:`MetaFormer`."""
-    cls = type(name, (MetaFormer,), {'arch_prefix': prefix, '__doc__': doc})
-    default = next(k for k in ARCH_SETTINGS if k.startswith(prefix))
-
-    def __init__(self, arch: Union[str, Dict] = default[len(prefix):], **kwargs) -> None:
-        MetaFormer.__init__(self, arch, **kwargs)
-
-    cls.__init__ = __init__
-    return register_backbone(cls)
+@register_backbone
+class PoolFormer(MetaFormer):
+    """PoolFormer S12/S24/S36/M36/M48: pooling mixer, GroupNorm(1), layer scale."""
+    arch_prefix, default_arch = 'poolformer_', 's12'
 
 
-PoolFormer = _family('PoolFormer', 'poolformer_',
-                     'PoolFormer S12/S24/S36/M36/M48 (pooling mixer, GroupNorm, layer scale).')
-PoolFormerV2 = _family('PoolFormerV2', 'poolformerv2_', 'PoolFormerV2 of the MetaFormer baselines.')
-IdentityFormer = _family('IdentityFormer', 'identityformer_',
-                         'IdentityFormer of the MetaFormer baselines (no token mixing).')
-ConvFormer = _family('ConvFormer', 'convformer_',
-                     'ConvFormer of the MetaFormer baselines (separable-conv mixer).')
-CAFormer = _family('CAFormer', 'caformer_',
-                   'CAFormer: separable convs in stages 0-1, attention in stages 2-3.')
+@register_backbone
+class PoolFormerV2(MetaFormer):
+    """PoolFormerV2 S12..M48 of the MetaFormer baselines (StarReLU, bias-free norms)."""
+    arch_prefix, default_arch = 'poolformerv2_', 's12'
+
+
+@register_backbone
+class IdentityFormer(MetaFormer):
+    """IdentityFormer S12..M48 of the MetaFormer baselines (no token mixing at all)."""
+    arch_prefix, default_arch = 'identityformer_', 's12'
+
+
+@register_backbone
+class ConvFormer(MetaFormer):
+    """ConvFormer S18/S36/M36/B36: separable-conv mixer in every stage."""
+    arch_prefix, default_arch = 'convformer_', 's18'
+
+
+@register_backbone
+class CAFormer(MetaFormer):
+    """CAFormer S18/S36/M36/B36: separable convs in stages 0-1, attention in stages 2-3."""
+    arch_prefix, default_arch = 'caformer_', 's18'

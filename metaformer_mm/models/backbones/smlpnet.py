@@ -45,9 +45,9 @@ class SMLPNet(MetaFormer):
     under small per-GPU batches.
     """
 
-    arch_prefix = 'smlpnet_'
+    arch_prefix, default_arch = 'smlpnet_', 'tiny'
 
-    def __init__(self, arch: Union[str, Dict] = 'tiny', image_size: int = 224,
+    def __init__(self, arch: Union[str, Dict, None] = None, image_size: int = 224,
                  resize_mode: str = 'interpolate', **kwargs) -> None:
         if 'token_mixers' not in kwargs:
             kwargs['token_mixers'] = dict(type='smlp', image_size=image_size,
