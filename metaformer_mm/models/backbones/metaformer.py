@@ -50,6 +50,8 @@ _ATTENTION = dict(type='attention', head_dim=32)
 _S = dict(dims=[64, 128, 320, 512])
 _M = dict(dims=[96, 192, 384, 768])
 _B = dict(dims=[128, 256, 512, 768])
+# ConvFormer/CAFormer M36 end at 576 channels, not PoolFormer M's 768 (sail-sg/metaformer).
+_M576 = dict(dims=[96, 192, 384, 576])
 
 
 def _arch(base: Dict, **kwargs) -> Dict:
@@ -74,7 +76,7 @@ for _name, _depths, _dims in [('s12', [2, 2, 6, 2], _S), ('s24', [4, 4, 12, 4], 
                                                      norm_cfg=_GN1_NO_BIAS,
                                                      token_mixers='identity')
 for _name, _depths, _dims in [('s18', [3, 3, 9, 3], _S), ('s36', [3, 12, 18, 3], _S),
-                              ('m36', [3, 12, 18, 3], _M), ('b36', [3, 12, 18, 3], _B)]:
+                              ('m36', [3, 12, 18, 3], _M576), ('b36', [3, 12, 18, 3], _B)]:
     _head = dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=True)
     ARCH_SETTINGS[f'convformer_{_name}'] = _arch(_V2, **_dims, depths=_depths,
                                                  token_mixers=_SEPCONV, head=_head)

@@ -49,7 +49,8 @@ class SMLPNet(MetaFormer):
 
     def __init__(self, arch: Union[str, Dict, None] = None, image_size: int = 224,
                  resize_mode: str = 'interpolate', **kwargs) -> None:
-        if 'token_mixers' not in kwargs:
+        # An explicit token_mixers (keyword or in an arch dict) wins over image_size/resize_mode.
+        if 'token_mixers' not in kwargs and not (isinstance(arch, dict) and 'token_mixers' in arch):
             kwargs['token_mixers'] = dict(type='smlp', image_size=image_size,
                                           resize_mode=resize_mode)
         super().__init__(arch, **kwargs)
