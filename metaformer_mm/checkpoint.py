@@ -86,24 +86,41 @@ def _guarded(path: str, load: Callable[[], Any]) -> Any:
         raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint: {detail}') from None
 
 
-def allow_mmengine_checkpoint_types() -> None:
-    """Allow-lists exactly the non-tensor types inside mmengine's training checkpoints.
+def _reduce_history_buffer(buffer: Any) -> tuple:
+    """Pickles a ``HistoryBuffer`` as its data only.
 
-    With torch >= 2.6, ``torch.load`` defaults to ``weights_only=True`` and refuses
-    mmengine's own checkpoints (``resume``, ``load_from``) because their ``message_hub``
-    holds ``HistoryBuffer`` objects with numpy arrays. Only those types are added; the
-    weights-only unpickler stays on for everything else.
+    mmengine's ``HistoryBuffer.__getstate__`` also stores the class-wide statistics
+    methods (``HistoryBuffer.min`` ...), which pickle as ``getattr`` calls; allowing
+    ``getattr`` would open the weights-only unpickler far wider than needed.
+    ``__setstate__`` registers the default methods again on load, so nothing is lost.
     """
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is None:  # torch < 2.4 does not restrict unpickling by default
-        return
+    state = {k: v for k, v in vars(buffer).items() if k != 'statistics_methods'}
+    return type(buffer), (), state
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    """Lets ``weights_only=True`` load mmengine's own training checkpoints.
+
+    With torch >= 2.6, ``torch.load`` defaults to ``weights_only=True`` and refuses the
+    checkpoints mmengine writes (``resume``, ``load_from``): their ``message_hub`` holds
+    ``HistoryBuffer`` objects with numpy arrays. This allow-lists exactly those types
+    (``HistoryBuffer``, numpy arrays, dtypes and scalars) and registers a data-only pickle
+    form for ``HistoryBuffer`` (see ``_reduce_history_buffer``). The weights-only
+    unpickler stays on for everything else; nothing that can run code is allowed.
+    """
+    import copyreg
+
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+    add = getattr(torch.serialization, 'add_safe_globals', None)
+    if add is None:  # torch < 2.4 has no weights-only default to satisfy
+        return
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+    dtype_classes = {type(np.dtype(t)) for t in np.typecodes['All'] if t not in 'OV'}
     add([HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes])
 
 
@@ -302,6 +319,25 @@ def _fit(name: str, value: torch.Tensor, target: torch.Tensor, path: str) -> tor
         f'{tuple(target.shape)} in the model (a checkpoint of another architecture?)')
 
 
+def _depths(keys) -> List[int]:
+    blocks = [set() for _ in range(4)]
+    for key in keys:
+        m = re.match(r'stages\.(\d)\.blocks\.(\d+)\.', key)
+        if m and int(m.group(1)) < 4:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+    return [len(b) for b in blocks]
+
+
+def _check_depths(converted: StateDict, own: StateDict, path: str) -> None:
+    """Refuses a checkpoint whose stages hold another number of blocks than the model's."""
+    theirs, ours = _depths(converted), _depths(own)
+    # A stage absent from the file is a partial file (judged by the load fraction), not a mismatch.
+    if any(t and t != o for t, o in zip(theirs, ours)):
+        raise CheckpointError(
+            f'architecture mismatch loading {path}: its stages have {theirs} blocks, the model '
+            f'has {ours} (a checkpoint of another arch, e.g. S24 weights for an S12 backbone?)')
+
+
 def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
                     map_location: Any = 'cpu', min_fraction: float = 0.5,
                     logger: Optional[MMLogger] = None) -> Dict[str, Any]:
@@ -320,6 +356,7 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     fork_feat = getattr(model, 'fork_feat', True)
     dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')]
     own = model.state_dict()
+    _check_depths(converted, own, path)
     loaded, unexpected = OrderedDict(), []
     for key, value in converted.items():
         if key in dropped:
@@ -370,3 +407,94 @@ def atomic_save(obj: Any, dst: str) -> None:
     finally:
         if osp.exists(tmp):
             os.remove(tmp)
+
+
+# =========================================================================== whole detectors
+# Section: converting whole detector / segmentor checkpoints (detection tools, issue 4).
+# Self-contained: it uses only the backbone converters above.
+#
+# The sail-sg releases were trained with mmdet 2.19 (RetinaNet, Mask R-CNN) and mmseg 0.19
+# (Semantic FPN). Their backbone keys are the official_v1 layout under ``backbone.``
+# (``network.N...``, output norms ``norm{0,2,4,6}``; RetinaNet's files lack ``norm0``, which
+# was an ``nn.Identity`` under ``FORK_LAST3=1``). Everything else was compared, module by
+# module, between mmdet 2.x / mmseg 0.x and the installed mmdet 3.3 / mmseg 1.2 sources:
+#   FPN               neck.lateral_convs.N.conv.*, neck.fpn_convs.N.conv.*
+#   RetinaHead        bbox_head.{cls_convs,reg_convs}.N.conv.*, bbox_head.retina_{cls,reg}.*
+#   RPNHead           rpn_head.rpn_conv.*, rpn_head.rpn_{cls,reg}.*  (num_convs=1: a Conv2d)
+#   Shared2FCBBoxHead roi_head.bbox_head.shared_fcs.N.*, roi_head.bbox_head.fc_{cls,reg}.*
+#   FCNMaskHead       roi_head.mask_head.convs.N.conv.*, .upsample.*, .conv_logits.*
+#   FPNHead (mmseg)   decode_head.scale_heads.N.M.{conv,bn}.*, decode_head.conv_seg.*
+# All of these names are unchanged (ConvModule still names its parts ``conv``/``bn``/``gn``),
+# and the FPN index of RetinaNet's first lateral conv is 0 both for 2.x's
+# ``in_channels=[64,128,320,512], start_level=1`` and for our ``[128,320,512], start_level=0``.
+# So the rename tables are empty; they stay as the one place to add a rule should a head's
+# names differ.
+DETECTOR_KEY_RULES: Dict[str, List[Tuple[str, str]]] = {
+    'mmdet2': [],  # mmdet 2.x -> 3.x, keys outside the backbone
+    'mmseg0': [],  # mmseg 0.x -> 1.x, keys outside the backbone
+}
+
+
+def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
+    """Layout of the ``prefix`` keys of a whole-model state dict; None if none or unknown."""
+    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    if not backbone:
+        return None
+    try:
+        return detect_layout(backbone)
+    except CheckpointError:
+        return None  # not a MetaFormer backbone (e.g. a ResNet): nothing of ours to convert
+
+
+def convert_detector_checkpoint(state: StateDict, kind: str = 'mmdet2',
+                                prefix: str = 'backbone.') -> StateDict:
+    """Maps a whole detector (``kind='mmdet2'``) or segmentor (``'mmseg0'``) state dict to ours.
+
+    The ``prefix`` keys go through :func:`convert_state_dict` (any supported backbone layout;
+    files already in this project's layout come back unchanged); the neck and head keys go
+    through ``DETECTOR_KEY_RULES[kind]`` and are otherwise kept. Order is preserved.
+    """
+    if kind not in DETECTOR_KEY_RULES:
+        raise ValueError(f'unknown kind {kind!r}; allowed: {sorted(DETECTOR_KEY_RULES)}')
+    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    if not backbone:
+        raise CheckpointError(f'no key starts with {prefix!r} (first keys: {list(state)[:4]}); '
+                              f'is this a whole detector/segmentor checkpoint?')
+    _, converted_backbone = convert_state_dict(backbone)
+    rename = _renamer(DETECTOR_KEY_RULES[kind])
+    out = OrderedDict((prefix + k, v) for k, v in converted_backbone.items())
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            out[rename(key) or key] = value
+    return out
+
+
+def detector_dataset_meta(obj: Any) -> Dict[str, Any]:
+    """``dataset_meta`` (classes, palette) of a loaded checkpoint, from 3.x or 2.x metadata."""
+    meta = obj.get('meta') if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    if isinstance(meta.get('dataset_meta'), dict):
+        return dict(meta['dataset_meta'])
+    # mmdet 2.x / mmseg 0.x stored upper-case CLASSES and PALETTE at the top of ``meta``.
+    return {k.lower(): meta[k] for k in ('CLASSES', 'PALETTE') if meta.get(k) is not None}
+
+
+def convert_detector_file(src: str, dst: str, kind: str = 'mmdet2') -> Tuple[Optional[str], int]:
+    """Writes ``src`` (a whole-model checkpoint) converted for this project's configs to ``dst``.
+
+    The output is ``{'state_dict': ..., 'meta': {'dataset_meta': ..., 'converted_from': ...}}``,
+    which ``tools/test.py``, ``init_detector`` and ``load_from`` read. Returns the layout the
+    backbone was found in and the number of tensors written.
+    """
+    raw = read_checkpoint(src)
+    state = extract_state_dict(raw, src)
+    layout = detector_backbone_layout(state)
+    converted = convert_detector_checkpoint(state, kind)
+    meta = {'converted_from': f'{kind}/{layout}'}
+    dataset_meta = detector_dataset_meta(raw)
+    if dataset_meta:
+        meta['dataset_meta'] = dataset_meta
+    atomic_save({'state_dict': converted, 'meta': meta}, dst)
+    return layout, len(converted)
+# ======================================================================= end whole detectors

@@ -33,3 +33,21 @@ def data_dir() -> str:
 @pytest.fixture(scope='session')
 def repo_root() -> str:
     return ROOT
+
+
+@pytest.fixture(scope='session')
+def key_shapes(reference_dir):
+    """Returns a loader: name -> {tensor name: shape} of a full-size original state dict
+    listed in reference/keys/NAME.txt (e.g. 'poolformer_s12')."""
+
+    def load(name: str):
+        shapes = {}
+        with open(osp.join(reference_dir, 'keys', f'{name}.txt')) as f:
+            for line in f:
+                if line.startswith('#') or not line.strip():
+                    continue
+                key, shape = line.split(' ', 1)
+                shapes[key] = tuple(int(d) for d in shape.strip().strip('[]').split(',') if d.strip())
+        return shapes
+
+    return load

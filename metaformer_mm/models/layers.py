@@ -39,7 +39,7 @@ def build_act(cfg: Optional[Dict]) -> nn.Module:
     cfg = dict(cfg)
     act_type = cfg.pop('type', None)
     if act_type not in _ACTS:
-        raise KeyError(f'unknown activation {act_type!r} in act_cfg; allowed: {sorted(_ACTS)}')
+        raise ValueError(f'unknown activation {act_type!r} in act_cfg; allowed: {sorted(_ACTS)}')
     return _ACTS[act_type](**cfg)
 
 

@@ -208,5 +208,5 @@ def build_mixer(cfg: Union[str, Dict], dim: int, token_stride: int) -> nn.Module
     cfg = dict(cfg)
     name = cfg.pop('type')
     if name not in MIXERS:
-        raise KeyError(f'unknown token mixer {name!r}; allowed: {sorted(MIXERS)}')
+        raise ValueError(f'unknown token mixer {name!r}; allowed: {sorted(MIXERS)}')
     return MIXERS[name](dim, token_stride, **cfg)

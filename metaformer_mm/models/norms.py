@@ -79,5 +79,5 @@ def build_norm(cfg: NormCfg, num_channels: int) -> nn.Module:
         return _NORMS[norm_type](num_channels, **cfg)
     if norm_type in ('BN', 'BN2d', 'SyncBN'):
         return build_norm_layer(dict(type=norm_type, **cfg), num_channels)[1]
-    raise KeyError(f'unknown norm type {norm_type!r} in norm_cfg; allowed: '
+    raise ValueError(f'unknown norm type {norm_type!r} in norm_cfg; allowed: '
                    f'{sorted(_NORMS) + ["BN", "BN2d", "SyncBN"]}')
