@@ -74,7 +74,8 @@ def _guarded(path: str, load: Callable[[], Any]) -> Any:
     except pickle.UnpicklingError as err:
         detail = str(err).split('\n')[0]
         if 'Weights only load failed' in str(err) or 'Unsupported global' in str(err):
-            found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(err))
+            found = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)',
+                              str(err))
             what = f' ({found.group(1)})' if found else ''
             raise CheckpointError(
                 f'refused to load {path}: it holds a pickled object{what} that is not a '

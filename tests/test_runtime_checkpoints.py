@@ -1,0 +1,154 @@
+"""mmengine checkpoints under torch's weights_only=True default: resume, load_from, refusal."""
+import copy
+import functools
+import http.server
+import os
+import os.path as osp
+import shutil
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
+
+import metaformer_mm  # noqa: F401  (allow-lists mmengine's checkpoint types)
+from metaformer_mm.checkpoint import CheckpointError, read_checkpoint
+from metaformer_mm.models import PoolFormer
+
+TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+
+
+class TinyClassifier(BaseModel):
+    """A PoolFormer with a linear head: the smallest real model an mmengine Runner trains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = PoolFormer(arch=TINY, out_indices=(3,))
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, inputs, labels, mode='tensor'):
+        logits = self.head(self.backbone(inputs)[0].mean((2, 3)))
+        if mode == 'loss':
+            return dict(loss=nn.functional.cross_entropy(logits, labels))
+        return logits
+
+
+class RandomImages(Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return dict(inputs=torch.randn(3, 32, 32, generator=g), labels=torch.tensor(i % 3))
+
+
+class Snapshot(Hook):
+    """Records where training starts and the optimizer state it starts with."""
+
+    def before_train(self, runner) -> None:
+        self.start_iter = runner.iter
+        # a copy: the optimizer updates its state tensors in place while training
+        self.optim_state = copy.deepcopy(runner.optim_wrapper.optimizer.state_dict())
+
+
+def _runner(work_dir, max_iters, **kwargs) -> Runner:
+    return Runner(
+        model=TinyClassifier(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=RandomImages(), batch_size=4,
+                              sampler=dict(type='DefaultSampler', shuffle=True),
+                              collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+                           logger=dict(type='LoggerHook', interval=1)),
+        randomness=dict(seed=0), **kwargs)
+
+
+@pytest.mark.slow
+def test_resume_continues_with_saved_iteration_and_optimizer(tmp_path):
+    _runner(tmp_path, max_iters=4).train()
+    saved = osp.join(tmp_path, 'iter_4.pth')
+    checkpoint = torch.load(saved, map_location='cpu', weights_only=True)  # no UnpicklingError
+    assert checkpoint['meta']['iter'] == 4
+
+    snapshot = Snapshot()
+    resumed = _runner(tmp_path, max_iters=6, resume=True, custom_hooks=[snapshot])
+    resumed.train()
+    assert snapshot.start_iter == 4
+    assert resumed.iter == 6
+    expected = checkpoint['optimizer']['state']
+    assert expected, 'the saved optimizer has no state'
+    for idx, state in expected.items():
+        for name in ('exp_avg', 'exp_avg_sq'):
+            assert torch.equal(snapshot.optim_state['state'][idx][name], state[name])
+
+
+@pytest.mark.slow
+def test_load_from_loads_weights(tmp_path):
+    _runner(tmp_path / 'a', max_iters=2).train()
+    saved = osp.join(tmp_path, 'a', 'iter_2.pth')
+    runner = _runner(tmp_path / 'b', max_iters=2, load_from=saved)
+    runner.load_or_resume()
+    weights = torch.load(saved, map_location='cpu', weights_only=True)['state_dict']
+    for key, value in runner.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+class _Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_pickled_callable_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match=r'refused to load .*evil\.pth: it holds a pickled '
+                                              r'object \(posix\.system\)'):
+        read_checkpoint(path)
+    model = PoolFormer(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(CheckpointError, match='refused to load'):
+        model.init_weights()
+    with pytest.raises(Exception, match='unsupported GLOBAL posix.system'):  # mmengine's loader
+        _runner(tmp_path / 'w', max_iters=1, load_from=path).load_or_resume()
+    assert not marker.exists()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_url_checkpoint_is_downloaded_once_and_cached(tmp_path, reference_dir, monkeypatch):
+    serve_dir = tmp_path / 'www'
+    serve_dir.mkdir()
+    shutil.copy(osp.join(reference_dir, 'poolformer_tiny', 'official.pth'),
+                serve_dir / 'poolformer_tiny.pth.tar')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(_QuietHandler, directory=str(serve_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{server.server_port}/poolformer_tiny.pth.tar'
+    arch = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
+    try:
+        first = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
+        first.init_weights()
+    finally:
+        server.shutdown()
+        server.server_close()
+    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'poolformer_tiny.pth.tar'
+    assert cached.exists()
+    second = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
+    second.init_weights()  # the server is gone: this comes from the cache
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key])
