@@ -95,15 +95,18 @@ def _axial_operator(weight: torch.Tensor, bias: torch.Tensor, length: int,
     ``interpolate``: resample the matrix bilinearly to length x length and scale it by
     n / length, so that a constant input is mixed to the same magnitude as at the native
     size (each row of the resampled matrix sums to what a row of the original sums to);
-    the bias is resampled linearly. Exact at the native length, smooth in the length, and
-    every token still sees the whole row or column.
+    the bias is resampled the same way. Shrinking uses an antialiasing filter: plain
+    bilinear sampling would skip most trained entries below n / 2 tokens (and break the
+    gain). Exact at the native length, smooth in the length, and every token still sees
+    the whole row or column.
     """
     n = weight.shape[0]
     if length == n or mode == 'window':
         return weight, bias
     w = F.interpolate(weight[None, None], size=(length, length), mode='bilinear',
-                      align_corners=False)[0, 0] * (n / length)
-    b = F.interpolate(bias[None, None], size=length, mode='linear', align_corners=False)[0, 0]
+                      align_corners=False, antialias=length < n)[0, 0] * (n / length)
+    b = F.interpolate(bias[None, None, None], size=(1, length), mode='bilinear',
+                      align_corners=False, antialias=length < n)[0, 0, 0]
     return w, b
 
 
