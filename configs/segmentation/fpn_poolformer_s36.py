@@ -1,0 +1,10 @@
+# Semantic FPN + PoolFormer-S36 on ADE20K: the S12 recipe with a deeper backbone
+# of the same widths.
+_base_ = './fpn_poolformer_s12.py'
+
+model = dict(
+    backbone=dict(
+        arch='s36',
+        init_cfg=dict(
+            checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+            'poolformer_s36.pth.tar')))
