@@ -21,6 +21,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -68,23 +69,65 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     return _guarded(path, lambda: torch.load(path, map_location=map_location, weights_only=True))
 
 
+# What a file that fails to load is, from its first bytes: the error then says
+# "a JPEG image" or "truncated" rather than repeating the unpickler's complaint.
+_ZIP_MAGIC = b'PK\x03\x04'  # torch.save's default (zip) format
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'  # before 1.6
+_SIGNATURES = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'),
+               (b'GIF8', 'a GIF image'), (b'\x1f\x8b', 'a gzip archive'),
+               (b'\x80', 'a Python pickle without PyTorch\'s header'))
+
+
+def _diagnose(path: str) -> Optional[str]:
+    """Why the local file ``path`` is not a loadable checkpoint, or None if unknown."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return ('it is truncated: its zip archive has no end record (an interrupted '
+                    'download or write?)')
+        return 'its zip archive is corrupt or holds no PyTorch checkpoint'
+    if head.startswith(_LEGACY_MAGIC):
+        return 'it is truncated or corrupt (a PyTorch checkpoint in the pre-1.6 format)'
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return f'it is not a PyTorch checkpoint but {kind}'
+    if head.lstrip().startswith(b'<'):
+        return 'it is not a PyTorch checkpoint but an HTML/XML page (a failed download?)'
+    try:
+        head.decode('utf-8')
+        return 'it is not a PyTorch checkpoint but a text file'
+    except UnicodeDecodeError:
+        return 'it is not a PyTorch checkpoint'
+
+
 def _guarded(path: str, load: Callable[[], Any]) -> Any:
     try:
         return load()
-    except pickle.UnpicklingError as err:
-        detail = str(err).split('\n')[0]
-        if 'Weights only load failed' in str(err) or 'Unsupported global' in str(err):
-            found = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)',
-                              str(err))
-            what = f' ({found.group(1)})' if found else ''
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
+            AttributeError, IndexError, TypeError) as err:
+        # The legacy loader reads a non-checkpoint as a pickle and fails in many ways
+        # (a text file gives KeyError); all of them are "not a checkpoint".
+        message = str(err)
+        found = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)', message)
+        if found:
             raise CheckpointError(
-                f'refused to load {path}: it holds a pickled object{what} that is not a '
-                f'tensor or container, and unpickling it could run code. Only plain weights '
-                f'are loaded.') from None
-        raise CheckpointError(f'{path} is not a readable checkpoint: {detail}') from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        detail = str(err).split('\n')[0]
-        raise CheckpointError(f'{path} is truncated or not a PyTorch checkpoint: {detail}') from None
+                f'refused to load {path}: it holds a pickled object ({found.group(1)}) that is '
+                f'not a tensor or container, and unpickling it could run code (torch\'s '
+                f'weights-only unpickler: unsupported GLOBAL {found.group(1)}). Only plain '
+                f'weights are loaded.') from None
+        if isinstance(err, FileNotFoundError):
+            raise
+        if _is_url(path) and isinstance(err, OSError):  # HTTP and network errors
+            raise CheckpointError(f'cannot download {path}: {message}') from None
+        reason = _diagnose(path) if osp.isfile(path) else None
+        if reason is None:
+            detail = message.strip().split('\n')[0] or type(err).__name__
+            reason = f'it is truncated or not a PyTorch checkpoint ({detail})'
+        raise CheckpointError(f'cannot load {path}: {reason}') from None
 
 
 def _reduce_history_buffer(buffer: Any) -> tuple:
@@ -353,7 +396,10 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     logger = logger or MMLogger.get_current_instance()
     raw = read_checkpoint(path, map_location)
     state = extract_state_dict(raw, path, prefix)
-    layout, converted = convert_state_dict(state)
+    try:
+        layout, converted = convert_state_dict(state)
+    except CheckpointError as err:  # e.g. keys that match no known layout: name the file
+        raise CheckpointError(f'cannot load {path}: {err}') from None
     fork_feat = getattr(model, 'fork_feat', True)
     dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')]
     own = model.state_dict()

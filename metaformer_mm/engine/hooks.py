@@ -1,0 +1,107 @@
+"""``SafeCheckpointHook``: mmengine's CheckpointHook that never loses the last good checkpoint.
+
+mmengine 0.10's ``CheckpointHook`` deletes the oldest checkpoint (``max_keep_ckpts``) and
+the previous best one *before* writing the new file, writes the file in place (a write that
+fails part-way leaves a partial file under the final name) and rewrites ``last_checkpoint``,
+the file ``--resume`` reads, in place too. A full disk at the wrong moment can thus leave a
+run with no loadable checkpoint at all. This hook, a drop-in replacement:
+
+* writes checkpoints and ``last_checkpoint`` all-or-nothing (temporary file + rename,
+  see :mod:`metaformer_mm.engine.checkpoint_io`) when they go to a local directory;
+* points ``last_checkpoint`` at a checkpoint only once that file is complete;
+* deletes expired and superseded checkpoints only after that.
+
+Use it with ``default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))``; every
+argument of ``CheckpointHook`` keeps its meaning.
+"""
+import os.path as osp
+from typing import Any, Dict, List, Set, Tuple
+
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
+
+from .checkpoint_io import ATOMIC_BACKEND, atomic_write
+
+
+class _DeferredRemovals:
+    """Stands in for a file backend, queueing ``remove``/``rmtree`` until :meth:`apply`.
+
+    ``CheckpointHook._save_best_checkpoint`` removes the previous best checkpoint before it
+    saves the new one; run through this, the removal happens only once the save succeeded.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._queued: List[Tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def remove(self, path: str) -> None:
+        self._queued.append(('remove', path))
+
+    def rmtree(self, path: str) -> None:
+        self._queued.append(('rmtree', path))
+
+    def apply(self, keep: Set[str]) -> None:
+        for operation, path in self._queued:
+            if path not in keep:
+                getattr(self._backend, operation)(path)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """A ``CheckpointHook`` whose failed writes leave the previous checkpoints intact."""
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        # Local directories only: other backends (s3://, ...) keep their own semantics.
+        if self.file_client_args is None and type(self.file_backend) is LocalBackend:
+            self.backend_args = dict(backend=ATOMIC_BACKEND)
+            self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
+
+    def _save_checkpoint_with_step(self, runner, step: int, meta: Dict) -> None:
+        filename = self.filename_tmpl.format(step)
+        path = self.file_backend.join_path(self.out_dir, filename)
+        expired = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                            and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                expired.append(self.keep_ckpt_ids[0])
+            self.keep_ckpt_ids.append(step)  # a deque of maxlen max_keep_ckpts
+            # Recorded before saving, so that the checkpoint holds the list it belongs to.
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        self.last_ckpt = path
+        runner.message_hub.update_info('last_ckpt', path)
+
+        runner.save_checkpoint(
+            self.out_dir, filename, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+
+        if not is_main_process():  # only rank 0 writes files
+            return
+        atomic_write(path, osp.join(runner.work_dir, 'last_checkpoint'))
+        for old in expired:
+            self._remove(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old)))
+
+    def _save_best_checkpoint(self, runner, metrics: Dict) -> None:
+        backend = self.file_backend
+        deferred = _DeferredRemovals(backend)
+        self.file_backend = deferred
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        # The new best checkpoint is written: the one it supersedes can go.
+        current = {getattr(self, 'best_ckpt_path', None),
+                   *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        deferred.apply(keep={str(p) for p in current if p})
+
+    def _remove(self, path: str) -> None:
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+        elif self.file_backend.isdir(path):  # DeepSpeed saves directories
+            self.file_backend.rmtree(path)
