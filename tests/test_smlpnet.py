@@ -5,7 +5,7 @@ The reference model (``smlpnet_tiny``) is an original SPACH ``sMLPNet`` with ``d
 """
 import os.path as osp
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import metaformer_mm  # noqa: F401  (registers the backbones)
 from metaformer_mm.checkpoint import (CheckpointError, convert_state_dict, load_pretrained,
                                       save_converted)
-from metaformer_mm.models.backbones import PoolFormer, SMLPNet
+from metaformer_mm.models.backbones import SMLPNet
 from metaformer_mm.models.layers import DropPath
 from metaformer_mm.models.mixers import SMLP, Pooling
 
@@ -52,19 +52,11 @@ def _small_model(**kwargs) -> SMLPNet:
     return model
 
 
-def _read_keys(path: str) -> Tuple[Dict[str, List[int]], int]:
-    """Parses a ``keys/*.txt`` listing: ``name [d0, d1, ...]`` lines and the total line."""
-    shapes, total = {}, None
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith('#'):
-                total = int(re.search(r'(\d+) (?:learnable )?parameters', line).group(1))
-            elif line:
-                name, shape = re.fullmatch(r'(\S+) \[(.*)\]', line).groups()
-                shapes[name] = [int(d) for d in shape.split(',')] if shape else []
-    assert total is not None, f'no total line in {path}'
-    return shapes, total
+def _total_parameters(reference_dir: str, name: str) -> int:
+    """The parameter total on the last line of ``keys/NAME.txt`` (the original model's)."""
+    with open(osp.join(reference_dir, 'keys', f'{name}.txt')) as f:
+        last = f.read().strip().splitlines()[-1]
+    return int(re.search(r'(\d+) (?:learnable )?parameters', last).group(1))
 
 
 def _squeeze(shape) -> List[int]:
@@ -72,9 +64,8 @@ def _squeeze(shape) -> List[int]:
     return [d for i, d in enumerate(shape) if not (i >= 2 and d == 1)]
 
 
-def _check_full_size_keys(model: nn.Module, keys_file: str, layout: str) -> None:
+def _check_full_size_keys(model: nn.Module, shapes: Dict[str, tuple], layout: str) -> None:
     """Zero tensors of every listed shape convert to exactly the model's keys and load."""
-    shapes, _ = _read_keys(keys_file)
     state = {name: torch.zeros(shape, dtype=torch.long if name.endswith('num_batches_tracked')
                                else torch.float32)
              for name, shape in shapes.items()}
@@ -165,22 +156,12 @@ def test_fork_feat_gives_four_normalized_maps_at_strides_4_to_32(reference_dir):
 
 
 @pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
-def test_full_size_parameter_count_and_spach_keys(reference_dir, arch):
-    keys_file = osp.join(reference_dir, 'keys', f'smlpnet_{arch}.txt')
-    _, total = _read_keys(keys_file)
+def test_full_size_parameter_count_and_spach_keys(reference_dir, key_shapes, arch):
+    total = _total_parameters(reference_dir, f'smlpnet_{arch}')
     model = SMLPNet(arch=arch, fork_feat=False, num_classes=1000)
     assert sum(p.numel() for p in model.parameters()) == total
     assert round(total / 1e6, 2) == {'tiny': 24.12, 'small': 48.56, 'base': 65.88}[arch]
-    _check_full_size_keys(model, keys_file, 'spach')
-
-
-@pytest.mark.parametrize('arch', ['s12', 's24', 's36', 'm36', 'm48'])
-def test_poolformer_full_size_official_keys_convert_completely(reference_dir, arch):
-    keys_file = osp.join(reference_dir, 'keys', f'poolformer_{arch}.txt')
-    _, total = _read_keys(keys_file)
-    model = PoolFormer(arch=arch, fork_feat=False)
-    assert sum(p.numel() for p in model.parameters()) == total
-    _check_full_size_keys(model, keys_file, 'official_v1')
+    _check_full_size_keys(model, key_shapes(f'smlpnet_{arch}'), 'spach')
 
 
 def test_loads_own_format_and_detector_prefix(reference_dir, tmp_path):
