@@ -17,6 +17,7 @@ metaformer_mm   our own files (the timm naming plus ``out_norms.N``)
 Linear weights ``[out, in]`` load into 1x1 convs ``[out, in, 1, 1]`` and back.
 External files are always read with ``torch.load(weights_only=True)``.
 """
+import argparse
 import os
 import os.path as osp
 import pickle
@@ -104,9 +105,18 @@ def _diagnose(path: str) -> Optional[str]:
         return 'it is not a PyTorch checkpoint'
 
 
+# Training scripts in the DeiT family (SPACH, the sail-sg repos) save their argparse
+# options beside the weights; a Namespace holds only plain values and runs no code.
+_EXTERNAL_SAFE_TYPES = [argparse.Namespace]
+
+
 def _guarded(path: str, load: Callable[[], Any]) -> Any:
     try:
-        return load()
+        safe_globals = getattr(torch.serialization, 'safe_globals', None)
+        if safe_globals is None:
+            return load()
+        with safe_globals(_EXTERNAL_SAFE_TYPES):
+            return load()
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
             AttributeError, IndexError, TypeError) as err:
         # The legacy loader reads a non-checkpoint as a pickle and fails in many ways

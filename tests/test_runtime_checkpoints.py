@@ -152,3 +152,17 @@ def test_url_checkpoint_is_downloaded_once_and_cached(tmp_path, reference_dir, m
     second.init_weights()  # the server is gone: this comes from the cache
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key])
+
+
+def test_training_script_checkpoint_with_args_namespace_loads(tmp_path, reference_dir):
+    """DeiT-style files ({'model': ..., 'args': Namespace}) load; the Namespace runs no code."""
+    import argparse
+    state = torch.load(osp.join(reference_dir, 'smlpnet_tiny', 'official.pth'), weights_only=True)
+    path = str(tmp_path / 'smlp_train.pth')
+    torch.save({'model': state, 'epoch': 299, 'args': argparse.Namespace(model='smlpnet_t')}, path)
+    from metaformer_mm.models import SMLPNet
+    model = SMLPNet(arch=dict(base='smlpnet_tiny', dims=[8, 16, 32, 64], depths=[1, 1, 2, 1]),
+                    image_size=64, fork_feat=False, num_classes=10,
+                    init_cfg=dict(type='Pretrained', checkpoint=path))
+    model.init_weights()
+    assert torch.equal(model.head.fc.weight, state['mlp_head.0.weight'])
