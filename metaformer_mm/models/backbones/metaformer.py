@@ -209,6 +209,9 @@ class MetaFormer(BaseModule):
         if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
             raise ValueError(f'depths and dims must have {NUM_STAGES} entries, got '
                              f'depths={depths}, dims={dims}')
+        if not all(isinstance(d, int) and d > 0 for d in depths + dims):
+            raise ValueError(f'depths and dims must be positive integers, got depths={depths}, '
+                             f'dims={dims}')
         if drop_path_rate < 0 or drop_path_rate >= 1:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         if not -1 <= frozen_stages <= NUM_STAGES:
@@ -271,6 +274,13 @@ class MetaFormer(BaseModule):
             settings = copy.deepcopy(cls.arch_settings[name])
         elif isinstance(arch, dict):
             base = arch.get('base')
+            if base and base not in cls.arch_settings:
+                raise ValueError(f'unknown arch base {base!r}; allowed: {sorted(cls.arch_settings)}')
+            # A misspelt key (e.g. 'dim') would otherwise be ignored silently.
+            typos = set(arch) - set(ARCH_KEYS) - {'base', 'norm1_cfg'}
+            if typos:
+                raise ValueError(f'unknown arch dict keys {sorted(typos)}; allowed: '
+                                 f'{["base", *ARCH_KEYS]}')
             settings = copy.deepcopy(cls.arch_settings[base]) if base else {}
             settings.update({k: v for k, v in arch.items() if k != 'base'})
         else:
