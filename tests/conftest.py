@@ -51,3 +51,56 @@ def key_shapes(reference_dir):
         return shapes
 
     return load
+
+
+# --------------------------------------------------------------------------- small detection runs
+@pytest.fixture(scope='session')
+def coco_mini_run(data_dir, repo_root):
+    """Returns ``make(out_dir, name, scale=(256, 160), batch_size=3) -> (config, cfg_options)``.
+
+    ``config`` is a derived config written to ``out_dir``: it inherits
+    ``configs/detection/NAME.py`` and only shrinks the run (image scale, no pretrained
+    download, no dataloader workers, one epoch without validation, fewer proposals, score
+    threshold 0 so an untrained model still returns boxes); coco_mini's train split has 3
+    images, so a batch of 3 makes the epoch one iteration. ``cfg_options`` are the
+    ``--cfg-options`` that point the datasets and the CocoMetric at ``coco_mini``.
+    """
+    from mmengine.config import Config
+
+    root = osp.join(data_dir, 'coco_mini') + '/'
+    ann = root + 'annotations/instances_val2017.json'
+    options = [f'{split}_dataloader.dataset.data_root={root}'
+               for split in ('train', 'val', 'test')]
+    options += [f'{split}_evaluator.ann_file={ann}' for split in ('val', 'test')]
+
+    def make(out_dir, name, scale=(256, 160), batch_size=3):
+        src = osp.join(repo_root, 'configs', 'detection', f'{name}.py')
+        cfg = Config.fromfile(src).to_dict()
+
+        def loader(split, **kwargs):
+            pipeline = [dict(t, scale=scale) if t['type'] == 'Resize' else t
+                        for t in cfg[f'{split}_dataloader']['dataset']['pipeline']]
+            return dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=pipeline),
+                        **kwargs)
+
+        model = dict(backbone=dict(init_cfg=None), test_cfg=dict(score_thr=0.0))
+        if 'roi_head' in cfg['model']:  # two-stage: fewer proposals and RoIs keep CPU runs short
+            model.update(
+                train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
+                               rcnn=dict(sampler=dict(num=64))),
+                test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100),
+                              rcnn=dict(score_thr=0.0)))
+        overrides = dict(
+            model=model,
+            train_dataloader=loader('train', batch_size=batch_size),
+            val_dataloader=loader('val'),
+            test_dataloader=loader('test'),
+            train_cfg=dict(max_epochs=1, val_begin=2),
+            default_hooks=dict(logger=dict(interval=1)))
+        path = osp.join(str(out_dir), f'{name}_mini.py')
+        with open(path, 'w') as f:
+            f.write(f'_base_ = [{src!r}]\n')
+            f.writelines(f'{key} = {value!r}\n' for key, value in overrides.items())
+        return path, list(options)
+
+    return make

@@ -1,0 +1,22 @@
+# RetinaNet + PoolFormer-S12 on COCO, the MetaFormer paper's recipe (PVT's): AdamW, 1x schedule.
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+custom_imports = dict(imports=['metaformer_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='PoolFormer',
+        arch='s12',
+        fork_feat=True,
+        # Stages 1..3 only (strides 8/16/32): RetinaNet's FPN starts at stride 8, and an
+        # output norm for the stride-4 map would be a parameter without gradient under DDP.
+        out_indices=(1, 2, 3),
+        init_cfg=dict(type='Pretrained',
+                      checkpoint='https://github.com/sail-sg/poolformer/releases/'
+                                 'download/v1.0/poolformer_s12.pth.tar')),
+    neck=dict(in_channels=[128, 320, 512], start_level=0, add_extra_convs='on_input',
+              num_outs=5))
+
+# The base keeps mmdet's 1x schedule (12 epochs, 500-iter linear warm-up from 0.001,
+# lr x0.1 at epochs 8 and 11), 1333x800 + flip, 2 images/GPU and auto_scale_lr (base 16).
+optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4))

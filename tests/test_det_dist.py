@@ -1,0 +1,127 @@
+"""Distributed runs on CPU: tools/dist_train.sh, tools/dist_test.sh (torchrun) and
+tools/slurm_train.sh, two processes each with the gloo backend."""
+import glob
+import json
+import os
+import os.path as osp
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_script(repo_root, script, *args, env=None, timeout=900):
+    full_env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), **(env or {}))
+    return subprocess.run(['bash', osp.join(repo_root, 'tools', script), *map(str, args)],
+                          cwd=repo_root, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_ok(proc):
+    assert proc.returncode == 0, \
+        f'exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}'
+
+
+def train_log(work_dir):
+    logs = glob.glob(osp.join(work_dir, '*', '*.log'))
+    assert len(logs) == 1, logs
+    with open(logs[0]) as f:
+        return f.read()
+
+
+DIST_OPTIONS = ['env_cfg.dist_cfg.backend=gloo', 'find_unused_parameters=False']
+
+
+@pytest.mark.slow
+def test_dist_train_and_test_two_processes(repo_root, coco_mini_run, tmp_path):
+    # coco_mini's 3 training images, padded to 4 by the sampler: 2 iterations of 1 image per
+    # rank. DDP reports parameters without a gradient when the next iteration starts, so one
+    # iteration would not do.
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12', batch_size=1)
+    work = tmp_path / 'work'
+    proc = run_script(repo_root, 'dist_train.sh', config, 2, '--work-dir', work,
+                      '--cfg-options', *options, *DIST_OPTIONS)
+    check_ok(proc)
+    log = train_log(work)
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
+    assert 'Epoch(train) [1][2/2]' in log
+    assert 'Expected to have finished reduction' not in proc.stderr
+    assert 'did not receive grad' not in proc.stderr
+    assert (work / 'epoch_1.pth').is_file()
+
+    test_work = tmp_path / 'test'
+    proc = run_script(repo_root, 'dist_test.sh', config, work / 'epoch_1.pth', 2,
+                      '--work-dir', test_work, '--cfg-options', *options, *DIST_OPTIONS)
+    check_ok(proc)
+    with open(glob.glob(str(test_work / '*' / '*.json'))[0]) as f:
+        metrics = json.loads(f.readlines()[-1])
+    assert isinstance(metrics['coco/bbox_mAP'], float)
+
+
+FAKE_SRUN = r'''#!/usr/bin/env bash
+# Stand-in for Slurm's srun on one machine: records its arguments, then starts --ntasks
+# copies of the command with the variables srun gives each task.
+echo "$@" > "$SRUN_RECORD"
+ntasks=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --ntasks=*) ntasks=${1#*=}; shift ;;
+        -p) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+pids=()
+for ((i = 0; i < ntasks; i++)); do
+    SLURM_PROCID=$i SLURM_NTASKS=$ntasks SLURM_LOCALID=$i SLURM_NODELIST=localhost "$@" &
+    pids+=($!)
+done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc
+'''
+
+
+@pytest.mark.slow
+def test_slurm_train_two_tasks(repo_root, coco_mini_run, tmp_path):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    srun = bin_dir / 'srun'
+    srun.write_text(FAKE_SRUN)
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / 'srun_args.txt'
+
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12', batch_size=2)
+    work = tmp_path / 'work'
+    proc = run_script(repo_root, 'slurm_train.sh', 'cpu_partition', 'poolformer_job', config,
+                      work, '--cfg-options', *options, *DIST_OPTIONS,
+                      env=dict(PATH=f'{bin_dir}:{os.environ["PATH"]}', SRUN_RECORD=str(record),
+                               GPUS='2', GPUS_PER_NODE='8', CPUS_PER_TASK='1',
+                               SRUN_ARGS='--quotatype=auto', MASTER_PORT=str(free_port())))
+    check_ok(proc)
+    args = record.read_text().split()
+    for expected in ('-p', 'cpu_partition', '--job-name=poolformer_job', '--ntasks=2',
+                     '--ntasks-per-node=2', '--gres=gpu:2', '--cpus-per-task=1',
+                     '--quotatype=auto', '--launcher', 'slurm', f'--work-dir={work}'):
+        assert expected in args, (expected, args)
+    log = train_log(work)
+    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
+    assert (work / 'epoch_1.pth').is_file()
+
+
+def test_scripts_print_usage(repo_root):
+    for script, needs in (('dist_train.sh', 'CONFIG GPUS'),
+                          ('dist_test.sh', 'CONFIG CHECKPOINT GPUS'),
+                          ('slurm_train.sh', 'PARTITION JOB_NAME CONFIG WORK_DIR'),
+                          ('slurm_test.sh', 'PARTITION JOB_NAME CONFIG CHECKPOINT')):
+        proc = run_script(repo_root, script)
+        assert proc.returncode == 2 and 'usage: ' in proc.stderr and needs in proc.stderr

@@ -1,0 +1,290 @@
+"""tools/train.py and tools/test.py: real short runs on coco_mini, the dataset check, --amp."""
+import glob
+import json
+import os
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from metaformer_mm.tools_utils import (CPUAmpOptimWrapper, DatasetMissingError, ToolError,
+                                       check_dataset, dataset_requirements, enable_amp,
+                                       enable_show_dir)
+
+
+def run_tool(repo_root, tool, *args, cwd=None, timeout=900):
+    """Runs tools/<tool> as a user would; returns the CompletedProcess (text output)."""
+    cmd = [sys.executable, osp.join(repo_root, 'tools', tool), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd or repo_root, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_ok(proc):
+    assert proc.returncode == 0, \
+        f'exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}'
+
+
+def read_test_metrics(work_dir):
+    """The metrics mmengine's logger wrote for the (only) test run in work_dir."""
+    files = glob.glob(osp.join(work_dir, '*', '*.json'))
+    assert len(files) == 1, files
+    with open(files[0]) as f:
+        return json.loads(f.readlines()[-1])
+
+
+def mmseg_base_config(tmp_path, base):
+    """One of mmseg's packaged base configs, read through a config that inherits it."""
+    path = tmp_path / 'mmseg_base.py'
+    path.write_text(f"_base_ = ['mmseg::{base}']\n")
+    return Config.fromfile(str(path))
+
+
+def config_path(repo_root, name):
+    return osp.join(repo_root, 'configs', 'detection', f'{name}.py')
+
+
+# --------------------------------------------------------------------------- dataset check
+def test_missing_dataset_is_one_clear_message(repo_root, tmp_path):
+    # Run from an empty directory: data/coco/ does not exist there.
+    proc = run_tool(repo_root, 'train.py', config_path(repo_root, 'retinanet_poolformer_s12'),
+                    '--work-dir', tmp_path / 'w', cwd=tmp_path)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert 'Traceback' not in err and 'Traceback' not in proc.stdout
+    assert err.count('error:') == 1
+    for expected in ('data/coco/annotations/instances_train2017.json', 'data/coco/train2017/',
+                     'data/coco/annotations/instances_val2017.json', 'data/coco/val2017/',
+                     '--cfg-options', 'train_dataloader.dataset.data_root=/path/to/coco/',
+                     'val_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json',
+                     'ln -s /path/to/coco data/coco'):
+        assert expected in err, (expected, err)
+    assert not (tmp_path / 'w').exists()  # stopped before the Runner made anything
+
+
+def test_check_dataset_detection(repo_root, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(config_path(repo_root, 'mask_rcnn_poolformer_s12'))
+    with pytest.raises(DatasetMissingError) as err:
+        check_dataset(cfg, 'test')
+    message = str(err.value)
+    # test reads only the val split; its evaluator needs the same annotation file
+    assert 'data/coco/annotations/instances_val2017.json' in message
+    assert 'instances_train2017' not in message and 'train2017/' not in message
+    assert 'test_dataloader.dataset.data_root=/path/to/coco/' in message
+    assert 'test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json' in message
+
+    root = osp.join(data_dir, 'coco_mini') + '/'
+    cfg.merge_from_dict({f'{s}_dataloader.dataset.data_root': root
+                         for s in ('train', 'val', 'test')})
+    with pytest.raises(DatasetMissingError, match='instances_val2017.json'):
+        check_dataset(cfg, 'train')  # the evaluator's ann_file still points at data/coco
+    cfg.merge_from_dict({f'{s}_evaluator.ann_file': root + 'annotations/instances_val2017.json'
+                         for s in ('val', 'test')})
+    check_dataset(cfg, 'train')
+    check_dataset(cfg, 'test')
+    needs, _ = dataset_requirements(cfg, 'train')
+    assert {kind for _, kind, _ in needs} == {'file', 'dir'}
+    assert osp.join(root, 'train2017/') in [p for p, _, _ in needs]
+
+    # No validation loop configured: the val split is not required for training.
+    cfg.val_cfg = None
+    assert all('val2017' not in p for p, _, _ in dataset_requirements(cfg, 'train')[0])
+
+
+def test_check_dataset_segmentation_and_wrappers(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = mmseg_base_config(tmp_path, '_base_/datasets/ade20k.py')
+    cfg.val_cfg = dict(type='ValLoop')
+    with pytest.raises(DatasetMissingError) as err:
+        check_dataset(cfg, 'train')
+    message = str(err.value)
+    for expected in ('data/ade/ADEChallengeData2016/images/training/',
+                     'data/ade/ADEChallengeData2016/annotations/training/',
+                     'data/ade/ADEChallengeData2016/images/validation/',
+                     'train_dataloader.dataset.data_root=/path/to/ADEChallengeData2016/'):
+        assert expected in message, (expected, message)
+
+    root = osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016')
+    cfg.merge_from_dict({f'{s}_dataloader.dataset.data_root': root
+                         for s in ('train', 'val', 'test')})
+    check_dataset(cfg, 'train')
+    check_dataset(cfg, 'test')
+
+    # A wrapped dataset (RepeatDataset) is looked into.
+    cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=2,
+                                        dataset=dict(cfg.train_dataloader.dataset,
+                                                     data_root=str(tmp_path / 'nowhere')))
+    with pytest.raises(DatasetMissingError,
+                       match=r'train_dataloader\.dataset\.dataset\.data_root='):
+        check_dataset(cfg, 'train')
+
+
+# --------------------------------------------------------------------------- --amp, --show-dir
+def test_enable_amp(repo_root):
+    cfg = Config.fromfile(config_path(repo_root, 'retinanet_poolformer_s12'))
+    enable_amp(cfg, cuda=True)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+
+    cfg = Config.fromfile(config_path(repo_root, 'retinanet_poolformer_s12'))
+    enable_amp(cfg, cuda=False)
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype) == ('CPUAmpOptimWrapper',
+                                                                 'bfloat16')
+
+    cfg = Config.fromfile(config_path(repo_root, 'mask_rcnn_poolformer_s12'))
+    with pytest.raises(ToolError, match='bfloat16'):
+        enable_amp(cfg, cuda=False)
+
+
+def test_cpu_amp_wrapper_runs_in_bfloat16():
+    model = torch.nn.Linear(4, 2)
+    wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    assert out.dtype == torch.bfloat16
+    before = model.weight.detach().clone()
+    wrapper.update_params(out.float().pow(2).sum())
+    assert model.weight.dtype == torch.float32  # master weights stay float32
+    assert not torch.equal(before, model.weight)
+
+
+def test_enable_show_dir(repo_root, tmp_path):
+    cfg = Config.fromfile(config_path(repo_root, 'retinanet_poolformer_s12'))
+    enable_show_dir(cfg, str(tmp_path / 'show'))
+    hook = cfg.default_hooks.visualization
+    assert (hook.type, hook.draw, hook.test_out_dir) == ('DetVisualizationHook', True,
+                                                         str(tmp_path / 'show'))
+    cfg = mmseg_base_config(tmp_path, '_base_/default_runtime.py')
+    enable_show_dir(cfg, str(tmp_path / 'seg'))
+    hook = cfg.default_hooks.visualization
+    assert (hook.type, hook.draw, hook.interval) == ('SegVisualizationHook', True, 1)
+    assert cfg.visualizer.save_dir == str(tmp_path / 'seg')
+
+
+def test_bad_out_path_and_checkpoint(repo_root, coco_mini_run, tmp_path):
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
+    proc = run_tool(repo_root, 'test.py', config, tmp_path / 'missing.pth',
+                    '--work-dir', tmp_path / 'w', '--cfg-options', *options)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert 'checkpoint file not found' in proc.stderr and 'missing.pth' in proc.stderr
+
+
+# --------------------------------------------------------------------------- real runs
+@pytest.mark.slow
+def test_retinanet_train_resume_test(repo_root, coco_mini_run, tmp_path):
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
+    work = tmp_path / 'work'
+    # --amp trains in bfloat16 on CPU; --auto-scale-lr scales lr 1e-4 by 3/16.
+    proc = run_tool(repo_root, 'train.py', config, '--work-dir', work, '--amp',
+                    '--auto-scale-lr', '--cfg-options', *options)
+    check_ok(proc)
+    ckpt = work / 'epoch_1.pth'
+    assert ckpt.is_file()
+    log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
+    assert 'Scaling the original LR by 0.1875' in log
+    assert 'loss_cls' in log and 'loss_bbox' in log
+    dumped = Config.fromfile(str(work / osp.basename(config)))
+    assert dumped.optim_wrapper.type == 'CPUAmpOptimWrapper'
+    assert dumped.model.backbone.out_indices == (1, 2, 3)
+    state = torch.load(ckpt, map_location='cpu')['state_dict']
+    assert 'backbone.out_norms.1.weight' in state and 'backbone.out_norms.0.weight' not in state
+
+    # --resume without a value continues from the work dir's latest checkpoint.
+    proc = run_tool(repo_root, 'train.py', config, '--work-dir', work, '--resume',
+                    '--cfg-options', *options)
+    check_ok(proc)
+    logs = sorted(glob.glob(str(work / '*' / '*.log')))
+    resumed = open(logs[-1]).read()
+    assert 'resumed epoch: 1, iter: 1' in resumed and str(ckpt) in resumed
+
+    out, show, test_work = tmp_path / 'preds.pkl', tmp_path / 'show', tmp_path / 'test'
+    proc = run_tool(repo_root, 'test.py', config, ckpt, '--work-dir', test_work,
+                    '--out', out, '--show-dir', show, '--cfg-options', *options)
+    check_ok(proc)
+    metrics = read_test_metrics(test_work)
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, metrics
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 1 and preds[0]['img_id'] == 39769
+    assert 'gt_instances' not in preds[0]
+    boxes = preds[0]['pred_instances']['bboxes']
+    assert boxes.shape == (100, 4)  # score_thr 0: max_per_img boxes
+    assert float(boxes[:, 2].max()) <= 640 + 1e-3  # rescaled to the original 640x480 image
+    assert (show / '000000039769.jpg').is_file()
+
+
+@pytest.mark.slow
+def test_mask_rcnn_train_test(repo_root, coco_mini_run, tmp_path):
+    config, options = coco_mini_run(tmp_path, 'mask_rcnn_poolformer_s12')
+    work = tmp_path / 'work'
+    check_ok(run_tool(repo_root, 'train.py', config, '--work-dir', work,
+                      '--cfg-options', *options))
+    ckpt = work / 'epoch_1.pth'
+    log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
+    for loss in ('loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'):
+        assert loss in log
+
+    out, test_work = tmp_path / 'preds.pkl', tmp_path / 'test'
+    check_ok(run_tool(repo_root, 'test.py', config, ckpt, '--work-dir', test_work,
+                      '--out', out, '--cfg-options', *options))
+    metrics = read_test_metrics(test_work)
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, metrics
+    with open(out, 'rb') as f:
+        pred = pickle.load(f)[0]['pred_instances']
+    assert len(pred['masks']) == len(pred['bboxes']) > 0
+    assert set(pred['masks'][0]) == {'size', 'counts'}  # COCO RLE
+    assert list(pred['masks'][0]['size']) == [480, 640]
+
+
+SEG_MINI = """
+_base_ = ['mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
+          'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py']
+custom_imports = dict(imports=['metaformer_mm'], allow_failed_imports=False)
+model = dict(
+    pretrained=None,
+    backbone=dict(_delete_=True, type='PoolFormer',
+                  arch=dict(base='poolformer_s12', depths=[1, 1, 1, 1])),
+    neck=dict(in_channels=[64, 128, 320, 512]), decode_head=dict(num_classes=150))
+test_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'), dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='ResizeToMultiple', size_divisor=32),
+    dict(type='LoadAnnotations', reduce_zero_label=True), dict(type='PackSegInputs')]))
+"""
+
+
+@pytest.mark.slow
+def test_test_py_segmentation(repo_root, data_dir, tmp_path):
+    """The same tool on an mmseg config: its scope, IoUMetric, --out and --show-dir."""
+    from mmseg.registry import MODELS
+    config = tmp_path / 'seg_mini.py'
+    config.write_text(SEG_MINI)
+    init_default_scope('mmseg')
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'seg.pth')
+
+    root = osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016')
+    out, show, work = tmp_path / 'preds.pkl', tmp_path / 'show', tmp_path / 'work'
+    # Only the validation split is given: a test run must not read the training split.
+    check_ok(run_tool(repo_root, 'test.py', config, tmp_path / 'seg.pth', '--work-dir', work,
+                      '--out', out, '--show-dir', show,
+                      '--cfg-options', f'test_dataloader.dataset.data_root={root}'))
+    metrics = read_test_metrics(work)
+    assert 0.0 <= metrics['mIoU'] <= 100.0 and 'aAcc' in metrics
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 3
+    first = min(preds, key=lambda p: p['img_path'])
+    assert first['pred_sem_seg']['data'].shape == (1, 512, 683)  # original size of image 1
+    assert first['pred_sem_seg']['data'].dtype.name == 'uint8'
+    assert 'seg_logits' not in first and 'gt_sem_seg' not in first
+    drawn = sorted(os.listdir(show / 'vis_data' / 'vis_image'))
+    assert len(drawn) == 3 and all(name.startswith('test_ADE_val_') for name in drawn)

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint of a detector (mmdet) or segmentor (mmseg) config with mmengine's Runner.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
+                         [--show-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
+
+CHECKPOINT may be one of ours or a released sail-sg file (mmdet 2.19 / mmseg 0.x layout),
+which is converted on load. Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+# Keep the CLI's output to what matters: setuptools' notice about mmengine's use of
+# pkg_resources is not something a user can act on.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (ours or a released sail-sg one)')
+    parser.add_argument('--work-dir', help='where the logs and metrics go '
+                                           '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--out', metavar='RESULTS.pkl',
+                        help='also dump the predictions to this pickle file')
+    parser.add_argument('--show-dir', help='draw the predictions on the test images into '
+                                           'this directory')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config entries, e.g. test_dataloader.batch_size=2')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher (pytorch: torchrun, as tools/dist_test.sh does)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
+    from metaformer_mm.checkpoint import CheckpointError
+    from metaformer_mm.tools_utils import (DatasetMissingError, DumpPredictions, ToolError,
+                                           check_dataset, check_out_path, default_work_dir,
+                                           drop_training, enable_show_dir,
+                                           init_distributed_without_cuda, load_config,
+                                           load_state_into_runner, load_test_checkpoint)
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        cfg.launcher = args.launcher
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+        drop_training(cfg)
+        out = check_out_path(args.out) if args.out else None
+        if args.show_dir:
+            enable_show_dir(cfg, args.show_dir)
+        check_dataset(cfg, 'test', config_name=args.config)
+        converted = load_test_checkpoint(args.checkpoint, cfg.default_scope)
+        cfg.load_from = None if converted else args.checkpoint
+        init_distributed_without_cuda(cfg, args.launcher)
+
+        from mmengine.registry import RUNNERS
+        from mmengine.runner import Runner
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        if converted:
+            load_state_into_runner(runner, *converted)
+        if out:
+            runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
+        runner.test()
+    except (DatasetMissingError, ToolError, CheckpointError) as err:
+        sys.exit(f'error: {err}')
+
+
+if __name__ == '__main__':
+    main()

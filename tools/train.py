@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Train a detector (mmdet) or segmentor (mmseg) from a config with mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+                          [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher ...]
+
+Multi-GPU: tools/dist_train.sh CONFIG GPUS; Slurm: tools/slurm_train.sh.
+"""
+import argparse
+import os
+import sys
+import warnings
+
+# Keep the CLI's output to what matters: setuptools' notice about mmengine's use of
+# pkg_resources is not something a user can act on.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config file (configs/detection/... or '
+                                       'configs/segmentation/...)')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                                           '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+                        help='resume training: from CHECKPOINT, or without a value from the '
+                             'latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: fp16 on CUDA, bfloat16 on CPU')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by the real total batch size / '
+                             'auto_scale_lr.base_batch_size of the config')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config entries, e.g. train_dataloader.batch_size=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher (pytorch: torchrun, as tools/dist_train.sh does)')
+    # torch.distributed.launch passes --local_rank (or --local-rank); torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
+    from metaformer_mm.checkpoint import CheckpointError
+    from metaformer_mm.tools_utils import (DatasetMissingError, ToolError, check_dataset,
+                                           default_work_dir, enable_amp, enable_auto_scale_lr,
+                                           init_distributed_without_cuda, load_config)
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        cfg.launcher = args.launcher
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
+        if args.amp:
+            enable_amp(cfg)
+        if args.auto_scale_lr:
+            enable_auto_scale_lr(cfg)
+        if args.resume == 'auto':
+            cfg.resume, cfg.load_from = True, None  # the Runner finds the latest checkpoint
+        elif args.resume:
+            if not os.path.isfile(args.resume):
+                raise ToolError(f'checkpoint to resume from not found: {args.resume}')
+            cfg.resume, cfg.load_from = True, args.resume
+        check_dataset(cfg, 'train', config_name=args.config)
+        init_distributed_without_cuda(cfg, args.launcher)
+
+        from mmengine.registry import RUNNERS
+        from mmengine.runner import Runner
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.train()
+    except (DatasetMissingError, ToolError, CheckpointError) as err:
+        sys.exit(f'error: {err}')
+
+
+if __name__ == '__main__':
+    main()
