@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Parameters and MACs of a detector/segmentor config and of its backbone (mmengine's analysis).
+
+    python tools/analysis/get_flops.py CONFIG [--shape H W] [--paper]
+
+MACs are counted by mmengine's complexity analysis (``mmengine.analysis``, fvcore's rules):
+one multiply-add of a conv, linear, matmul or attention product is one MAC; pooling, norms
+and element-wise ops are not counted, as in the papers' tables. ``--paper`` adds the paper's numbers beside ours: the backbone as the
+ImageNet classifier at 224x224 (params and MACs), and the whole model's parameters.
+"""
+import argparse
+import copy
+import logging
+import sys
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+# Backbone as an ImageNet-1K classifier at 224x224: (params M, GMACs) as printed in the papers
+# (PoolFormer: Yu et al. 2022 "MetaFormer is actually what you need for vision", Table 1;
+# PoolFormerV2/ConvFormer/CAFormer: Yu et al. 2023 "MetaFormer baselines for vision";
+# sMLPNet: Tang et al. 2022 "Sparse MLP for image recognition").
+PAPER_BACKBONES: Dict[str, Tuple[float, float]] = {
+    'poolformer_s12': (12, 1.8), 'poolformer_s24': (21, 3.4), 'poolformer_s36': (31, 5.0),
+    'poolformer_m36': (56, 8.8), 'poolformer_m48': (73, 11.6),
+    'poolformerv2_s12': (12, 1.8), 'poolformerv2_s24': (21, 3.4), 'poolformerv2_s36': (31, 5.0),
+    'poolformerv2_m36': (56, 8.8), 'poolformerv2_m48': (73, 11.6),
+    'convformer_s18': (27, 3.9), 'convformer_s36': (40, 7.6), 'convformer_m36': (57, 12.8),
+    'convformer_b36': (100, 22.6),
+    'caformer_s18': (26, 4.1), 'caformer_s36': (39, 8.0), 'caformer_m36': (56, 13.2),
+    'caformer_b36': (99, 23.2),
+    'smlpnet_tiny': (24.1, 5.0), 'smlpnet_small': (48.6, 10.3), 'smlpnet_base': (65.9, 14.0),
+}
+# Whole-model parameters (M) with the original backbones (PoolFormer paper, Tables 2 and 3;
+# recomputed to 0.01M in ../shared/reference/README.md).
+PAPER_MODELS: Dict[str, Dict[str, float]] = {
+    'RetinaNet': dict(s12=21.65, s24=31.13, s36=40.60, m36=66.34, m48=83.64),
+    'Mask R-CNN': dict(s12=31.57, s24=41.04, s36=50.52, m36=75.68, m48=92.98),
+    'Semantic FPN': dict(s12=15.67, s24=25.14, s36=34.62, m36=59.78, m48=77.08),
+}
+FAMILY_PREFIX = {'PoolFormer': 'poolformer_', 'PoolFormerV2': 'poolformerv2_',
+                 'IdentityFormer': 'identityformer_', 'ConvFormer': 'convformer_',
+                 'CAFormer': 'caformer_', 'SMLPNet': 'smlpnet_', 'MetaFormer': ''}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='detection or segmentation config')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='input size (default: 800 1280 for detection, 512 512 for '
+                             'segmentation)')
+    parser.add_argument('--paper', action='store_true',
+                        help="also print the paper's parameter and MAC counts beside ours")
+    parser.add_argument('--verbose', action='store_true',
+                        help="show mmengine's notes on operators it does not count")
+    return parser.parse_args(argv)
+
+
+def _fmt(value: Optional[float], unit: str, digits: int = 2) -> str:
+    return 'n/a' if value is None else f'{value:.{digits}f}{unit}'
+
+
+def preset_name(backbone_cfg: Dict) -> Optional[str]:
+    """``'poolformer_s12'`` for ``dict(type='PoolFormer', arch='s12')``; None for custom archs."""
+    arch, kind = backbone_cfg.get('arch'), backbone_cfg.get('type')
+    if not isinstance(arch, str) or kind not in FAMILY_PREFIX:
+        return None
+    prefix = FAMILY_PREFIX[kind]
+    return arch if arch.startswith(prefix) and prefix else prefix + arch
+
+
+def model_family(model_cfg: Dict) -> Optional[str]:
+    """The row of ``PAPER_MODELS`` a model config belongs to."""
+    kind = model_cfg.get('type')
+    if kind == 'RetinaNet':
+        return 'RetinaNet'
+    if kind == 'MaskRCNN':
+        return 'Mask R-CNN'
+    if kind == 'EncoderDecoder' and (model_cfg.get('decode_head') or {}).get('type') == 'FPNHead':
+        return 'Semantic FPN'
+    return None
+
+
+def sdpa_macs(inputs: List, outputs: List) -> int:
+    """MACs of ``aten::scaled_dot_product_attention`` (Q K^T and A V), which fvcore skips."""
+    from mmengine.analysis.jit_handles import get_shape
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch_heads = 1
+    for d in q[:-2]:
+        batch_heads *= d
+    return batch_heads * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
+    """(parameters, MACs) of ``module`` on one ``1x3xHxW`` input.
+
+    The counting of ``mmengine.analysis.get_model_complexity_info`` (its ``FlopAnalyzer``
+    and ``parameter_count``), plus the attention op, so that CAFormer counts like the paper.
+    Not under ``torch.no_grad()``: there the traced graph of some layers (e.g. sMLPNet's
+    MLPs) changes and the counter misses their multiply-adds.
+    """
+    import torch
+    from mmengine.analysis import FlopAnalyzer, parameter_count
+    flops = FlopAnalyzer(module, (torch.randn(1, 3, *shape),))
+    flops.set_op_handle('aten::scaled_dot_product_attention', sdpa_macs)
+    return float(parameter_count(module)['']), float(flops.total())
+
+
+class TensorForward:
+    """Wraps a detector so that ``model(x)`` runs its ``mode='tensor'`` forward.
+
+    Two-stage detectors need each image's shape in a data sample to make proposals.
+    """
+
+    @staticmethod
+    def wrap(model, scope: str, shape: Tuple[int, int]):
+        import torch.nn as nn
+        if scope != 'mmdet':
+            return model  # mmseg's forward(inputs) already defaults to mode='tensor'
+        from mmdet.structures import DetDataSample
+        meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                    scale_factor=(1.0, 1.0))
+
+        class _Wrapped(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return self.model(x, [DetDataSample(metainfo=meta)], mode='tensor')
+        return _Wrapped()
+
+
+def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
+            paper: bool = False) -> Dict[str, object]:
+    """Builds the config's model (random weights) and counts; returns the figures as a dict."""
+    import metaformer_mm  # noqa: F401  (registers the backbones)
+    from mmengine.registry import init_default_scope
+    from metaformer_mm.tools_utils import load_config
+
+    cfg = load_config(config)
+    scope = cfg.default_scope
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    shape = tuple(shape) if shape else ((800, 1280) if scope == 'mmdet' else (512, 512))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # counting needs no weights (and no download)
+    model_cfg.pop('pretrained', None)
+    model = MODELS.build(model_cfg).eval()
+    params, macs = complexity(TensorForward.wrap(model, scope, shape), shape)
+    bb_params, bb_macs = complexity(model.backbone, shape)
+    out = dict(config=config, model=model_cfg.type, shape=shape, params=params, macs=macs,
+               backbone=model_cfg.backbone.type, backbone_params=bb_params, backbone_macs=bb_macs)
+    if paper:
+        name = preset_name(cfg.model.backbone)
+        out['preset'] = name
+        classifier_cfg = dict(type=cfg.model.backbone.type, arch=cfg.model.backbone.get('arch'),
+                              fork_feat=False, num_classes=1000)
+        for key in ('image_size', 'resize_mode'):
+            if key in cfg.model.backbone:
+                classifier_cfg[key] = cfg.model.backbone[key]
+        classifier = MODELS.build(classifier_cfg).eval()
+        out['classifier_params'], out['classifier_macs'] = complexity(classifier, (224, 224))
+        out['paper_backbone'] = PAPER_BACKBONES.get(name)
+        family = model_family(cfg.model)
+        size = name.split('_')[-1] if name and name.startswith('poolformer_') else None
+        out['paper_model'] = PAPER_MODELS.get(family, {}).get(size)
+        out['family'] = family
+    return out
+
+
+def report(r: Dict[str, object]) -> str:
+    h, w = r['shape']
+    lines = [f'{r["config"]}: {r["model"]} with {r["backbone"]}, input 1x3x{h}x{w}', '',
+             '| part | params | GMACs |', '|---|---|---|',
+             f'| whole model | {r["params"] / 1e6:.2f}M | {r["macs"] / 1e9:.2f} |',
+             f'| backbone | {r["backbone_params"] / 1e6:.2f}M | {r["backbone_macs"] / 1e9:.2f} |']
+    if 'classifier_params' in r:
+        pb = r['paper_backbone'] or (None, None)
+        lines += ['', f'Beside the paper ({r["preset"] or "custom arch"}):', '',
+                  '| what | ours | paper |', '|---|---|---|',
+                  f'| backbone as ImageNet classifier, params | '
+                  f'{r["classifier_params"] / 1e6:.2f}M | {_fmt(pb[0], "M", 1)} |',
+                  f'| backbone as ImageNet classifier, GMACs at 224x224 | '
+                  f'{r["classifier_macs"] / 1e9:.2f} | {_fmt(pb[1], "", 1)} |',
+                  f'| whole {r["family"] or r["model"]}, params | {r["params"] / 1e6:.2f}M | '
+                  f'{_fmt(r["paper_model"], "M")} |']
+    lines += ['', 'MACs: multiply-adds of convs, linears, matmuls and attention (mmengine/fvcore '
+                  'rules); '
+                  'pooling, norms and element-wise ops are not counted.']
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
+    args = parse_args(argv)
+    from mmengine.logging import MMLogger
+    from metaformer_mm.tools_utils import ToolError
+    if not args.verbose:
+        # "Unsupported operator aten::gelu ..." is the documented convention, not a problem.
+        MMLogger.get_current_instance().setLevel(logging.ERROR)
+    try:
+        result = analyse(args.config, args.shape, args.paper)
+    except ToolError as err:
+        sys.exit(f'error: {err}')
+    print(report(result))
+    return result
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Draw the four ``fork_feat`` maps of a config's backbone over an image, in one picture.
+
+    python tools/analysis/visualize_features.py IMAGE CONFIG [CHECKPOINT] --out-file F.png
+
+Each panel shows one stage's channel-mean activation (min-max scaled) over the image,
+labelled with its stride and shape. The quickest check that weights loaded and the stages
+behave: trained weights give maps that follow the objects; random ones give texture.
+CHECKPOINT may be a whole detector/segmentor checkpoint (its ``backbone.*`` is used) or a
+backbone file in any supported layout (e.g. the ImageNet releases); without it the backbone
+keeps random weights.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import sys
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+REDUCTIONS = ('mean', 'absmean', 'l2')
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='detection or segmentation config with a MetaFormer backbone')
+    parser.add_argument('checkpoint', nargs='?', default=None,
+                        help='whole-model or backbone checkpoint (default: random weights)')
+    parser.add_argument('--out-file', required=True, help='PNG to write')
+    parser.add_argument('--size', type=int, default=512,
+                        help='resize the longer image side to this (a multiple of 32 is used)')
+    parser.add_argument('--reduce', choices=REDUCTIONS, default='mean',
+                        help='how channels become one map: mean, mean of |x|, or L2 norm')
+    parser.add_argument('--alpha', type=float, default=0.55, help='opacity of the heat map')
+    return parser.parse_args(argv)
+
+
+def build_backbone(config: str, checkpoint: Optional[str]):
+    """The config's backbone with all four outputs, weights from ``checkpoint`` if given."""
+    import metaformer_mm  # noqa: F401  (registers the backbones)
+    from mmengine.registry import init_default_scope
+    from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
+    from metaformer_mm.tools_utils import ToolError, load_config
+
+    cfg = load_config(config)
+    init_default_scope(cfg.default_scope)
+    if cfg.default_scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    backbone_cfg = copy.deepcopy(cfg.model.backbone)
+    if not backbone_cfg.get('fork_feat', True):
+        raise ToolError('the backbone has fork_feat=False: it returns no feature maps')
+    backbone_cfg.update(out_indices=(0, 1, 2, 3), init_cfg=None)
+    backbone = MODELS.build(backbone_cfg)
+    if not hasattr(backbone, 'out_norms'):
+        raise ToolError(f'{backbone_cfg.type} is not a MetaFormer backbone of this project')
+    backbone.init_weights()
+    report = None
+    if checkpoint:
+        state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
+        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
+        if prefix and any(k.startswith('backbone.patch_embed.') for k in state) and \
+                any(k.startswith('head.fc.') for k in state):
+            prefix = None  # an mmpretrain classifier: its loader handles the prefix
+        report = load_pretrained(backbone, checkpoint, prefix=prefix)
+    return backbone.eval(), cfg, report
+
+
+def preprocess(image_path: str, cfg, size: int):
+    """Image (RGB uint8, resized) and the normalized input tensor, as the model's preprocessor."""
+    import mmcv
+    import numpy as np
+    import torch
+
+    image = mmcv.imread(image_path, channel_order='rgb')
+    if image is None:
+        raise FileNotFoundError(f'cannot read image {image_path}')
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    new_h, new_w = (max(32, int(round(d * scale / 32)) * 32) for d in (h, w))
+    image = mmcv.imresize(image, (new_w, new_h))
+    prep = cfg.model.get('data_preprocessor') or {}
+    mean = np.array(prep.get('mean', [123.675, 116.28, 103.53]), dtype=np.float32)
+    std = np.array(prep.get('std', [58.395, 57.12, 57.375]), dtype=np.float32)
+    # The configs' bgr_to_rgb turns mmcv's BGR loads into RGB: `image` already is RGB.
+    x = (image.astype(np.float32) - mean) / std
+    return image, torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+
+
+def reduce_channels(feat, how: str):
+    if how == 'mean':
+        return feat.mean(dim=1)[0]
+    if how == 'absmean':
+        return feat.abs().mean(dim=1)[0]
+    return feat.pow(2).sum(dim=1).sqrt()[0]
+
+
+def draw(image, feats, out_file: str, how: str, alpha: float, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch.nn.functional as F
+
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 10 * h / w + 0.8))
+    for i, (ax, feat) in enumerate(zip(axes.flat, feats)):
+        heat = reduce_channels(feat, how)
+        heat = F.interpolate(heat[None, None], size=(h, w), mode='bilinear',
+                             align_corners=False)[0, 0].numpy()
+        lo, hi = float(heat.min()), float(heat.max())
+        heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+        ax.imshow(image)
+        ax.imshow(heat, cmap='jet', alpha=alpha, vmin=0, vmax=1)
+        c, fh, fw = feat.shape[1:]
+        ax.set_title(f'stage {i}: stride {round(h / fh)}, {c}x{fh}x{fw}', fontsize=11)
+        ax.axis('off')
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
+    fig.savefig(out_file, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
+    import torch
+    from metaformer_mm.checkpoint import CheckpointError
+    from metaformer_mm.tools_utils import ToolError
+    for path, what in ((args.image, 'image'), (args.config, 'config')):
+        if not osp.isfile(path):
+            sys.exit(f'error: {what} file not found: {path}')
+    try:
+        backbone, cfg, report = build_backbone(args.config, args.checkpoint)
+        image, x = preprocess(args.image, cfg, args.size)
+    except (ToolError, CheckpointError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
+    with torch.no_grad():
+        feats = backbone(x)
+    weights = (f'{osp.basename(args.checkpoint)} ({report["loaded"]}/{report["total"]} '
+               f'tensors, {report["layout"]})' if report else 'random weights')
+    title = (f'{cfg.model.backbone.type} {cfg.model.backbone.get("arch", "")}, {weights}; '
+             f'channel {args.reduce} per stage')
+    draw(image, feats, args.out_file, args.reduce, args.alpha, title)
+    shapes = [tuple(f.shape[1:]) for f in feats]
+    if not report:
+        print('note: no checkpoint given, the backbone has random weights')
+    print(f'feature maps (C, H, W): {shapes}')
+    print(f'picture written to {args.out_file}')
+    return dict(shapes=shapes, report=report)
+
+
+if __name__ == '__main__':
+    main()
