@@ -17,6 +17,7 @@ import json
 import os
 import os.path as osp
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -110,7 +111,14 @@ class _Job:
                    PYTHON=sys.executable, PORT=str(_free_port()))
         self.log = log
         with open(log, 'w') as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            # its own process group: torchrun's workers are stopped with it
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def finish(self) -> str:
         self.proc.wait(timeout=900)
@@ -184,16 +192,20 @@ def runs(repo_root, data_dir, tmp_path_factory) -> Dict[str, str]:
     out = {name: str(root / name) for name in
            ('train_mask_rcnn', 'test_mask_rcnn_1', 'test_mask_rcnn_2', 'test_fpn_1', 'test_fpn_2')}
 
-    train = _train(repo_root, config['mask_rcnn'], out['train_mask_rcnn'], gpus=2)
-    fpn_1 = _test(repo_root, config['fpn'], fpn_ckpt, out['test_fpn_1'], gpus=1)
-    fpn_2 = _test(repo_root, config['fpn'], fpn_ckpt, out['test_fpn_2'], gpus=2)
-    logs = {'train_mask_rcnn': train.finish(), 'test_fpn_1': fpn_1.finish(),
-            'test_fpn_2': fpn_2.finish()}
-
-    ckpt = osp.join(out['train_mask_rcnn'], f'iter_{ITERS}.pth')
-    det_1 = _test(repo_root, config['mask_rcnn'], ckpt, out['test_mask_rcnn_1'], gpus=1)
-    det_2 = _test(repo_root, config['mask_rcnn'], ckpt, out['test_mask_rcnn_2'], gpus=2)
-    logs.update(test_mask_rcnn_1=det_1.finish(), test_mask_rcnn_2=det_2.finish())
+    jobs: List[_Job] = []
+    try:
+        jobs += [_train(repo_root, config['mask_rcnn'], out['train_mask_rcnn'], gpus=2),
+                 _test(repo_root, config['fpn'], fpn_ckpt, out['test_fpn_1'], gpus=1),
+                 _test(repo_root, config['fpn'], fpn_ckpt, out['test_fpn_2'], gpus=2)]
+        logs = dict(zip(('train_mask_rcnn', 'test_fpn_1', 'test_fpn_2'),
+                        [job.finish() for job in jobs]))
+        ckpt = osp.join(out['train_mask_rcnn'], f'iter_{ITERS}.pth')
+        jobs += [_test(repo_root, config['mask_rcnn'], ckpt, out['test_mask_rcnn_1'], gpus=1),
+                 _test(repo_root, config['mask_rcnn'], ckpt, out['test_mask_rcnn_2'], gpus=2)]
+        logs.update(test_mask_rcnn_1=jobs[3].finish(), test_mask_rcnn_2=jobs[4].finish())
+    finally:  # a failed run must not leave the others behind
+        for job in jobs:
+            job.stop()
     return dict(dirs=out, logs=logs)
 
 

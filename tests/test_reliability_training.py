@@ -21,7 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Dict, List
 
 import pytest
 import torch
@@ -320,30 +321,38 @@ def killed_and_resumed(repo_root, small_retinanet, tmp_path_factory):
     a, b, c = (str(root / name) for name in 'abc')
     args = lambda work, *more: [train, small_retinanet, '--work-dir', work,  # noqa: E731
                                 '--cfg-options', *more]
-    run_a = _start(args(a, *DETERMINISTIC), f'{a}.log')
-    run_b = _start(args(b, *DETERMINISTIC), f'{b}.log')
+    started = []
+
+    def start(*args_, **kwargs):
+        started.append(_start(*args_, **kwargs))
+        return started[-1]
+
     try:
-        pointer = osp.join(b, 'last_checkpoint')
+        run_a = start(args(a, *DETERMINISTIC), f'{a}.log')
+        run_b = start(args(b, *DETERMINISTIC), f'{b}.log')
+        pointer = Path(b, 'last_checkpoint')
         deadline = time.time() + 600
-        while not (osp.isfile(pointer) and open(pointer).read().endswith('iter_4.pth')):
-            assert run_b.poll() is None, open(f'{b}.log').read()[-5000:]
+        while not (pointer.is_file() and pointer.read_text().endswith('iter_4.pth')):
+            assert run_b.poll() is None, Path(f'{b}.log').read_text()[-5000:]
             assert time.time() < deadline, 'no second checkpoint after 10 minutes'
             time.sleep(0.05)
         run_b.send_signal(signal.SIGKILL)
         run_b.wait()
-    finally:
-        if run_b.poll() is None:
-            run_b.kill()
-    assert run_b.returncode == -signal.SIGKILL
-    assert not osp.exists(osp.join(b, f'iter_{ITERS}.pth')), 'run B finished before the kill'
+        assert run_b.returncode == -signal.SIGKILL
+        assert not osp.exists(osp.join(b, f'iter_{ITERS}.pth')), 'run B ended before the kill'
 
-    resume = _start([train, small_retinanet, '--work-dir', b, '--resume',
-                     '--cfg-options', *DETERMINISTIC], f'{b}.resume.log')
-    run_c = _start(args(c, 'randomness.seed=1', 'randomness.deterministic=True',
-                        'train_cfg.max_iters=2'), f'{c}.log')
-    _finish(run_a, f'{a}.log')
-    _finish(resume, f'{b}.resume.log')
-    _finish(run_c, f'{c}.log')
+        resume = start([train, small_retinanet, '--work-dir', b, '--resume',
+                        '--cfg-options', *DETERMINISTIC], f'{b}.resume.log')
+        run_c = start(args(c, 'randomness.seed=1', 'randomness.deterministic=True',
+                           'train_cfg.max_iters=2'), f'{c}.log')
+        _finish(run_a, f'{a}.log')
+        _finish(resume, f'{b}.resume.log')
+        _finish(run_c, f'{c}.log')
+    finally:  # a failed assertion must not leave training runs behind
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return a, b, c
 
 
@@ -351,7 +360,7 @@ def killed_and_resumed(repo_root, small_retinanet, tmp_path_factory):
 def test_killed_run_resumes_with_identical_losses(killed_and_resumed):
     a, b, _ = killed_and_resumed
     (full,) = _runs(a)
-    killed, resumed = _runs(b)
+    _, resumed = _runs(b)  # the killed run, then the resumed one
     with open(f'{b}.resume.log') as f:
         log = f.read()
     assert 'resumed epoch: 0, iter: 4' in log, log[-3000:]
