@@ -391,6 +391,9 @@ def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
     if dist_cfg.get('timeout') is not None:  # seconds in mmengine's dist_cfg
         kwargs['timeout'] = datetime.timedelta(seconds=dist_cfg['timeout'])
     dist.init_process_group(backend='gloo', **kwargs)
+    if _replace_sync_bn(cfg.get('model')):
+        # DDP refuses SyncBatchNorm on CPU modules; each process normalizes its own batch.
+        logger.warning('no CUDA: SyncBN layers of the config run as BN (per-process statistics)')
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:
         cfg.model_wrapper_cfg = ConfigDict(
@@ -399,6 +402,21 @@ def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
     else:
         wrapper.setdefault('device_ids', None)
     return True
+
+
+def _replace_sync_bn(node: Any) -> bool:
+    """Turns every ``norm_cfg=dict(type='SyncBN')`` below ``node`` into BN; True if any."""
+    found = False
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            return True
+        for value in node.values():
+            found |= _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found |= _replace_sync_bn(value)
+    return found
 
 
 def _slurm_env() -> None:
