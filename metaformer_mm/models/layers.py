@@ -85,6 +85,10 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.drop, nn.Identity):
+            # The 1x1 convs as GEMMs on the channels-last view (see models/fast.py).
+            from .fast import mlp_forward
+            return mlp_forward(self, x)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

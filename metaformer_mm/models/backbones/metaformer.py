@@ -20,8 +20,11 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_backbone
+from ..deploy import deploy_active, deploy_forward, switch_to_deploy
+from ..fast import (drop_path_factor, fused_residual, is_plain_mlp, mlp_forward,
+                    scale_vector)
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
-from ..mixers import build_mixer
+from ..mixers import Pooling, build_mixer
 from ..norms import build_norm
 
 NUM_STAGES = 4
@@ -124,8 +127,25 @@ class MetaFormerBlock(nn.Module):
         return Scale(dim, init_value) if init_value is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res_scale1(x) + self.drop_path1(self.layer_scale1(self.token_mixer(self.norm1(x))))
-        return self.res_scale2(x) + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
+        # The plain formulation is ``deploy.reference_block``; this one computes the same
+        # with fused residual updates and channels-last GEMMs (see ``models/fast.py``).
+        branch = self.token_mixer(self.norm1(x))
+        # Pooling returns a fresh buffer no backward saved, which may take the result.
+        x = fused_residual(x, branch, scale_vector(self.layer_scale1),
+                           scale_vector(self.res_scale1), drop_path_factor(self.drop_path1, x),
+                           branch_is_temporary=isinstance(self.token_mixer, Pooling))
+        z = self.norm2(x)
+        ls2, rs2 = scale_vector(self.layer_scale2), scale_vector(self.res_scale2)
+        if not is_plain_mlp(self.mlp):
+            return fused_residual(x, self.mlp(z), ls2, rs2, drop_path_factor(self.drop_path2, x),
+                                  branch_is_temporary=False)
+        factor = drop_path_factor(self.drop_path2, x)
+        if factor is not None:
+            return fused_residual(x, mlp_forward(self.mlp, z, out_scale=ls2), None, rs2, factor,
+                                  branch_is_temporary=True)
+        # Without autograd the result may overwrite the norm's output (read chunk by chunk).
+        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2,
+                           out=None if z is x else z)
 
 
 class MetaFormerStage(nn.Module):
@@ -328,7 +348,8 @@ class MetaFormer(BaseModule):
     def forward_stages(self, x: torch.Tensor, last: int = NUM_STAGES - 1) -> List[torch.Tensor]:
         """Runs the stem and stages 0..``last``; returns the raw (un-normalized) stage outputs."""
         self._check_input(x)
-        x = self.stem(x)
+        # Channels-last throughout: each 1x1 conv is then a GEMM on a (N*H*W, C) view.
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outs = []
         for stage in self.stages[:last + 1]:
             x = self._run_blocks(stage.blocks, stage.downsample(x))
@@ -336,10 +357,26 @@ class MetaFormer(BaseModule):
         return outs
 
     def forward(self, x: torch.Tensor) -> Union[Tuple[torch.Tensor, ...], torch.Tensor]:
+        if deploy_active(self):
+            return deploy_forward(self, x)
         if not self.fork_feat:
             return self.head(self.forward_stages(x)[-1])
         stage_outs = self.forward_stages(x, last=max(self.out_indices))
-        return tuple(self.out_norms[str(i)](stage_outs[i]) for i in self.out_indices)
+        # The maps leave in the usual contiguous NCHW layout, whatever the necks expect.
+        return tuple(self.out_norms[str(i)](stage_outs[i]).contiguous()
+                     for i in self.out_indices)
+
+    def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
+        """Builds the fused inference path (or drops it with ``enable=False``); returns self.
+
+        Blocks with pooling/identity mixers and GroupNorm(1) norms (PoolFormer, PoolFormerV2,
+        IdentityFormer) get their norms and layer scales folded into the 1x1 convs and run
+        chunk by chunk in cache (see ``metaformer_mm.models.deploy``); other stages keep the
+        default path. Reversible: parameters and state-dict keys are untouched, the folded
+        weights are a cache rebuilt when a parameter changes. Used in ``eval()`` without
+        autograd only; training takes the default path.
+        """
+        return switch_to_deploy(self, enable)
 
     # ---------------------------------------------------------------- training state
     def _frozen_modules(self) -> List[nn.Module]:

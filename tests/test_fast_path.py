@@ -1,0 +1,280 @@
+"""Fast paths against the plain formulation: default path (train and eval) and deploy path.
+
+Every comparison is against ``deploy.reference_forward`` on the same weights: the original
+eager formulation (NCHW, GroupNorm, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale
+multiplies). Weights are randomized (norm affines, layer scales, biases) so that no fold
+can pass by accident of an identity initialisation.
+"""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+
+from metaformer_mm.models import (CAFormer, IdentityFormer, MetaFormer, PoolFormer, PoolFormerV2,
+                                  SMLPNet)
+from metaformer_mm.models import deploy as deploy_mod
+from metaformer_mm.models import fast as fast_mod
+from metaformer_mm.models.deploy import reference_forward
+
+TINY_DIMS = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
+ARCHS = {
+    'poolformer': lambda **kw: PoolFormer(arch=dict(base='poolformer_s12', **TINY_DIMS), **kw),
+    'poolformerv2': lambda **kw: PoolFormerV2(arch=dict(base='poolformerv2_s12', **TINY_DIMS),
+                                              **kw),
+    'identityformer': lambda **kw: IdentityFormer(arch=dict(base='identityformer_s12',
+                                                            **TINY_DIMS), **kw),
+    'caformer': lambda **kw: CAFormer(arch=dict(base='caformer_s18', depths=[1, 1, 1, 1],
+                                                dims=[16, 32, 64, 64]), **kw),
+    'smlpnet': lambda **kw: SMLPNet(arch=dict(base='smlpnet_tiny', depths=[1, 1, 1, 1],
+                                              dims=[8, 16, 32, 64]), image_size=64, **kw),
+}
+FUSED = ['poolformer', 'poolformerv2', 'identityformer']
+
+
+def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random norm affines, layer/res scales and biases, BN statistics: no identity folds."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ('scale' in name or 'norm' in name and name.endswith('weight')):
+                p.copy_(torch.rand(p.shape, generator=gen) * 1.2 + 0.3)
+            elif name.endswith('bias'):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5))
+        for name, b in model.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return model
+
+
+def _build(name: str, seed: int = 0, **kwargs) -> MetaFormer:
+    torch.manual_seed(seed)
+    return _randomized(ARCHS[name](**kwargs), seed)
+
+
+def _assert_rel(ours, ref, tol=1e-4, what=''):
+    """Max abs difference within ``tol`` of the reference's max magnitude (per tensor)."""
+    ours = ours if isinstance(ours, (tuple, list)) else (ours,)
+    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+    assert len(ours) == len(ref), what
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        assert o.shape == r.shape, (what, i, o.shape, r.shape)
+        err = (o - r).abs().max().item() / r.abs().max().item()
+        assert err <= tol, f'{what} output {i}: relative error {err:.2e}'
+
+
+def _check_grads(model, ref_grads, tol=1e-4):
+    """Per-parameter gradients within ``tol`` of the reference's (relative to the largest
+    gradient of that parameter, with a floor for gradients that are zero in exact maths,
+    such as PoolFormer's norm1 bias, which pooling-minus-identity cancels)."""
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (name not in ref_grads), name
+        if p.grad is None:
+            continue
+        ref = ref_grads[name]
+        err = (p.grad - ref).abs().max().item()
+        assert err <= tol * ref.abs().max().item() + 1e-6 * scale, (name, err)
+
+
+@pytest.mark.parametrize('name', list(ARCHS))
+def test_default_eval_path_equals_plain_formulation(name):
+    model = _build(name).eval()
+    x = torch.randn(2, 3, 67, 91)
+    with torch.no_grad():
+        ref = reference_forward(model, x)
+        out = model(x)
+    _assert_rel(out, ref, what=name)
+    assert all(o.is_contiguous() for o in out), 'maps leave in the usual NCHW layout'
+
+
+@pytest.mark.parametrize('name', ['poolformer', 'poolformerv2', 'caformer'])
+def test_default_training_path_equals_plain_formulation_with_gradients(name):
+    model = _build(name, drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 64, 80)
+    weights = [torch.randn(s, generator=torch.Generator().manual_seed(i))
+               for i, s in enumerate(o.shape for o in reference_forward(model, x))]
+
+    def run(fn):
+        model.zero_grad()
+        xg = x.clone().requires_grad_()
+        outs = fn(xg)
+        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return outs, grads, xg.grad
+
+    ref_out, ref_grads, ref_gx = run(lambda t: reference_forward(model, t))
+    out, grads, gx = run(model)
+    _assert_rel(out, ref_out, what=name)
+    _assert_rel(gx, ref_gx, what='input gradient')
+    _check_grads(model, ref_grads)
+
+
+def test_drop_path_draws_the_same_masks_as_the_plain_formulation():
+    model = _build('poolformer', drop_path_rate=0.5).train()
+    x = torch.randn(4, 3, 48, 48)
+    torch.manual_seed(123)
+    ref = reference_forward(model, x)
+    torch.manual_seed(123)
+    out = model(x)
+    _assert_rel(out, ref)
+    torch.manual_seed(124)
+    other = model(x)
+    assert max((a - b).abs().max() for a, b in zip(other, ref)) > 1e-3, 'masks must be random'
+
+
+def test_with_cp_training_equals_plain_formulation():
+    model = _build('poolformer', with_cp=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    ref = reference_forward(model, x)
+    sum(o.square().mean() for o in ref).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    sum(o.square().mean() for o in model(x)).backward()
+    _check_grads(model, ref_grads)
+
+
+@pytest.mark.parametrize('name', FUSED)
+@pytest.mark.parametrize('size', [(97, 131), (64, 64)])
+def test_deploy_path_equals_plain_formulation(name, size):
+    model = _build(name).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = reference_forward(model, x)
+        plan = model.switch_to_deploy()._deploy_plan
+        assert all(stage is not None for stage in plan.stages)
+        out = model(x)
+    _assert_rel(out, ref, what=f'{name} {size}')
+
+
+@pytest.mark.parametrize('pool_size', [3, 5])
+def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size):
+    """Tiny chunks: many row slabs (with halos), token chunks and moment merges per sample."""
+    monkeypatch.setattr(deploy_mod, 'CHUNK_ELEMENTS', 200)
+    monkeypatch.setattr(deploy_mod, 'HIDDEN_CHUNK_ELEMENTS', 700)
+    model = _build('poolformer', pool_size=pool_size).eval()
+    x = torch.randn(2, 3, 61, 45) + 3.0  # a mean far from zero tests the centred moments
+    with torch.no_grad():
+        ref = reference_forward(model, x)
+        out = model.switch_to_deploy()(x)
+    _assert_rel(out, ref)
+
+
+@pytest.mark.parametrize('kwargs', [dict(out_indices=(1, 3)), dict(out_indices=(0,)),
+                                    dict(fork_feat=False, num_classes=7)])
+def test_deploy_keeps_out_indices_and_classifier(kwargs):
+    model = _build('poolformer', **kwargs).eval()
+    x = torch.randn(1, 3, 75, 53)
+    with torch.no_grad():
+        ref = reference_forward(model, x)
+        out = model.switch_to_deploy()(x)
+    if model.fork_feat:
+        assert len(out) == len(model.out_indices)
+    _assert_rel(out, ref)
+
+
+def test_deploy_on_mixed_stages_keeps_default_path_for_other_mixers():
+    model = _build('poolformer', token_mixers=['pooling', 'pooling', 'sepconv', 'attention'])
+    model.eval().switch_to_deploy()
+    assert [s is not None for s in model._deploy_plan.stages] == [True, True, False, False]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        _assert_rel(model(x), reference_forward(model, x))
+    caformer = _build('caformer').eval().switch_to_deploy()
+    assert all(s is None for s in caformer._deploy_plan.stages)
+
+
+def test_deploy_is_reversible_keeps_state_dict_and_follows_weight_changes():
+    model = _build('poolformer').eval()
+    keys = list(model.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    model.switch_to_deploy()
+    assert list(model.state_dict()) == keys
+    other = _build('poolformer', seed=1).eval()
+    model.load_state_dict(other.state_dict())  # in place: the folded cache must notice
+    with torch.no_grad():
+        _assert_rel(model(x), reference_forward(other, x))
+        model.switch_to_deploy(False)
+        assert model._deploy_plan is None
+        _assert_rel(model(x), reference_forward(other, x))
+
+
+def test_deploy_path_is_not_used_with_autograd_or_in_training(monkeypatch):
+    model = _build('poolformer').switch_to_deploy()
+    calls = []
+    monkeypatch.setattr(deploy_mod, 'run_fused_stage',
+                        lambda *a: calls.append(1) or pytest.fail('fused path with autograd'))
+    model.train()
+    sum(o.sum() for o in model(torch.randn(1, 3, 32, 32))).backward()
+    model.eval()
+    out = model(torch.randn(1, 3, 32, 32))
+    assert out[0].requires_grad and not calls
+
+
+def test_deploy_matches_original_poolformer_outputs(reference_dir):
+    """The fused path against the original sail-sg code's stored features."""
+    folder = osp.join(reference_dir, 'poolformer_tiny')
+    model = PoolFormer(arch=dict(base='poolformer_s12', **TINY_DIMS), init_cfg=dict(
+        type='Pretrained', checkpoint=osp.join(folder, 'official.pth')))
+    model.init_weights()
+    model.eval().switch_to_deploy()
+    with torch.no_grad():
+        feats = model(torch.load(osp.join(folder, 'input.pt'), weights_only=True))
+    for ours, theirs in zip(feats, torch.load(osp.join(folder, 'features.pt'),
+                                              weights_only=True)):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_unchunked_folded_path_equals_plain_formulation(monkeypatch):
+    """The whole-tensor variant (used for ONNX export, tracing and non-CPU devices)."""
+    monkeypatch.setattr(deploy_mod, '_exporting', lambda: True)
+    for name in FUSED:
+        model = _build(name).eval().switch_to_deploy()
+        x = torch.randn(2, 3, 57, 83)
+        with torch.no_grad():
+            _assert_rel(model(x), reference_forward(model, x), what=name)
+
+
+def test_no_grad_mlp_chunks_are_exact(monkeypatch):
+    monkeypatch.setattr(fast_mod, 'HIDDEN_CHUNK_ELEMENTS', 1000)
+    for name in ('poolformer', 'poolformerv2', 'smlpnet'):
+        model = _build(name).eval()
+        x = torch.randn(2, 3, 64, 72)
+        with torch.no_grad():
+            _assert_rel(model(x), reference_forward(model, x), what=name)
+
+
+def test_default_path_under_bfloat16_autocast_and_nchw_blocks():
+    model = _build('poolformer').eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+        ref_bf16 = reference_forward(model, x)
+    ref = reference_forward(model, x)
+    for o, r, rb in zip(out, ref, ref_bf16):
+        assert o.dtype == rb.dtype  # the same dtypes as the plain formulation under autocast
+        assert (o.float() - r).abs().max() / r.abs().max() < 0.1
+    # A block called directly on a plain NCHW tensor gives the same result, not modifying it.
+    block = model.stages[0].blocks[0]
+    t = torch.randn(2, 16, 9, 11)
+    before = t.clone()
+    with torch.no_grad():
+        _assert_rel(block(t), deploy_mod.reference_block(block, t))
+    assert torch.equal(t, before)
+
+
+def test_switch_to_deploy_on_a_copied_and_retrained_model():
+    model = _build('poolformer').eval().switch_to_deploy()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(1.01)  # an optimizer step changes weights in place
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        _assert_rel(clone(x), reference_forward(clone, x))
+        _assert_rel(model(x), reference_forward(model, x))

@@ -1,0 +1,547 @@
+#!/usr/bin/env python
+"""Latency, images/s, peak memory and distance to the matrix-multiply limit of backbones and models.
+
+    python tools/analysis/benchmark.py [--suite backbones|models] [--models NAME|CONFIG ...]
+        [--config PATH ...] [--shape H W] [--batch N] [--threads T] [--repeats R] [--warmup W]
+
+``--suite backbones`` (default) times each backbone in up to four ways, on one input:
+
+* ``eager``: the plain formulation of the original code (NCHW, GroupNorm, ``AvgPool2d - x``,
+  1x1 convs, separate layer-scale multiplies; ``metaformer_mm.models.deploy.reference_forward``);
+* ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run;
+* ``deploy``: after ``model.switch_to_deploy()`` (the fused inference path);
+* ``onnxruntime``: the deploy path exported to ONNX, run by onnxruntime (if installed);
+
+beside mmdet's ResNet-50 and ResNet-18 backbones, and (``--train-models``) a training step
+(forward and backward, ``--train-batch`` images) eager, default and with ``with_cp=True``.
+``--suite models`` times whole detectors/segmentors built from configs (``predict`` mode, at
+their test scale: 800x1216 for detection and 512x512 for segmentation unless ``--shape``),
+eager / default / deploy for MetaFormer backbones, and the ResNet-50 configs they replace.
+
+Every row shows the median time and the spread (inter-quartile range) of ``--repeats``
+timed runs after ``--warmup`` untimed ones, images/s, the peak memory of one extra run and
+the ratio to the matrix-multiply limit: the model's convolution (and linear) multiply-adds
+divided by the fp32 GEMM rate measured on a 2048^3 product in the same run. The cases of
+one table are timed in interleaved rounds, each with one GEMM, so that a busy machine
+slows all of them alike. Peak memory is the peak of the tensors PyTorch allocates during
+the call (activations, gradients, workspaces; weights and input excluded), from
+``torch.profiler``; for onnxruntime it is the peak resident-memory growth of one run in a
+fresh process (marked ``rss``).
+"""
+import argparse
+import contextlib
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+warnings.filterwarnings('ignore')
+os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # no profiler start/stop lines in the report
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEFAULT_BACKBONES = ['poolformer_s12', 'poolformer_s24', 'poolformer_m36', 'smlpnet_tiny',
+                     'resnet50', 'resnet18']
+DEFAULT_CONFIGS = [
+    'configs/detection/retinanet_poolformer_s12.py',
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    'configs/detection/mask_rcnn_poolformer_s12.py',
+    'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'configs/segmentation/fpn_poolformer_s12.py',
+    'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py',
+]
+RESNETS = {'resnet50': 50, 'resnet18': 18}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--suite', choices=['backbones', 'models'], default='backbones')
+    parser.add_argument('--models', nargs='+', default=None, metavar='NAME',
+                        help='backbones (e.g. poolformer_s12 smlpnet_tiny resnet50, any preset '
+                             'of metaformer_mm ARCH_SETTINGS) or, for --suite models, configs '
+                             '(files or mmdet::/mmseg:: names)')
+    parser.add_argument('--config', nargs='+', default=None, metavar='PATH',
+                        help='benchmark these whole-model configs (implies --suite models)')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='input size (default 800 1216; models: 800 1216 detection, '
+                             '512 512 segmentation)')
+    parser.add_argument('--batch', type=int, default=1, help='images per inference call')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch and ORT)')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per case')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed runs per case first')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda')
+    parser.add_argument('--train-models', nargs='*', default=['poolformer_s12'], metavar='NAME',
+                        help='backbones also timed in training (backbones suite); none: skip')
+    parser.add_argument('--train-batch', type=int, default=2)
+    parser.add_argument('--no-onnx', action='store_true', help='skip the onnxruntime rows')
+    parser.add_argument('--no-memory', action='store_true', help='skip peak-memory runs')
+    parser.add_argument('--json', default=None, help='also write the results to this file')
+    args = parser.parse_args(argv)
+    if args.config:
+        args.suite = 'models'
+        args.models = list(args.config) + [m for m in (args.models or []) if osp.exists(m)]
+    return args
+
+
+# ============================================================================ measuring
+def gemm_case(device: str, size: int = 2048) -> Tuple[Callable[[], None], float]:
+    """A 2048^3 fp32 matrix product (and its FLOPs): the machine's arithmetic rate."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    out = torch.empty(size, size, device=device)
+    return (lambda: torch.mm(a, b, out=out)), 2.0 * size ** 3
+
+
+def _sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(cases: Dict[str, Callable[[], object]], warmup: int, repeats: int,
+                     device: str) -> Dict[str, List[float]]:
+    """Seconds of each case's runs, timed round-robin (one run of every case per round)."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
+    """Peak bytes of tensors allocated during ``fn()`` above what was allocated before it."""
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:  # a torch whose profiler hides its raw events
+        return None
+    deltas = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == '[memory]')
+    current = peak = 0
+    for _, nbytes in deltas:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+_ORT_RSS = r'''
+import sys, numpy as np, onnxruntime as ort
+def status(key):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = int(sys.argv[2]); opts.inter_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], opts, providers=['CPUExecutionProvider'])
+x = np.random.randn(*map(int, sys.argv[3:7])).astype(np.float32)
+base = status('VmRSS:')
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # resets the peak (VmHWM) to the current resident size
+s.run(None, {'input': x})
+print(status('VmHWM:') - base)
+'''
+
+
+def ort_peak_rss(path: str, threads: int, shape: Sequence[int]) -> Optional[int]:
+    """Peak resident-memory growth of one onnxruntime run, in a fresh process."""
+    try:
+        out = subprocess.run([sys.executable, '-c', _ORT_RSS, path, str(threads),
+                              *map(str, shape)], capture_output=True, text=True, timeout=600)
+        return int(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError, OSError, subprocess.SubprocessError):
+        return None
+
+
+def conv_macs(model: nn.Module, run: Callable[[], object]) -> Tuple[int, int]:
+    """Multiply-adds of every Conv2d/Linear call during ``run()``: (all, 1x1 convs only)."""
+    totals = [0, 0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs = output.numel() * module.in_channels // module.groups * k
+            totals[1] += macs if k == 1 and module.groups == 1 else 0
+        else:
+            macs = output.numel() * module.in_features
+        totals[0] += macs
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return totals[0], totals[1]
+
+
+def summarize(seconds: List[float]) -> Dict[str, float]:
+    ordered = sorted(seconds)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    return dict(median=statistics.median(ordered), iqr=q[2] - q[0], min=ordered[0],
+                max=ordered[-1])
+
+
+# ============================================================================ building
+def build_backbone(name: str) -> nn.Module:
+    """A backbone by name: a metaformer_mm preset (``poolformer_s12``) or ``resnet50/18``."""
+    import metaformer_mm  # noqa: F401
+    from metaformer_mm.models import ARCH_SETTINGS, MetaFormer, SMLPNet
+    if name in RESNETS:
+        from mmdet.models.backbones import ResNet
+        return ResNet(depth=RESNETS[name])
+    if name.startswith('smlpnet_'):
+        model = SMLPNet(arch=name)
+    elif name in ARCH_SETTINGS:
+        model = MetaFormer(arch=name)
+    else:
+        raise SystemExit(f'unknown backbone {name!r}; use one of {DEFAULT_BACKBONES} or a '
+                         f'preset of metaformer_mm ARCH_SETTINGS: {sorted(ARCH_SETTINGS)}')
+    model.init_weights()
+    return model
+
+
+def load_any_config(path: str):
+    """A config from a file or a packaged ``mmdet::``/``mmseg::`` name."""
+    from mmengine.config import Config
+    if '::' in path:
+        with tempfile.TemporaryDirectory() as tmp:
+            wrapper = osp.join(tmp, 'wrapper.py')
+            with open(wrapper, 'w') as f:
+                f.write(f'_base_ = [{path!r}]\n')
+            return Config.fromfile(wrapper)
+    full = path if osp.isabs(path) or osp.exists(path) else osp.join(REPO, path)
+    if not osp.isfile(full):
+        raise SystemExit(f'config file not found: {path}')
+    return Config.fromfile(full)
+
+
+def build_whole_model(path: str) -> Tuple[nn.Module, str]:
+    """A detector/segmentor from a config, random weights, in eval mode; and its scope."""
+    import metaformer_mm  # noqa: F401
+    from mmengine.registry import init_default_scope
+    cfg = load_any_config(path)
+    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in cfg.model else 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # timing needs no weights (and no download)
+    model_cfg.pop('pretrained', None)
+    return MODELS.build(model_cfg).eval(), scope
+
+
+def data_samples(scope: str, shape: Tuple[int, int], batch: int) -> list:
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                scale_factor=(1.0, 1.0))
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample as Sample
+    else:
+        from mmdet.structures import DetDataSample as Sample
+    return [Sample(metainfo=meta) for _ in range(batch)]
+
+
+@contextlib.contextmanager
+def eager_backbone(model: nn.Module):
+    """Makes ``model.backbone`` run the plain formulation while the context lasts."""
+    from metaformer_mm.models.deploy import reference_forward
+    backbone = model.backbone
+    backbone.forward = lambda x: reference_forward(backbone, x)
+    try:
+        yield
+    finally:
+        del backbone.forward
+
+
+def is_metaformer(module: nn.Module) -> bool:
+    from metaformer_mm.models import MetaFormer
+    return isinstance(module, MetaFormer)
+
+
+# ============================================================================ suites
+class Table:
+    """Rows of one benchmark table, printed as Markdown."""
+
+    def __init__(self, title: str, limit_s: Optional[float], note: str = '') -> None:
+        self.title, self.limit, self.note = title, limit_s, note
+        self.rows: List[Dict] = []
+
+    def add(self, name: str, stats: Dict[str, float], batch: int, memory: Optional[int],
+            memory_kind: str = '', baseline: Optional[str] = None, limit: Optional[float] = None):
+        row = dict(name=name, batch=batch, memory=memory, memory_kind=memory_kind, **stats)
+        lim = limit if limit is not None else self.limit
+        row['x_limit'] = stats['median'] / lim if lim else None
+        base = next((r for r in self.rows if r['name'] == baseline), None)
+        row['speedup'] = base['median'] / stats['median'] if base else None
+        if base and base['memory'] and memory is not None and not memory_kind:
+            row['memory_ratio'] = memory / base['memory']
+        self.rows.append(row)
+        return row
+
+    def render(self) -> str:
+        lines = [f'### {self.title}', '']
+        if self.note:
+            lines += [self.note, '']
+        lines += ['| case | median ms | IQR ms | min ms | images/s | peak MB | x limit | '
+                  'speed-up |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+        for r in self.rows:
+            mem = '-' if r['memory'] is None else f"{r['memory'] / 2 ** 20:.0f}"
+            if r['memory_kind']:
+                mem += f" ({r['memory_kind']})"
+            if r.get('memory_ratio') is not None:
+                mem += f" ({r['memory_ratio']:.2f}x)"
+            lines.append(
+                f"| {r['name']} | {r['median'] * 1e3:.0f} | {r['iqr'] * 1e3:.0f} | "
+                f"{r['min'] * 1e3:.0f} | {r['batch'] / r['median']:.2f} | {mem} | "
+                + (f"{r['x_limit']:.2f}" if r['x_limit'] else '-') + ' | '
+                + (f"{r['speedup']:.2f}x" if r['speedup'] else '-') + ' |')
+        return '\n'.join(lines)
+
+
+def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
+    """eager / default / deploy / onnxruntime rows of one backbone."""
+    from metaformer_mm.models.deploy import reference_forward
+    device = args.device
+    model = build_backbone(name).to(device)
+    model.eval()  # (mmdet's ResNet.train() returns None, so no chaining)
+    h, w = args.shape or (800, 1216)
+    x = torch.randn(args.batch, 3, h, w, device=device)
+    cases: Dict[str, Callable] = {}
+    metaformer = is_metaformer(model)
+    macs_model = model
+    if metaformer:
+        cases['eager'] = lambda: reference_forward(model, x)
+        macs_run = cases['eager']
+    else:
+        macs_run = lambda: model(x)  # noqa: E731
+    all_macs, pw_macs = conv_macs(macs_model, macs_run)
+    cases['default'] = lambda: model(x)
+    deployed = None
+    if metaformer and any(s is not None for s in
+                          copy.deepcopy(model).switch_to_deploy()._deploy_plan.stages):
+        deployed = copy.deepcopy(model).switch_to_deploy()
+        cases['deploy'] = lambda: deployed(x)
+    ort_path = ort_session = skipped = None
+    if metaformer and not args.no_onnx and device == 'cpu':
+        ort_session, ort_path = _ort_case(deployed or model, (h, w), args)
+        if ort_session is None:
+            skipped = ort_path
+        else:
+            feed = {'input': x.cpu().numpy()}
+            cases['onnxruntime'] = lambda: ort_session.run(None, feed)
+    gemm_fn, gemm_flops = gemm
+    with torch.no_grad():
+        times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
+    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    limit = 2.0 * all_macs / rate
+    label = 'mmdet ' + {'resnet50': 'ResNet-50', 'resnet18': 'ResNet-18'}[name] \
+        if name in RESNETS else name
+    table = Table(
+        f'{label}, {args.batch}x3x{h}x{w}, fp32, {args.threads} threads, inference',
+        limit, f'conv/linear MACs {all_macs / 1e9:.2f} G (1x1 convs {pw_macs / 1e9:.2f} G); '
+               f'GEMM rate {rate / 1e9:.0f} GFLOP/s (2048^3, median of this table\'s rounds); '
+               f'limit {limit * 1e3:.0f} ms' + (f'; {skipped}' if skipped else ''))
+    first = next(iter(cases))
+    for case, seconds in times.items():
+        memory, kind = None, ''
+        if not args.no_memory:
+            if case == 'onnxruntime':
+                memory, kind = ort_peak_rss(ort_path, args.threads, x.shape), 'rss'
+            else:
+                with torch.no_grad():
+                    memory = peak_memory(cases[case], device)
+        table.add(case, summarize(seconds), args.batch, memory, kind,
+                  baseline=first if case != first else None)
+    table.rates = dict(gemm_gflops=rate / 1e9, macs=all_macs, pw_macs=pw_macs)
+    return table
+
+
+def _ort_case(model: nn.Module, shape: Tuple[int, int], args):
+    try:
+        import onnxruntime as ort
+        from metaformer_mm.models.deploy import export_onnx
+    except ImportError:
+        return None, None
+    tmp = tempfile.mkdtemp(prefix='metaformer_bench_')
+    path = osp.join(tmp, 'backbone.onnx')
+    export_model = copy.deepcopy(model)
+    try:
+        export_onnx(export_model, path, shape=shape,
+                    deploy=getattr(model, '_deploy_plan', None) is not None)
+    except Exception as err:  # e.g. an operator ONNX lacks: report and go on
+        return None, f'no onnxruntime row: export failed ({str(err).splitlines()[0][:120]})'
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider']), path
+
+
+def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
+    """Training step (forward + backward) rows: eager, default, default with with_cp."""
+    from metaformer_mm.models.deploy import reference_forward
+    device = args.device
+    model = build_backbone(name).to(device).train()
+    if not is_metaformer(model):
+        raise SystemExit(f'--train-models takes MetaFormer backbones, not {name}')
+    h, w = args.shape or (800, 1216)
+    x = torch.randn(args.train_batch, 3, h, w, device=device)
+
+    def step(fn):
+        def run():
+            model.zero_grad(set_to_none=True)
+            sum(o.float().mean() for o in fn(x)).backward()
+        return run
+
+    def with_cp(x_):
+        model.with_cp = True
+        try:
+            return model(x_)
+        finally:
+            model.with_cp = False
+
+    cases = dict(eager=step(lambda t: reference_forward(model, t)), default=step(model),
+                 with_cp=step(with_cp))
+    all_macs, _ = conv_macs(model, lambda: reference_forward(model, x[:1]))
+    gemm_fn, gemm_flops = gemm
+    times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
+    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
+    limit = 3 * 2.0 * all_macs * args.train_batch / rate
+    table = Table(f'{name}, training step (forward + backward), {args.train_batch}x3x{h}x{w}, '
+                  f'fp32, {args.threads} threads', limit,
+                  f'limit: 3 x conv MACs {all_macs * args.train_batch / 1e9:.1f} G at '
+                  f'{rate / 1e9:.0f} GFLOP/s = {limit * 1e3:.0f} ms')
+    for case, seconds in times.items():
+        memory = None if args.no_memory else peak_memory(cases[case], device)
+        table.add(case, summarize(seconds), args.train_batch, memory,
+                  baseline='eager' if case != 'eager' else None)
+    return table
+
+
+def model_inference(path: str, args, gemm: Tuple[Callable, float]) -> Table:
+    """Whole-model rows (predict mode): eager / default / deploy for MetaFormer backbones."""
+    device = args.device
+    model, scope = build_whole_model(path)
+    model = model.to(device)
+    h, w = args.shape or ((512, 512) if scope == 'mmseg' else (800, 1216))
+    x = torch.randn(args.batch, 3, h, w, device=device)
+    samples = data_samples(scope, (h, w), args.batch)
+    metaformer = is_metaformer(model.backbone)
+
+    def predict():
+        return model(x, copy.deepcopy(samples), mode='predict')
+
+    cases: Dict[str, Callable] = {}
+    if metaformer:
+        def eager():
+            with eager_backbone(model):
+                return predict()
+        cases['eager'] = eager
+        all_macs, _ = conv_macs(model, eager)
+    else:
+        all_macs, _ = conv_macs(model, predict)
+    cases['default'] = predict
+    if metaformer:
+        def deployed():
+            model.backbone.switch_to_deploy()
+            try:
+                return predict()
+            finally:
+                model.backbone.switch_to_deploy(False)
+        cases['deploy'] = deployed
+    gemm_fn, gemm_flops = gemm
+    with torch.no_grad():
+        times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
+    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    limit = 2.0 * all_macs / rate
+    backbone = type(model.backbone).__name__
+    table = Table(f'{osp.basename(path)} ({type(model).__name__}, {backbone}), '
+                  f'{args.batch}x3x{h}x{w}, fp32, {args.threads} threads, predict', limit,
+                  f'conv/linear MACs {all_macs / 1e9:.1f} G (whole model); GEMM rate '
+                  f'{rate / 1e9:.0f} GFLOP/s; limit {limit * 1e3:.0f} ms')
+    first = next(iter(cases))
+    for case, seconds in times.items():
+        memory = None
+        if not args.no_memory:
+            with torch.no_grad():
+                memory = peak_memory(cases[case], device)
+        table.add(case, summarize(seconds), args.batch, memory,
+                  baseline=first if case != first else None)
+    return table
+
+
+def machine() -> str:
+    cpu = platform.processor() or 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        cpu = f'{names[0]}, {len(names)} logical CPUs'
+    except (OSError, IndexError):
+        pass
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = 'not installed'
+    load = ' / '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
+    return (f'{cpu}; Python {platform.python_version()}, torch {torch.__version__}, '
+            f'onnxruntime {ort_version}; load average {load}')
+
+
+def main(argv: Optional[List[str]] = None) -> List[Table]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f'machine: {machine()}')
+    print(f'threads {args.threads}, warm-up {args.warmup}, repeats {args.repeats}\n', flush=True)
+    gemm = gemm_case(args.device)
+    tables: List[Table] = []
+    if args.suite == 'backbones':
+        for name in args.models or DEFAULT_BACKBONES:
+            tables.append(backbone_inference(name, args, gemm))
+            print(tables[-1].render() + '\n', flush=True)
+        for name in args.train_models or []:
+            tables.append(backbone_training(name, args, gemm))
+            print(tables[-1].render() + '\n', flush=True)
+    else:
+        for path in args.models or DEFAULT_CONFIGS:
+            tables.append(model_inference(path, args, gemm))
+            print(tables[-1].render() + '\n', flush=True)
+    print(f'load average at the end: {machine().rsplit("load average ", 1)[1]}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump([dict(title=t.title, note=t.note, limit_s=t.limit, rows=t.rows)
+                       for t in tables], f, indent=1)
+    return tables
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
