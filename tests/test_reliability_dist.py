@@ -9,8 +9,9 @@
   gathering of the results are exercised too.
 
 Models are the S12 configs with a 1-block-per-stage, narrow PoolFormer at about 192x128.
-Semantic FPN runs with a BN head: DDP refuses SyncBN on CPU (the README's CPU note); the
-Semantic FPN *training* run in 2 processes is in test_seg_train_test.py.
+Semantic FPN keeps its SyncBN head, which the tools run as BN in CPU processes (DDP refuses
+SyncBN on CPU). The Semantic FPN *training* run in 2 processes is in test_seg_train_test.py,
+RetinaNet's in test_det_dist.py.
 """
 import glob
 import json
@@ -76,8 +77,7 @@ _base_ = [{config!r}]
 data_root = {data_root!r}
 model = dict(
     backbone=dict(arch=dict(_delete_=True, **{tiny!r}), init_cfg=None),
-    neck=dict(in_channels={dims!r}),
-    decode_head=dict(norm_cfg=dict(type='BN', requires_grad=True)))
+    neck=dict(in_channels={dims!r}))
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(256, 128), keep_ratio=True),
