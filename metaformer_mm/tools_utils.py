@@ -322,11 +322,11 @@ def check_out_path(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def load_test_checkpoint(path: str, scope: str) -> Optional[Tuple[Dict, Dict]]:
-    """For ``tools/test.py``: converts a released mmdet 2.x / mmseg 0.x checkpoint in memory.
+def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
+    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta``.
 
-    Returns ``(state_dict, dataset_meta)`` when ``path`` holds a MetaFormer backbone in a
-    foreign layout (such as the sail-sg releases), or None when the Runner can load it as is.
+    Released mmdet 2.x / mmseg 0.x checkpoints (a MetaFormer backbone in a foreign layout,
+    such as the sail-sg releases) are converted in memory; this project's own come as they are.
     """
     from .checkpoint import (convert_detector_checkpoint, detector_backbone_layout,
                              detector_dataset_meta, extract_state_dict, read_checkpoint)
@@ -335,23 +335,28 @@ def load_test_checkpoint(path: str, scope: str) -> Optional[Tuple[Dict, Dict]]:
     raw = read_checkpoint(path)
     state = extract_state_dict(raw, path)
     layout = detector_backbone_layout(state)
-    if layout in (None, 'metaformer_mm'):
-        return None
-    converted = convert_detector_checkpoint(state, LEGACY_KIND[scope])
-    MMLogger.get_current_instance().info(
-        f'{path}: backbone in the {layout} layout ({LEGACY_KIND[scope]} release); '
-        f'converted {len(converted)} tensors to this project\'s keys')
-    return converted, detector_dataset_meta(raw)
+    if layout not in (None, 'metaformer_mm'):
+        state = convert_detector_checkpoint(state, LEGACY_KIND[scope])
+        MMLogger.get_current_instance().info(
+            f'{path}: backbone in the {layout} layout ({LEGACY_KIND[scope]} release); '
+            f'converted {len(state)} tensors to this project\'s keys')
+    return state, detector_dataset_meta(raw)
 
 
 def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None:
-    """Loads a converted state dict into the Runner's model, strictly (all keys must match)."""
+    """Loads a state dict into the Runner's model strictly: a checkpoint of another config
+    is an error, not an evaluation of half-initialised weights."""
     from mmengine.model import is_model_wrapper
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        detail = ' '.join(str(err).split('\n')[1:3]).strip()
+        raise ToolError(f'the checkpoint does not fit the config\'s model: {detail} '
+                        f'(is it a checkpoint of another config?)') from None
     if result.missing_keys or result.unexpected_keys:
         raise ToolError(
-            f'the converted checkpoint does not fit the config\'s model: missing keys '
+            f'the checkpoint does not fit the config\'s model: missing keys '
             f'{result.missing_keys[:6]}, unexpected keys {result.unexpected_keys[:6]} '
             f'(is it a checkpoint of another config?)')
     if dataset_meta:

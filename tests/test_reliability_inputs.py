@@ -234,8 +234,13 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
         f"test_dataloader = val_dataloader\n"
         f"val_evaluator = dict(ann_file={root + 'annotations/instances_val2017.json'!r})\n"
         f"test_evaluator = val_evaluator\n")
+    other = str(tmp_path / 'other_config.pth')  # a detector with a wider backbone
+    wider = PoolFormer(arch=dict(TINY, dims=[32, 48, 64, 96]), out_indices=(1, 2, 3))
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in wider.state_dict().items()}}, other)
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     runs = {
+        'other': [osp.join(repo_root, 'tools', 'test.py'), str(config), other,
+                  '--work-dir', str(tmp_path / 'o')],
         'test': [osp.join(repo_root, 'tools', 'test.py'), str(config),
                  bad_files['truncated.pth'], '--work-dir', str(tmp_path / 't')],
         'resume': [osp.join(repo_root, 'tools', 'train.py'), str(config), '--resume',
@@ -245,14 +250,17 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
                                  stderr=subprocess.PIPE, text=True, env=env)
              for k, args in runs.items()}
     outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
-    expected = {'test': r'truncated\.pth: it is truncated',
-                'resume': r'notes\.pth: it is not a PyTorch checkpoint but a text file'}
+    expected = {'other': r'the checkpoint does not fit the config\'s model: .*size mismatch '
+                         r'for backbone\.stem\.conv\.weight',
+                'test': r'cannot load .*truncated\.pth: it is truncated',
+                'resume': r'cannot load .*notes\.pth: it is not a PyTorch checkpoint but a text '
+                          r'file'}
     for key, (out, err) in outputs.items():
         assert procs[key].returncode not in (0, None), (key, out[-2000:], err[-2000:])
         assert 'Traceback' not in err, (key, err[-4000:])
         lines = [line for line in err.splitlines() if line.startswith('error:')]
         assert len(lines) == 1, (key, err[-4000:])
-        assert re.search(r'error: cannot load .*' + expected[key], lines[0]), lines[0]
+        assert re.search(r'error: ' + expected[key], lines[0]), lines[0]
 
 
 # =========================================================================== images

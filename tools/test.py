@@ -57,15 +57,16 @@ def main(argv=None) -> None:
         if args.show_dir:
             enable_show_dir(cfg, args.show_dir)
         check_dataset(cfg, 'test', config_name=args.config)
-        converted = load_test_checkpoint(args.checkpoint, cfg.default_scope)
-        cfg.load_from = None if converted else args.checkpoint
+        # Loaded here rather than through cfg.load_from: strictly, and released
+        # mmdet 2.x / mmseg 0.x files are converted on the way.
+        state, dataset_meta = load_test_checkpoint(args.checkpoint, cfg.default_scope)
+        cfg.load_from = None
         init_distributed_without_cuda(cfg, args.launcher)
 
         from mmengine.registry import RUNNERS
         from mmengine.runner import Runner
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        if converted:
-            load_state_into_runner(runner, *converted)
+        load_state_into_runner(runner, state, dataset_meta)
         if out:
             runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
         runner.test()

@@ -20,3 +20,7 @@ model = dict(
 # The base keeps mmdet's 1x schedule (12 epochs, 500-iter linear warm-up from 0.001,
 # lr x0.1 at epochs 8 and 11), 1333x800 + flip, 2 images/GPU and auto_scale_lr (base 16).
 optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4))
+
+# Checkpoints are written to a temporary file and renamed: a failed write (full disk)
+# never replaces the last good checkpoint (metaformer_mm.engine.SafeCheckpointHook).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

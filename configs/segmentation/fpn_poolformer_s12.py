@@ -47,3 +47,7 @@ param_scheduler = [
 # lr 2e-4 is for 8 GPUs x 4 images; with enable=True the Runner scales it linearly to
 # another total batch size.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
+
+# Checkpoints are written to a temporary file and renamed: a failed write (full disk)
+# never replaces the last good checkpoint (metaformer_mm.engine.SafeCheckpointHook).
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
