@@ -6,7 +6,10 @@ multiplies). Weights are randomized (norm affines, layer scales, biases) so that
 can pass by accident of an identity initialisation.
 """
 import copy
+import json
 import os.path as osp
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -278,3 +281,45 @@ def test_switch_to_deploy_on_a_copied_and_retrained_model():
     with torch.no_grad():
         _assert_rel(clone(x), reference_forward(clone, x))
         _assert_rel(model(x), reference_forward(model, x))
+
+
+# ------------------------------------------------------------------------- the benchmark
+def _benchmark(repo_root, tmp_path, *args):
+    """Runs tools/analysis/benchmark.py as a user would; returns its stdout and JSON."""
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run([sys.executable, osp.join('tools', 'analysis', 'benchmark.py'), *args,
+                           '--json', str(out)], cwd=repo_root, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
+    """The README's ``--suite backbones`` command at a tiny size (times are not checked)."""
+    text, tables = _benchmark(repo_root, tmp_path, '--suite', 'backbones', '--models',
+                              'poolformer_s12', 'resnet18', '--shape', '64', '96', '--repeats',
+                              '2', '--warmup', '1', '--train-models', 'poolformer_s12')
+    assert text.startswith('machine: ') and 'GEMM rate' in text
+    s12, r18, train = tables
+    assert [r['name'] for r in s12['rows']] == ['eager', 'default', 'deploy', 'onnxruntime']
+    assert [r['name'] for r in r18['rows']] == ['default']
+    assert [r['name'] for r in train['rows']] == ['eager', 'default', 'with_cp']
+    for table in tables:
+        assert table['limit_s'] > 0
+        for row in table['rows']:
+            assert 0 < row['min'] <= row['median'] <= row['max']
+            assert row['x_limit'] > 0 and row['memory'] > 0
+    assert s12['rows'][-1]['memory_kind'] == 'rss'
+    assert all(r['speedup'] > 0 for r in s12['rows'][1:])
+    cp = train['rows'][2]
+    assert cp['memory_vs'] == 'default' and cp['memory_ratio'] < 1.0
+    assert '| deploy |' in text and '| onnxruntime |' in text
+
+
+def test_benchmark_a_whole_model_config(repo_root, tmp_path):
+    text, tables = _benchmark(repo_root, tmp_path, '--config',
+                              'configs/detection/retinanet_poolformer_s12.py', '--shape', '96',
+                              '128', '--repeats', '1', '--warmup', '0', '--no-memory')
+    (table,) = tables
+    assert 'RetinaNet' in table['title'] and '1x3x96x128' in table['title']
+    assert [r['name'] for r in table['rows']] == ['eager', 'default', 'deploy']

@@ -41,8 +41,8 @@ from .norms import LayerNorm2d
 
 # Floats per chunk of one sample: a chunk (and the MLP's 4x-wide hidden chunk) stays
 # within the per-core L2 cache.
-CHUNK_ELEMENTS = 1 << 16
-HIDDEN_CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 18
+HIDDEN_CHUNK_ELEMENTS = 1 << 20
 
 
 # =============================================================================== reference
@@ -383,15 +383,16 @@ def run_fused_stage(blocks: Sequence[FusedBlock], x: torch.Tensor
     nxt = torch.empty_like(cur)
     widest = max(fb.w1t.shape[1] for fb in blocks)
     step = min(max(16, HIDDEN_CHUNK_ELEMENTS // widest), height * width)
-    hidden = x.new_empty((step, widest))
+    hidden = x.new_empty(step * widest)
     # One scratch buffer serves every chunk: moments, row chunks (>= one row), token chunks.
     scratch = x.new_empty(max(CHUNK_ELEMENTS, step * c, width * c))
     stats = [_sample_moments(cur[i], scratch) for i in range(n)]
     for fb in blocks:
         for i in range(n):
             mean, var = _token_mixing(fb, cur[i:i + 1], nxt[i:i + 1], *stats[i], scratch)
+            width_h = fb.w1t.shape[1]
             stats[i] = _channel_mlp(fb, nxt[i], mean, var, scratch,
-                                    hidden[:, :fb.w1t.shape[1]])
+                                    hidden[:step * width_h].view(step, width_h))
         cur, nxt = nxt, cur
     return cur.permute(0, 3, 1, 2), stats
 

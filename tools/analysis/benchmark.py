@@ -44,7 +44,6 @@ import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 warnings.filterwarnings('ignore')
-os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # no profiler start/stop lines in the report
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -83,6 +82,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--train-models', nargs='*', default=['poolformer_s12'], metavar='NAME',
                         help='backbones also timed in training (backbones suite); none: skip')
     parser.add_argument('--train-batch', type=int, default=2)
+    parser.add_argument('--train-repeats', type=int, default=3,
+                        help='timed training steps per case (a step takes seconds)')
     parser.add_argument('--no-onnx', action='store_true', help='skip the onnxruntime rows')
     parser.add_argument('--no-memory', action='store_true', help='skip peak-memory runs')
     parser.add_argument('--json', default=None, help='also write the results to this file')
@@ -124,6 +125,23 @@ def time_interleaved(cases: Dict[str, Callable[[], object]], warmup: int, repeat
     return times
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences file descriptor 2 (the profiler's C++ start/stop lines) while it lasts."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
     """Peak bytes of tensors allocated during ``fn()`` above what was allocated before it."""
     if device.startswith('cuda'):
@@ -134,7 +152,8 @@ def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU],
+                                  profile_memory=True) as prof:
         fn()
     try:
         events = prof.profiler.kineto_results.events()
@@ -295,14 +314,19 @@ class Table:
         self.rows: List[Dict] = []
 
     def add(self, name: str, stats: Dict[str, float], batch: int, memory: Optional[int],
-            memory_kind: str = '', baseline: Optional[str] = None, limit: Optional[float] = None):
+            memory_kind: str = '', baseline: Optional[str] = None,
+            memory_baseline: Optional[str] = None) -> Dict:
+        """Adds a row; speed-up against ``baseline``'s median, memory against
+        ``memory_baseline``'s peak (default: ``baseline``)."""
         row = dict(name=name, batch=batch, memory=memory, memory_kind=memory_kind, **stats)
-        lim = limit if limit is not None else self.limit
-        row['x_limit'] = stats['median'] / lim if lim else None
+        row['x_limit'] = stats['median'] / self.limit if self.limit else None
         base = next((r for r in self.rows if r['name'] == baseline), None)
         row['speedup'] = base['median'] / stats['median'] if base else None
-        if base and base['memory'] and memory is not None and not memory_kind:
-            row['memory_ratio'] = memory / base['memory']
+        mem_base = next((r for r in self.rows if r['name'] == (memory_baseline or baseline)),
+                        None)
+        if mem_base and mem_base['memory'] and memory is not None and not memory_kind:
+            row['memory_ratio'] = memory / mem_base['memory']
+            row['memory_vs'] = mem_base['name']
         self.rows.append(row)
         return row
 
@@ -317,7 +341,7 @@ class Table:
             if r['memory_kind']:
                 mem += f" ({r['memory_kind']})"
             if r.get('memory_ratio') is not None:
-                mem += f" ({r['memory_ratio']:.2f}x)"
+                mem += f" ({r['memory_ratio']:.2f}x {r['memory_vs']})"
             lines.append(
                 f"| {r['name']} | {r['median'] * 1e3:.0f} | {r['iqr'] * 1e3:.0f} | "
                 f"{r['min'] * 1e3:.0f} | {r['batch'] / r['median']:.2f} | {mem} | "
@@ -431,7 +455,8 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
                  with_cp=step(with_cp))
     all_macs, _ = conv_macs(model, lambda: reference_forward(model, x[:1]))
     gemm_fn, gemm_flops = gemm
-    times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
+    times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.train_repeats,
+                             device)
     rate = gemm_flops / statistics.median(times.pop('gemm'))
     # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
     limit = 3 * 2.0 * all_macs * args.train_batch / rate
@@ -441,8 +466,10 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
                   f'{rate / 1e9:.0f} GFLOP/s = {limit * 1e3:.0f} ms')
     for case, seconds in times.items():
         memory = None if args.no_memory else peak_memory(cases[case], device)
+        # with_cp's memory is judged against the same path without checkpointing.
         table.add(case, summarize(seconds), args.train_batch, memory,
-                  baseline='eager' if case != 'eager' else None)
+                  baseline='eager' if case != 'eager' else None,
+                  memory_baseline='default' if case == 'with_cp' else None)
     return table
 
 
