@@ -150,7 +150,10 @@ def _metrics(work_dir: str) -> Dict:
     files = glob.glob(osp.join(work_dir, '*', '*.json'))
     assert len(files) == 1, files
     with open(files[0]) as f:
-        return json.loads(f.readlines()[-1])
+        last = f.readlines()[-1]
+    # mmengine's LoggerHook dumps the test metrics on every rank into the same file, so two
+    # processes may leave the (identical) record twice on one line: read the first.
+    return json.JSONDecoder().raw_decode(last)[0]
 
 
 def _predictions(work_dir: str) -> List[Dict]:
