@@ -94,6 +94,8 @@ def test_default_eval_path_equals_plain_formulation(name):
         out = model(x)
     _assert_rel(out, ref, what=name)
     assert all(o.is_contiguous() for o in out), 'maps leave in the usual NCHW layout'
+    with torch.no_grad():  # the benchmark's channels-last run of the plain code
+        _assert_rel(reference_forward(model, x, channels_last=True), ref, what=name)
 
 
 @pytest.mark.parametrize('name', ['poolformer', 'poolformerv2', 'caformer'])
@@ -115,6 +117,29 @@ def test_default_training_path_equals_plain_formulation_with_gradients(name):
     out, grads, gx = run(model)
     _assert_rel(out, ref_out, what=name)
     _assert_rel(gx, ref_gx, what='input gradient')
+    _check_grads(model, ref_grads)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(name='poolformer'),
+    dict(name='poolformerv2', act_cfg=dict(type='GELU')),  # res scales in stages 2-3
+    dict(name='poolformer', act_cfg=dict(type='ReLU'), drop_path_rate=0.3, frozen_stages=1),
+])
+def test_chunked_training_mlp_gradients_over_many_chunks(monkeypatch, kwargs):
+    """The training MLP function (activation recomputed in backward) at tiny chunk sizes."""
+    monkeypatch.setattr(fast_mod, 'HIDDEN_CHUNK_ELEMENTS', 3000)
+    kwargs = dict(kwargs)
+    model = _build(kwargs.pop('name'), **kwargs).train()
+    x = torch.randn(2, 3, 52, 60)
+    torch.manual_seed(5)
+    ref = reference_forward(model, x)
+    sum((o * o).mean() for o in ref).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    out = model(x)
+    _assert_rel(out, ref)
+    sum((o * o).mean() for o in out).backward()
     _check_grads(model, ref_grads)
 
 
@@ -301,7 +326,8 @@ def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
                               '2', '--warmup', '1', '--train-models', 'poolformer_s12')
     assert text.startswith('machine: ') and 'GEMM rate' in text
     s12, r18, train = tables
-    assert [r['name'] for r in s12['rows']] == ['eager', 'default', 'deploy', 'onnxruntime']
+    assert [r['name'] for r in s12['rows']] == ['eager', 'eager, channels-last', 'default',
+                                                 'deploy', 'onnxruntime']
     assert [r['name'] for r in r18['rows']] == ['default']
     assert [r['name'] for r in train['rows']] == ['eager', 'default', 'with_cp']
     for table in tables:

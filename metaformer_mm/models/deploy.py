@@ -39,10 +39,13 @@ from .layers import Downsample, Mlp, StarReLU
 from .mixers import IdentityMixer, Pooling
 from .norms import LayerNorm2d
 
-# Floats per chunk of one sample: a chunk (and the MLP's 4x-wide hidden chunk) stays
-# within the per-core L2 cache.
-CHUNK_ELEMENTS = 1 << 18
-HIDDEN_CHUNK_ELEMENTS = 1 << 20
+# Floats per chunk of one sample (4 MiB of map rows, 16 MiB of MLP hidden activation):
+# the chunk stays in the last-level cache between the ops that touch it, and the ops stay
+# few and large, because every op is a thread-pool round trip that a busy machine (other
+# processes, data-loader workers) can stall. Smaller chunks fit L2 better but lose more
+# than they gain once the machine is shared (see the benchmark notes in the README).
+CHUNK_ELEMENTS = 1 << 20
+HIDDEN_CHUNK_ELEMENTS = 1 << 22
 
 
 # =============================================================================== reference
@@ -102,14 +105,19 @@ def _reference_downsample(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return reference_norm(module.norm, module.conv(x))
 
 
-def reference_forward(model: nn.Module, x: torch.Tensor,
-                      return_stages: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+def reference_forward(model: nn.Module, x: torch.Tensor, return_stages: bool = False,
+                      channels_last: bool = False
+                      ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """What ``model`` (a ``MetaFormer``) computes, in the plain eager NCHW formulation.
 
     ``return_stages=True`` returns the raw outputs of all four stages instead.
+    ``channels_last=True`` runs the same code on a channels-last input (every op then keeps
+    that layout): the benchmark's measure of what the layout alone gives.
     """
     model._check_input(x)
-    x = _reference_downsample(model.stem, x.contiguous())
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else
+                     torch.contiguous_format)
+    x = _reference_downsample(model.stem, x)
     last = max(model.out_indices) if model.fork_feat and not return_stages else len(model.stages) - 1
     stages = []
     for stage in model.stages[:last + 1]:

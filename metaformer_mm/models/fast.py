@@ -12,7 +12,11 @@ The default path computes exactly what the plain formulation computes (see
   in-place add), writing into the branch's own buffer when autograd allows it;
 * without autograd, runs the MLP over chunks of tokens, so that the 4x-wide hidden
   activation never leaves the cache, is never allocated in full and the activation
-  is applied in place.
+  is applied in place;
+* in training, runs the MLP as one autograd function (``_ChunkedMlp``) that keeps only the
+  pre-activation for backward and recomputes the activation chunk by chunk there: the
+  activation, its gradient and the pre-activation's gradient (three 4C-per-token tensors
+  per block) are never allocated in full.
 
 Everything here is autograd-safe: in-place updates only touch tensors created here that
 no backward function saved.
@@ -23,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Tokens per chunk of the no-grad MLP: keeps a chunk's hidden activation (tokens x 4C
-# floats) around 1-2 MiB, within the per-core L2 of current x86 CPUs.
-HIDDEN_CHUNK_ELEMENTS = 1 << 20
+# Floats of MLP hidden activation per chunk (16 MiB): the chunk stays in the last-level
+# cache, the full-size activation is never allocated, and the ops stay few (see deploy.py).
+HIDDEN_CHUNK_ELEMENTS = 1 << 22
 
 
 def autocast_enabled() -> bool:
@@ -137,9 +141,23 @@ def mlp_forward(mlp: nn.Module, x: torch.Tensor, out_scale: Optional[torch.Tenso
     tokens = x.permute(0, 2, 3, 1)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for p in (w1, w2)))
-    if (not grad and x.device.type == 'cpu' and tokens.is_contiguous()
-            and not autocast_enabled() and not exporting()):
+    chunkable = (x.device.type == 'cpu' and tokens.is_contiguous() and not autocast_enabled()
+                 and not exporting())
+    if chunkable and not grad:
         return _mlp_chunked(mlp.act, tokens, w1, b1, w2, b2, residual, res_scale, out)
+    if chunkable and _act_kind(mlp.act) is not None and tokens.dtype == w1.dtype:
+        out_channels = w2.shape[0]
+        base_rows = None
+        if residual is not None:
+            base = residual if res_scale is None else residual * res_scale.view(1, -1, 1, 1)
+            base_rows = base.permute(0, 2, 3, 1)
+        if base_rows is None or (base_rows.is_contiguous() and base_rows.dtype == tokens.dtype
+                                 and base_rows.shape == tokens.shape[:3] + (out_channels,)):
+            out_rows = _ChunkedMlp.apply(
+                tokens.reshape(-1, tokens.shape[-1]),
+                None if base_rows is None else base_rows.reshape(-1, out_channels),
+                w1, b1, w2, b2, _act_kind(mlp.act))
+            return out_rows.view(tokens.shape[:3] + (out_channels,)).permute(0, 3, 1, 2)
     h = mlp.act(F.linear(tokens, w1, b1))
     o = F.linear(h, w2, b2).permute(0, 3, 1, 2)
     if residual is None:
@@ -196,3 +214,109 @@ def _mlp_chunked(act: nn.Module, tokens: torch.Tensor, w1: torch.Tensor,
             target.add_(b2)
         target.addmm_(hid, w2t)
     return out
+
+
+# ---------------------------------------------------------------------- training MLP
+def _act_kind(act: nn.Module) -> Optional[str]:
+    """'gelu', 'gelu_tanh', 'relu' or 'none' for activations the chunked MLP differentiates."""
+    if type(act) is nn.GELU:
+        return 'gelu' if act.approximate == 'none' else 'gelu_tanh'
+    if type(act) is nn.ReLU:
+        return 'relu'
+    if type(act) is nn.Identity:
+        return 'none'
+    return None
+
+
+def _apply_act(kind: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    if kind == 'none':
+        return h
+    if kind == 'relu':
+        return torch.clamp_min(h, 0, out=out)
+    return torch.ops.aten.gelu.out(h, approximate='none' if kind == 'gelu' else 'tanh',
+                                   out=out)
+
+
+class _ChunkedMlp(torch.autograd.Function):
+    """``residual + fc2(act(fc1(z)))`` on token rows, chunk by chunk, for training.
+
+    Forward keeps only the pre-activation ``fc1(z)`` (and ``z``); backward recomputes the
+    activation chunk by chunk while the chunk is in cache. Compared with autograd on
+    ``linear, act, linear`` this saves the activation output (4C per token) and never
+    allocates the full-size activation, its gradient or the pre-activation's gradient:
+    each lives one chunk at a time. Weight gradients accumulate over the chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, residual: Optional[torch.Tensor], w1: torch.Tensor,
+                b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor],
+                kind: str) -> torch.Tensor:
+        rows, hidden = z.shape[0], w1.shape[0]
+        step = max(64, HIDDEN_CHUNK_ELEMENTS // hidden)
+        pre = z.new_empty((rows, hidden))
+        out = z.new_empty((rows, w2.shape[0]))
+        buf = z.new_empty((min(step, rows), hidden))
+        w1t, w2t = w1.t(), w2.t()
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            h = pre[start:stop]
+            if b1 is None:
+                torch.mm(z[start:stop], w1t, out=h)
+            else:
+                torch.addmm(b1, z[start:stop], w1t, out=h)
+            a = _apply_act(kind, h, buf[:stop - start])
+            target = out[start:stop]
+            if residual is None:
+                if b2 is None:
+                    torch.mm(a, w2t, out=target)
+                else:
+                    torch.addmm(b2, a, w2t, out=target)
+            else:
+                if b2 is None:
+                    target.copy_(residual[start:stop])
+                else:
+                    torch.add(residual[start:stop], b2, out=target)
+                target.addmm_(a, w2t)
+        ctx.kind, ctx.step = kind, step
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        ctx.has_residual = residual is not None
+        ctx.save_for_backward(z, pre, w1, w2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        z, pre, w1, w2 = ctx.saved_tensors
+        kind, step = ctx.kind, ctx.step
+        need_z, _, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
+        grad_out = grad_out.contiguous()
+        rows, hidden = pre.shape
+        grad_z = z.new_empty(z.shape) if need_z else None
+        grad_w1 = w1.new_zeros(w1.shape) if need_w1 else None
+        grad_w2 = w2.new_zeros(w2.shape) if need_w2 else None
+        grad_b1 = w1.new_zeros(hidden) if need_b1 and ctx.has_b1 else None
+        grad_b2 = grad_out.sum(0) if need_b2 and ctx.has_b2 else None
+        act_buf = z.new_empty((min(step, rows), hidden))
+        grad_buf = z.new_empty((min(step, rows), hidden))
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            h, g = pre[start:stop], grad_out[start:stop]
+            if grad_w2 is not None:
+                grad_w2.addmm_(g.t(), _apply_act(kind, h, act_buf[:stop - start]))
+            grad_a = torch.mm(g, w2, out=grad_buf[:stop - start])
+            if kind == 'relu':
+                grad_h = grad_a.mul_(h > 0)
+            elif kind == 'none':
+                grad_h = grad_a
+            else:
+                grad_h = torch.ops.aten.gelu_backward.grad_input(
+                    grad_a, h, approximate='none' if kind == 'gelu' else 'tanh',
+                    grad_input=grad_a)
+            if grad_b1 is not None:
+                grad_b1 += grad_h.sum(0)
+            if grad_w1 is not None:
+                grad_w1.addmm_(grad_h.t(), z[start:stop])
+            if grad_z is not None:
+                torch.mm(grad_h, w1, out=grad_z[start:stop])
+        grad_res = grad_out if ctx.has_residual and ctx.needs_input_grad[1] else None
+        return grad_z, grad_res, grad_w1, grad_b1, grad_w2, grad_b2, None

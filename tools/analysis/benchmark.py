@@ -7,7 +7,8 @@
 ``--suite backbones`` (default) times each backbone in up to four ways, on one input:
 
 * ``eager``: the plain formulation of the original code (NCHW, GroupNorm, ``AvgPool2d - x``,
-  1x1 convs, separate layer-scale multiplies; ``metaformer_mm.models.deploy.reference_forward``);
+  1x1 convs, separate layer-scale multiplies; ``metaformer_mm.models.deploy.reference_forward``),
+  and the same code on a channels-last input (``eager, channels-last``);
 * ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run;
 * ``deploy``: after ``model.switch_to_deploy()`` (the fused inference path);
 * ``onnxruntime``: the deploy path exported to ONNX, run by onnxruntime (if installed);
@@ -363,6 +364,8 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     macs_model = model
     if metaformer:
         cases['eager'] = lambda: reference_forward(model, x)
+        # The same plain code on a channels-last input: what the layout alone gives.
+        cases['eager, channels-last'] = lambda: reference_forward(model, x, channels_last=True)
         macs_run = cases['eager']
     else:
         macs_run = lambda: model(x)  # noqa: E731
