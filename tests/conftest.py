@@ -104,3 +104,56 @@ def coco_mini_run(data_dir, repo_root):
         return path, list(options)
 
     return make
+
+
+# --------------------------------------------------------------------------- small segmentation runs
+# A Semantic FPN config shrunk for CPU runs on ade_mini: 128x128 crops, batch 2, no workers,
+# no pretrained download, ``iters`` iterations then one validation and a checkpoint.
+ADE_MINI_RUN = '''
+_base_ = [{config!r}]
+data_root = {data_root!r}
+crop_size = (128, 128)
+model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='ResizeToMultiple', size_divisor=32),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [
+    dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end={iters}, by_epoch=False)]
+default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
+randomness = dict(seed=0)
+'''
+
+
+@pytest.fixture(scope='session')
+def ade_mini_run(data_dir, repo_root):
+    """Returns ``make(out_dir, name, iters) -> config``: a derived config of
+    ``configs/segmentation/NAME.py`` (see ``ADE_MINI_RUN``) that reads ade_mini."""
+
+    def make(out_dir, name: str, iters: int) -> str:
+        path = osp.join(str(out_dir), f'{name}_mini.py')
+        with open(path, 'w') as f:
+            f.write(ADE_MINI_RUN.format(
+                config=osp.join(repo_root, 'configs', 'segmentation', f'{name}.py'),
+                data_root=osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016'), iters=iters))
+        return path
+
+    return make

@@ -154,39 +154,6 @@ def test_config_builds_and_runs_on_a_mini_dataset(repo_root, data_dir, name):
 
 
 # --------------------------------------------------------------------------- training runs
-SEG_SMALL = '''
-_base_ = [{config!r}]
-data_root = {data_root!r}
-crop_size = (128, 128)
-model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='ResizeToMultiple', size_divisor=32),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-# The loop validates once, after the last iteration.
-train_cfg = dict(max_iters={iters}, val_interval={iters})
-param_scheduler = [
-    dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end={iters}, by_epoch=False)]
-default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
-randomness = dict(seed=0)
-'''
 
 
 def _train(repo_root: str, config: str, work_dir: str, options: List[str] = ()) -> None:
@@ -229,12 +196,9 @@ def test_detection_training_iterations(repo_root, coco_mini_run, tmp_path, name)
 
 
 @pytest.mark.slow
-def test_segmentation_training_iterations(repo_root, data_dir, tmp_path):
+def test_segmentation_training_iterations(repo_root, ade_mini_run, tmp_path):
     iters = 2
-    config = tmp_path / 'fpn_smlpnet_tiny_small.py'
-    config.write_text(SEG_SMALL.format(
-        config=_path(repo_root, 'segmentation/fpn_smlpnet_tiny'),
-        data_root=osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016'), iters=iters))
+    config = ade_mini_run(tmp_path, 'fpn_smlpnet_tiny', iters)
     work_dir = str(tmp_path / 'work')
     _train(repo_root, str(config), work_dir)
     records = _records(work_dir)

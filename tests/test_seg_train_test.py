@@ -19,47 +19,11 @@ import pytest
 MAX_ITERS = 4
 LR = 2e-4
 
-SMALL = '''
-_base_ = [{config!r}]
-data_root = {data_root!r}
-crop_size = (128, 128)
-model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 128), keep_ratio=True),
-    dict(type='ResizeToMultiple', size_divisor=32),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters={iters}, val_interval={iters})
-param_scheduler = [
-    dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end={iters}, by_epoch=False)]
-default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
-randomness = dict(seed=0)
-'''
 
 
 @pytest.fixture(scope='module')
-def small_config(repo_root, data_dir, tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp('seg_cfg') / 'fpn_poolformer_s12_small.py'
-    path.write_text(SMALL.format(
-        config=osp.join(repo_root, 'configs', 'segmentation', 'fpn_poolformer_s12.py'),
-        data_root=osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016'), iters=MAX_ITERS))
-    return str(path)
+def small_config(ade_mini_run, tmp_path_factory) -> str:
+    return ade_mini_run(tmp_path_factory.mktemp('seg_cfg'), 'fpn_poolformer_s12', MAX_ITERS)
 
 
 def _tool(repo_root: str, name: str) -> str:
