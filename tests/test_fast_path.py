@@ -98,7 +98,7 @@ def test_default_eval_path_equals_plain_formulation(name):
         _assert_rel(reference_forward(model, x, channels_last=True), ref, what=name)
 
 
-@pytest.mark.parametrize('name', ['poolformer', 'poolformerv2', 'caformer'])
+@pytest.mark.parametrize('name', ['poolformer', 'poolformerv2', 'caformer', 'smlpnet'])
 def test_default_training_path_equals_plain_formulation_with_gradients(name):
     model = _build(name, drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 64, 80)
@@ -349,3 +349,10 @@ def test_benchmark_a_whole_model_config(repo_root, tmp_path):
     (table,) = tables
     assert 'RetinaNet' in table['title'] and '1x3x96x128' in table['title']
     assert [r['name'] for r in table['rows']] == ['eager', 'default', 'deploy']
+
+
+def test_activation_layout_per_family():
+    """Channels-last where the 1x1 GEMMs dominate; NCHW for sMLPNet's axial mixing."""
+    assert _build('poolformer').memory_format() == torch.channels_last
+    assert _build('caformer').memory_format() == torch.channels_last
+    assert _build('smlpnet').memory_format() == torch.contiguous_format

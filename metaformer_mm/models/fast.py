@@ -137,12 +137,18 @@ def mlp_forward(mlp: nn.Module, x: torch.Tensor, out_scale: Optional[torch.Tenso
     channels-last. ``out`` (no-grad only) is an NCHW buffer of ``residual``'s shape that
     may receive the result, e.g. ``x`` itself when nothing else reads it afterwards.
     """
-    w1, b1, w2, b2 = _linear_weights(mlp, out_scale)
     tokens = x.permute(0, 2, 3, 1)
+    if not tokens.is_contiguous():
+        # An NCHW model (e.g. sMLPNet, whose axial mixing wants NCHW): the 1x1 convs as
+        # convs, the layer scale in the fused residual update.
+        o = mlp.fc2(mlp.act(mlp.fc1(x)))
+        if residual is None:
+            return o if out_scale is None else o * out_scale.view(1, -1, 1, 1)
+        return fused_residual(residual, o, out_scale, res_scale, None, branch_is_temporary=True)
+    w1, b1, w2, b2 = _linear_weights(mlp, out_scale)
     grad = torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for p in (w1, w2)))
-    chunkable = (x.device.type == 'cpu' and tokens.is_contiguous() and not autocast_enabled()
-                 and not exporting())
+    chunkable = x.device.type == 'cpu' and not autocast_enabled() and not exporting()
     if chunkable and not grad:
         return _mlp_chunked(mlp.act, tokens, w1, b1, w2, b2, residual, res_scale, out)
     if chunkable and _act_kind(mlp.act) is not None and tokens.dtype == w1.dtype:

@@ -24,7 +24,8 @@ timed runs after ``--warmup`` untimed ones, images/s, the peak memory of one ext
 the ratio to the matrix-multiply limit: the model's convolution (and linear) multiply-adds
 divided by the fp32 GEMM rate measured on a 2048^3 product in the same run. The cases of
 one table are timed in interleaved rounds, each with one GEMM, so that a busy machine
-slows all of them alike. Peak memory is the peak of the tensors PyTorch allocates during
+slows all of them alike; the limit takes the best GEMM round (the machine's rate) and the
+ratio the median time, so contention can only make a ratio look worse. Peak memory is the peak of the tensors PyTorch allocates during
 the call (activations, gradients, workspaces; weights and input excluded), from
 ``torch.profiler``; for onnxruntime it is the peak resident-memory growth of one run in a
 fresh process (marked ``rss``).
@@ -387,14 +388,14 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     gemm_fn, gemm_flops = gemm
     with torch.no_grad():
         times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
-    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    rate = gemm_flops / min(times.pop('gemm'))
     limit = 2.0 * all_macs / rate
     label = 'mmdet ' + {'resnet50': 'ResNet-50', 'resnet18': 'ResNet-18'}[name] \
         if name in RESNETS else name
     table = Table(
         f'{label}, {args.batch}x3x{h}x{w}, fp32, {args.threads} threads, inference',
         limit, f'conv/linear MACs {all_macs / 1e9:.2f} G (1x1 convs {pw_macs / 1e9:.2f} G); '
-               f'GEMM rate {rate / 1e9:.0f} GFLOP/s (2048^3, median of this table\'s rounds); '
+               f'GEMM rate {rate / 1e9:.0f} GFLOP/s (2048^3, best of this table\'s rounds); '
                f'limit {limit * 1e3:.0f} ms' + (f'; {skipped}' if skipped else ''))
     first = next(iter(cases))
     for case, seconds in times.items():
@@ -460,7 +461,7 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     gemm_fn, gemm_flops = gemm
     times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.train_repeats,
                              device)
-    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    rate = gemm_flops / min(times.pop('gemm'))
     # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
     limit = 3 * 2.0 * all_macs * args.train_batch / rate
     table = Table(f'{name}, training step (forward + backward), {args.train_batch}x3x{h}x{w}, '
@@ -507,7 +508,7 @@ def model_inference(path: str, args, gemm: Tuple[Callable, float]) -> Table:
     gemm_fn, gemm_flops = gemm
     with torch.no_grad():
         times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)
-    rate = gemm_flops / statistics.median(times.pop('gemm'))
+    rate = gemm_flops / min(times.pop('gemm'))
     limit = 2.0 * all_macs / rate
     backbone = type(model.backbone).__name__
     table = Table(f'{osp.basename(path)} ({type(model).__name__}, {backbone}), '

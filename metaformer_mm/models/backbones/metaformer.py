@@ -24,7 +24,7 @@ from ..deploy import deploy_active, deploy_forward, switch_to_deploy
 from ..fast import (drop_path_factor, fused_residual, is_plain_mlp, mlp_forward,
                     scale_vector)
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
-from ..mixers import Pooling, build_mixer
+from ..mixers import SMLP, Pooling, build_mixer
 from ..norms import build_norm
 
 NUM_STAGES = 4
@@ -348,13 +348,20 @@ class MetaFormer(BaseModule):
     def forward_stages(self, x: torch.Tensor, last: int = NUM_STAGES - 1) -> List[torch.Tensor]:
         """Runs the stem and stages 0..``last``; returns the raw (un-normalized) stage outputs."""
         self._check_input(x)
-        # Channels-last throughout: each 1x1 conv is then a GEMM on a (N*H*W, C) view.
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = self.stem(x.contiguous(memory_format=self.memory_format()))
         outs = []
         for stage in self.stages[:last + 1]:
             x = self._run_blocks(stage.blocks, stage.downsample(x))
             outs.append(x)
         return outs
+
+    def memory_format(self) -> torch.memory_format:
+        """The activations' layout: channels-last, where each 1x1 conv is one GEMM on the
+        (N*H*W, C) view, unless a token mixer works along H and W and wants NCHW (sMLP)."""
+        if any(isinstance(stage.blocks[0].token_mixer, SMLP) for stage in self.stages
+               if len(stage.blocks)):
+            return torch.contiguous_format
+        return torch.channels_last
 
     def forward(self, x: torch.Tensor) -> Union[Tuple[torch.Tensor, ...], torch.Tensor]:
         if deploy_active(self):
