@@ -356,3 +356,16 @@ def test_activation_layout_per_family():
     assert _build('poolformer').memory_format() == torch.channels_last
     assert _build('caformer').memory_format() == torch.channels_last
     assert _build('smlpnet').memory_format() == torch.contiguous_format
+
+
+def test_chunk_moments_stay_exact_for_a_large_mean():
+    """The deploy path's per-chunk statistics, merged, against float64 (mean 1000x the std)."""
+    x = torch.randn(5000, dtype=torch.float64) * 0.5 + 500.0
+    moments = deploy_mod._Moments(torch.empty(5000))
+    flat = x.float()
+    for start in range(0, 5000, 777):
+        moments.add(flat[start:start + 777])
+    mean, var = moments.result()
+    ref_var = flat.double().var(unbiased=False)
+    assert abs(mean.item() - flat.double().mean().item()) < 1e-5 * ref_var.sqrt().item() * 100
+    assert abs(var.item() - ref_var.item()) / ref_var.item() < 1e-4

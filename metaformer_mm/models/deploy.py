@@ -17,8 +17,8 @@ sMLPNet) keep the default path. Per block, with ``mu, rstd`` the GroupNorm stati
   layer scale (and StarReLU's scale and bias) into ``fc2``;
 * the work runs over cache-sized chunks of one sample: rows of the map for the pooling
   (with a one-row halo), tokens for the MLP (``fc1``, activation in place, ``fc2`` added
-  in place onto the residual), and each chunk's sum and sum of squares are taken while it
-  is in cache, so the next norm's statistics cost no extra pass over memory; the MLP's
+  in place onto the residual), and each chunk's mean and variance are taken while it is
+  in cache, so the next norm's statistics cost no extra pass over memory; the MLP's
   norm rides on ``fc1`` (``alpha = rstd`` and a per-sample bias), so no normalized tensor
   is written either.
 
@@ -282,31 +282,42 @@ def fused_block_unchunked(fb: FusedBlock, x: torch.Tensor) -> torch.Tensor:
 class _Moments:
     """Mean and variance of one sample, accumulated chunk by chunk while chunks are in cache.
 
-    Two reductions per chunk, accumulated in float64 (sum and sum of squares): no
-    temporary is written, and ``E[x^2] - E[x]^2`` stays exact to float32 rounding even for
-    a mean thousands of times the spread.
+    One op per chunk: the GroupNorm kernel's moments (a vectorized, Welford-style pass that
+    stays exact for a mean far larger than the spread); its normalized output goes to a
+    scratch buffer. Chunks are merged in float64 (Chan et al.). Fewer, larger ops matter
+    here: every op is a thread-pool round trip, which a shared machine can stall.
     """
 
-    def __init__(self) -> None:
-        self.sums: List[torch.Tensor] = []
-        self.norms: List[torch.Tensor] = []
-        self.count = 0
+    def __init__(self, scratch: torch.Tensor) -> None:
+        self.scratch = scratch
+        self.means: List[torch.Tensor] = []
+        self.rstds: List[torch.Tensor] = []
+        self.counts: List[int] = []
 
     def add(self, flat: torch.Tensor) -> None:
-        self.sums.append(torch.sum(flat, dtype=torch.float64))
-        self.norms.append(torch.linalg.vector_norm(flat, dtype=torch.float64))
-        self.count += flat.numel()
+        n = flat.numel()
+        _, mean, rstd = torch.ops.aten.native_group_norm.out(
+            flat.view(1, 1, n), None, None, 1, 1, n, 1, 0.0,
+            out0=self.scratch[:n].view(1, 1, n), out1=flat.new_empty(1, 1),
+            out2=flat.new_empty(1, 1))
+        self.means.append(mean.view(()))
+        self.rstds.append(rstd.view(()))
+        self.counts.append(n)
 
     def result(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.stack(self.sums).sum() / self.count
-        mean_sq = torch.stack(self.norms).square().sum() / self.count
-        var = (mean_sq - mean * mean).clamp_min(0)
+        means = torch.stack(self.means).double()
+        # rstd = 1 / sqrt(var) (eps 0); a constant chunk gives inf and var 0.
+        variances = torch.stack(self.rstds).double().pow(-2)
+        counts = torch.tensor(self.counts, dtype=torch.float64)
+        total = float(sum(self.counts))
+        mean = (means * counts).sum() / total
+        var = (counts * (variances + (means - mean).square())).sum() / total
         return mean.float(), var.float()
 
 
-def _sample_moments(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _sample_moments(rows: torch.Tensor, scratch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     flat = rows.reshape(-1)
-    moments = _Moments()
+    moments = _Moments(scratch)
     for start in range(0, flat.numel(), CHUNK_ELEMENTS):
         moments.add(flat[start:start + CHUNK_ELEMENTS])
     return moments.result()
@@ -322,7 +333,7 @@ def _nchw(hwc: torch.Tensor) -> torch.Tensor:
 
 
 def _token_mixing(fb: FusedBlock, src: torch.Tensor, dst: torch.Tensor, mean: torch.Tensor,
-                  var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                  var: torch.Tensor, scratch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """dst = src + (a rstd)(pool(src) - src) for one (1, H, W, C) sample, chunked by rows."""
     height, width, c = src.shape[1:]
     src4, dst4 = _nchw(src), _nchw(dst)
@@ -335,7 +346,7 @@ def _token_mixing(fb: FusedBlock, src: torch.Tensor, dst: torch.Tensor, mean: to
         shift = (fb.shift - a * mean).view(1, c, 1, 1)
     pad = fb.pool_size // 2
     rows = max(1, CHUNK_ELEMENTS // (width * c))
-    moments = _Moments()
+    moments = _Moments(scratch)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         inp, out = src4[:, :, r0:r1], dst4[:, :, r0:r1]
@@ -357,7 +368,7 @@ def _token_mixing(fb: FusedBlock, src: torch.Tensor, dst: torch.Tensor, mean: to
 
 
 def _channel_mlp(fb: FusedBlock, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                 hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                 hidden: torch.Tensor, scratch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """x += fc2'(act(fc1'((x - mean) rstd))) in place on one (H, W, C) sample, by token chunks.
 
     The normalization rides on ``fc1``: ``W (x - mean) rstd + c = rstd (W x) + (c - rstd mean
@@ -369,7 +380,7 @@ def _channel_mlp(fb: FusedBlock, x: torch.Tensor, mean: torch.Tensor, var: torch
     alpha = float(torch.rsqrt(var + fb.eps2))
     bias = torch.add(fb.c1, fb.w1_rowsum, alpha=-alpha * float(mean))
     step = hidden.shape[0]
-    moments = _Moments()
+    moments = _Moments(scratch)
     for start in range(0, tokens.shape[0], step):
         chunk = tokens[start:start + step]
         h = torch.addmm(bias, chunk, fb.w1t, alpha=alpha, out=hidden[:chunk.shape[0]])
@@ -396,13 +407,15 @@ def run_fused_stage(blocks: Sequence[FusedBlock], x: torch.Tensor
     widest = max(fb.w1t.shape[1] for fb in blocks)
     step = min(max(16, HIDDEN_CHUNK_ELEMENTS // widest), height * width)
     hidden = x.new_empty(step * widest)
-    stats = [_sample_moments(cur[i]) for i in range(n)]
+    # Receives the moments kernel's (unused) normalized output: any chunk fits.
+    scratch = x.new_empty(max(CHUNK_ELEMENTS, step * c, width * c))
+    stats = [_sample_moments(cur[i], scratch) for i in range(n)]
     for fb in blocks:
         width_h = fb.w1t.shape[1]
         for i in range(n):
-            mean, var = _token_mixing(fb, cur[i:i + 1], nxt[i:i + 1], *stats[i])
+            mean, var = _token_mixing(fb, cur[i:i + 1], nxt[i:i + 1], *stats[i], scratch)
             stats[i] = _channel_mlp(fb, nxt[i], mean, var,
-                                    hidden[:step * width_h].view(step, width_h))
+                                    hidden[:step * width_h].view(step, width_h), scratch)
         cur, nxt = nxt, cur
     return cur.permute(0, 3, 1, 2), stats
 
