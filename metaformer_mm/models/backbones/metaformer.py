@@ -143,9 +143,8 @@ class MetaFormerBlock(nn.Module):
         if factor is not None:
             return fused_residual(x, mlp_forward(self.mlp, z, out_scale=ls2), None, rs2, factor,
                                   branch_is_temporary=True)
-        # Without autograd the result may overwrite the norm's output (read chunk by chunk).
-        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2,
-                           out=None if z is x else z)
+        # Without autograd the result is added in place onto ``x``, a tensor this block made.
+        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2, out=x)
 
 
 class MetaFormerStage(nn.Module):
