@@ -342,13 +342,23 @@ def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
     assert '| deploy |' in text and '| onnxruntime |' in text
 
 
-def test_benchmark_a_whole_model_config(repo_root, tmp_path):
-    text, tables = _benchmark(repo_root, tmp_path, '--config',
-                              'configs/detection/retinanet_poolformer_s12.py', '--shape', '96',
-                              '128', '--repeats', '1', '--warmup', '0', '--no-memory')
+def test_benchmark_whole_models_from_configs(repo_root, tmp_path):
+    """``--config PATH`` and ``--suite models --models ...`` (the README's model commands)."""
+    _, tables = _benchmark(repo_root, tmp_path, '--config',
+                           'configs/detection/retinanet_poolformer_s12.py', '--shape', '96',
+                           '128', '--repeats', '1', '--warmup', '0', '--no-memory')
     (table,) = tables
     assert 'RetinaNet' in table['title'] and '1x3x96x128' in table['title']
     assert [r['name'] for r in table['rows']] == ['eager', 'default', 'deploy']
+    _, tables = _benchmark(repo_root, tmp_path, '--suite', 'models', '--models',
+                           'configs/segmentation/fpn_poolformer_s12.py',
+                           'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', '--shape',
+                           '64', '64', '--repeats', '1', '--warmup', '0')
+    ours, resnet = tables
+    assert 'EncoderDecoder' in ours['title'] and 'ResNetV1c' in resnet['title']
+    assert [r['name'] for r in ours['rows']] == ['eager', 'default', 'deploy']
+    assert [r['name'] for r in resnet['rows']] == ['default']
+    assert all(r['memory'] > 0 for r in ours['rows'] + resnet['rows'])
 
 
 def test_activation_layout_per_family():
