@@ -8,8 +8,8 @@ The default path computes exactly what the plain formulation computes (see
 * runs the channel MLP as ``F.linear`` on that view, with the layer scale folded into
   the second weight (``ls * (W h + b) = (ls W) h + ls b``: one GEMM instead of a GEMM and a
   multiply, and no scaled copy saved for backward);
-* fuses each residual update ``x * r + drop_path(ls * branch)`` into one ``addcmul`` (or an
-  in-place add), writing into the branch's own buffer when autograd allows it;
+* fuses each residual update ``x * r + drop_path(ls * branch)`` into one ``addcmul`` (or
+  add), written into the branch's own buffer when nothing records it for backward;
 * without autograd, runs the MLP over chunks of tokens, so that the 4x-wide hidden
   activation never leaves the cache, is never allocated in full and the activation
   is applied in place;
@@ -82,10 +82,10 @@ def fused_residual(x: torch.Tensor, branch: torch.Tensor, layer_scale: Optional[
     dtype = torch.promote_types(base.dtype, branch.dtype)
     if weight is not None:
         dtype = torch.promote_types(dtype, weight.dtype)
-    # The buffer may take the result only if it has the result's dtype and shape (never
-    # while tracing: the exported graph is pure).
-    # With autograd recording, writing into the branch (often a permuted view of a linear
-    # output) would make backward copy the gradient through CopySlices: stay out of place.
+    # The buffer takes the result only if it has the result's dtype and shape, never while
+    # tracing (the exported graph stays pure), and never while autograd records: writing
+    # into a branch that is a view (a permuted linear output) would make backward copy the
+    # gradient through CopySlices.
     recording = torch.is_grad_enabled() and (branch.requires_grad or base.requires_grad)
     inplace = (branch_is_temporary and not recording and not exporting()
                and branch.dtype == dtype and branch.shape == base.shape)
@@ -175,6 +175,7 @@ def _mlp_chunked(act: nn.Module, tokens: torch.Tensor, w1: torch.Tensor,
                  b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], res_scale: Optional[torch.Tensor],
                  out: Optional[torch.Tensor]) -> torch.Tensor:
+    """The no-grad MLP over token chunks: fc1, activation in place, fc2 added in place."""
     n, h, w, c = tokens.shape
     rows = tokens.reshape(-1, c)
     hidden = w1.shape[0]
