@@ -45,9 +45,13 @@ class LayerNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine and bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, (self.num_channels,), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # On a channels-last tensor the permuted view is contiguous: no copy either way.
+        # A contiguous NCHW input gets a contiguous NCHW output, so NCHW models (sMLPNet)
+        # stay in their layout.
+        nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias,
+                         self.eps).permute(0, 3, 1, 2)
+        return x.contiguous() if nchw else x
 
     def extra_repr(self) -> str:
         return f'{self.num_channels}, eps={self.eps}, bias={self.bias is not None}'
