@@ -178,6 +178,7 @@ def status(key):
                 return int(line.split()[1]) * 1024
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = int(sys.argv[2]); opts.inter_op_num_threads = 1
+opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
 s = ort.InferenceSession(sys.argv[1], opts, providers=['CPUExecutionProvider'])
 x = np.random.randn(*map(int, sys.argv[3:7])).astype(np.float32)
 base = status('VmRSS:')
@@ -426,10 +427,22 @@ def _ort_case(model: nn.Module, shape: Tuple[int, int], args):
                     deploy=getattr(model, '_deploy_plan', None) is not None)
     except Exception as err:  # e.g. an operator ONNX lacks: report and go on
         return None, f'no onnxruntime row: export failed ({str(err).splitlines()[0][:120]})'
+    return ort.InferenceSession(path, ort_options(args.threads),
+                                providers=['CPUExecutionProvider']), path
+
+
+def ort_options(threads: int):
+    """onnxruntime session options: ``threads`` intra-op threads that do not spin when idle.
+
+    Spinning threads keep a core busy for a while after each run and would slow whichever
+    case the interleaved rounds time next.
+    """
+    import onnxruntime as ort
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider']), path
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    return opts
 
 
 def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
