@@ -27,6 +27,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw boxes scoring at least this')
+    parser.add_argument('--min-side', type=int, default=480,
+                        help='detection: draw small images enlarged to at least this many pixels')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='segmentation: opacity of the class map over the image')
     return parser.parse_args(argv)
@@ -34,15 +36,42 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def _checkpoint_for(path: str, scope: str, tmp_dir: str) -> str:
     """``path``, or a converted copy when it is a released mmdet 2.x / mmseg 0.x file."""
-    from metaformer_mm.tools_utils import load_test_checkpoint
-    converted = load_test_checkpoint(path, scope)
-    if not converted:
-        return path
-    from metaformer_mm.checkpoint import atomic_save
-    state, dataset_meta = converted
+    from metaformer_mm.checkpoint import (atomic_save, convert_detector_checkpoint,
+                                          detector_backbone_layout, detector_dataset_meta,
+                                          extract_state_dict, read_checkpoint)
+    raw = read_checkpoint(path)
+    state = extract_state_dict(raw, path)
+    if detector_backbone_layout(state) in (None, 'metaformer_mm'):
+        return path  # ours (or not a MetaFormer model): mmengine loads it as it is
+    kind = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}[scope]
     out = osp.join(tmp_dir, 'converted.pth')
-    atomic_save({'state_dict': state, 'meta': {'dataset_meta': dataset_meta}}, out)
+    atomic_save({'state_dict': convert_detector_checkpoint(state, kind),
+                 'meta': {'dataset_meta': detector_dataset_meta(raw)}}, out)
+    print(f'{path}: a {kind} release, converted to this project\'s keys')
     return out
+
+
+def _enlarged(image, result, min_side: int):
+    """Image and predictions scaled up so that the shorter side is at least ``min_side``.
+
+    Small images (e.g. the 160x160 demo shapes) would otherwise get labels wider than
+    their objects; only the picture changes, not the predictions printed.
+    """
+    import math
+
+    import mmcv
+    import torch.nn.functional as F
+    factor = math.ceil(min_side / min(image.shape[:2]))
+    if factor <= 1:
+        return image, result
+    image = mmcv.imrescale(image, factor, interpolation='bicubic')
+    result = result.clone()
+    pred = result.pred_instances
+    pred.bboxes = pred.bboxes * factor
+    if 'masks' in pred and len(pred.masks):
+        masks = F.interpolate(pred.masks[None].float(), size=image.shape[:2], mode='nearest')[0]
+        pred.masks = masks.bool()
+    return image, result
 
 
 def detect(args: argparse.Namespace, checkpoint: str) -> str:
@@ -53,10 +82,13 @@ def detect(args: argparse.Namespace, checkpoint: str) -> str:
 
     model = init_detector(args.config, checkpoint, device=args.device)
     result = inference_detector(model, args.image)
-    visualizer = VISUALIZERS.build(model.cfg.visualizer)
+    # Only the picture is wanted: no visualizer backend writing elsewhere.
+    visualizer = VISUALIZERS.build(dict(model.cfg.visualizer, vis_backends=None,
+                                        name='image_demo'))
     visualizer.dataset_meta = model.dataset_meta
     image = mmcv.imread(args.image, channel_order='rgb')
-    visualizer.add_datasample('prediction', image, data_sample=result, draw_gt=False, show=False,
+    image, drawn = _enlarged(image, result.cpu(), args.min_side)
+    visualizer.add_datasample('prediction', image, data_sample=drawn, draw_gt=False, show=False,
                               pred_score_thr=args.score_thr, out_file=args.out_file)
     pred = result.pred_instances
     keep = pred.scores >= args.score_thr

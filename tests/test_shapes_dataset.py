@@ -78,6 +78,8 @@ def test_valid_coco_with_boxes_matching_masks_and_pixels(shapes_root):
                 assert xs.min() >= x - 1 and xs.max() <= x + w + 1
                 assert ys.min() >= y - 1 and ys.max() <= y + h + 1
                 assert w >= 20 and h >= 20 and ann['iscrowd'] == 0
+                # Whole shapes only: no vertex is clipped by the image border.
+                assert 2 <= min(ann['segmentation'][0]) and max(ann['segmentation'][0]) <= 157
                 assert ann['area'] == pytest.approx(mask.sum(), rel=0.15)
             # The shapes are drawn from their mask polygons: bright inside, dim outside
             # (2 px in from the edge, where JPEG's colour subsampling no longer blurs).

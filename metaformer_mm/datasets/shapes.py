@@ -25,10 +25,12 @@ from mmengine.utils import ProgressBar
 
 CLASSES: Tuple[str, ...] = ('square', 'circle', 'triangle')
 # Bump when the drawing changes, so a stale dataset on disk is never taken for the current one.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _CIRCLE_VERTICES = 32
 _SUBPIXEL_SHIFT = 4  # cv2 draws polygon vertices with 1/16 px precision
 _PROGRESS_STEP = 25
+# Squares tilt by at most this (radians): a square turned 45 degrees reads as a diamond.
+_SQUARE_MAX_TILT = np.pi / 9
 
 
 def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
@@ -82,10 +84,14 @@ def _draw_image(rng: np.random.Generator, image_size: int, max_shapes: int,
             break
         label = int(rng.integers(len(CLASSES)))
         size = float(rng.uniform(*size_range))
-        cx, cy = rng.uniform(size / 2 + 2, image_size - size / 2 - 2, size=2)
-        angle = float(rng.uniform(0, 2 * np.pi))
-        poly = _polygon(CLASSES[label], float(cx), float(cy), size, angle)
-        poly = np.clip(poly, 0, image_size - 1)
+        angle = float(rng.uniform(-_SQUARE_MAX_TILT, _SQUARE_MAX_TILT) if label == 0
+                      else rng.uniform(0, 2 * np.pi))
+        poly = _polygon(CLASSES[label], 0.0, 0.0, size, angle)
+        # Whole shapes only: the centre is drawn so that every vertex is 2 px inside.
+        low, high = 2 - poly.min(axis=0), image_size - 3 - poly.max(axis=0)
+        if (low > high).any():
+            continue
+        poly = poly + rng.uniform(low, high)
         box = [*poly.min(axis=0), *poly.max(axis=0)]
         if any(_boxes_overlap(box, other['bbox'], gap=3) for other in instances):
             continue
