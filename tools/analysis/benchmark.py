@@ -67,7 +67,7 @@ RESNETS = {'resnet50': 50, 'resnet18': 18}
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--suite', choices=['backbones', 'models'], default='backbones')
-    parser.add_argument('--models', nargs='+', default=None, metavar='NAME',
+    parser.add_argument('--models', nargs='*', default=None, metavar='NAME',
                         help='backbones (e.g. poolformer_s12 smlpnet_tiny resnet50, any preset '
                              'of metaformer_mm ARCH_SETTINGS) or, for --suite models, configs '
                              '(files or mmdet::/mmseg:: names)')
@@ -566,14 +566,15 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
     gemm = gemm_case(args.device)
     tables: List[Table] = []
     if args.suite == 'backbones':
-        for name in args.models or DEFAULT_BACKBONES:
+        # ``--models`` with no name: no inference table (e.g. training rows only).
+        for name in DEFAULT_BACKBONES if args.models is None else args.models:
             tables.append(backbone_inference(name, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
         for name in args.train_models or []:
             tables.append(backbone_training(name, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
     else:
-        for path in args.models or DEFAULT_CONFIGS:
+        for path in DEFAULT_CONFIGS if args.models is None else args.models:
             tables.append(model_inference(path, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
     print(f'load average at the end: {machine().rsplit("load average ", 1)[1]}')
