@@ -1,7 +1,6 @@
 """`make demo` (short) and the user tools: get_flops, convert_checkpoint, image_demo,
 visualize_features, plot_logs. Every tool runs as the command a user types."""
 import json
-import os
 import os.path as osp
 import re
 import subprocess

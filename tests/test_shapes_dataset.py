@@ -129,7 +129,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
 
 def test_mmdet_coco_dataset_reads_it_with_the_demo_pipeline(shapes_root, repo_root):
     """The demo config's real dataset and training pipeline load every image and box."""
-    import metaformer_mm  # noqa: F401
+    import metaformer_mm  # noqa: F401  (registers the backbones)
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config

@@ -1,9 +1,10 @@
 """A synthetic COCO-format instance dataset of coloured shapes, made on the spot.
 
 ``make demo`` needs a detection dataset that exists on a fresh machine without any
-download: this module draws one. Each image holds one to four non-overlapping shapes of
-three kinds (square, circle, triangle) in random colours, sizes and rotations on a noisy
-gradient background. Every shape is drawn from the very polygon written as its mask, so
+download: this module draws one. Each image holds one to four whole, non-overlapping
+shapes of three kinds (square, circle, triangle) in random colours, sizes and rotations
+(squares tilt by at most 20 degrees, so that none reads as a diamond) on a noisy gradient
+background. Every shape is drawn from the very polygon written as its mask, so
 boxes, masks and pixels agree exactly. The output is fully determined by the arguments:
 the same seed gives byte-identical annotation files and images.
 

@@ -16,7 +16,7 @@ import os
 import os.path as osp
 import sys
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
