@@ -180,11 +180,17 @@ def test_deploy_path_equals_plain_formulation(name, size):
     _assert_rel(out, ref, what=f'{name} {size}')
 
 
+@pytest.mark.parametrize('onednn', [True, False])
 @pytest.mark.parametrize('pool_size', [3, 5])
-def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size):
-    """Tiny chunks: many row slabs (with halos), token chunks and moment merges per sample."""
+def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size, onednn):
+    """Tiny chunks: many row slabs (with halos), token chunks and moment merges per sample,
+    on oneDNN's fused kernels and on the aten fallback."""
+    if onednn and fast_mod.ONEDNN_LINEAR is None:
+        pytest.skip('this torch build has no oneDNN linear kernels')
     monkeypatch.setattr(deploy_mod, 'CHUNK_ELEMENTS', 200)
     monkeypatch.setattr(deploy_mod, 'HIDDEN_CHUNK_ELEMENTS', 700)
+    if not onednn:
+        monkeypatch.setattr(fast_mod, 'ONEDNN_LINEAR', None)
     model = _build('poolformer', pool_size=pool_size).eval()
     x = torch.randn(2, 3, 61, 45) + 3.0  # a mean far from zero tests the centred moments
     with torch.no_grad():
@@ -268,8 +274,15 @@ def test_unchunked_folded_path_equals_plain_formulation(monkeypatch):
             _assert_rel(model(x), reference_forward(model, x), what=name)
 
 
-def test_no_grad_mlp_chunks_are_exact(monkeypatch):
+@pytest.mark.parametrize('onednn', [True, False])
+def test_no_grad_mlp_chunks_are_exact(monkeypatch, onednn):
+    """Many token chunks, on oneDNN's fused kernels and on the aten fallback."""
+    if onednn and fast_mod.ONEDNN_LINEAR is None:
+        pytest.skip('this torch build has no oneDNN linear kernels')
     monkeypatch.setattr(fast_mod, 'HIDDEN_CHUNK_ELEMENTS', 1000)
+    monkeypatch.setattr(fast_mod, 'ONEDNN_HIDDEN_CHUNK_ELEMENTS', 1000)
+    if not onednn:
+        monkeypatch.setattr(fast_mod, 'ONEDNN_LINEAR', None)
     for name in ('poolformer', 'poolformerv2', 'smlpnet'):
         model = _build(name).eval()
         x = torch.randn(2, 3, 64, 72)
@@ -379,3 +392,15 @@ def test_chunk_moments_stay_exact_for_a_large_mean():
     ref_var = flat.double().var(unbiased=False)
     assert abs(mean.item() - flat.double().mean().item()) < 1e-5 * ref_var.sqrt().item() * 100
     assert abs(var.item() - ref_var.item()) / ref_var.item() < 1e-4
+
+
+@pytest.mark.parametrize('affine', [False, True])
+def test_slabwise_nchw_copy_equals_contiguous(monkeypatch, affine):
+    """The output maps' channels-last -> NCHW copy (and fused output-norm affine) by slabs."""
+    monkeypatch.setattr(fast_mod, 'TRANSPOSE_CHUNK_ELEMENTS', 50)
+    x = torch.randn(2, 5, 13, 7).contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.randn(2, 5, 1, 1), torch.randn(2, 5, 1, 1)
+    out = fast_mod.contiguous_nchw(x, scale, shift) if affine else fast_mod.contiguous_nchw(x)
+    ref = shift + x * scale if affine else x
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)

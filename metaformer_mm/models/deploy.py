@@ -36,7 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fast import autocast_enabled, exporting, is_plain_mlp, scale_vector
+from . import fast
+from .fast import (autocast_enabled, contiguous_nchw, exporting, is_plain_mlp, scale_vector,
+                   use_onednn)
 from .layers import Downsample, Mlp, StarReLU
 from .mixers import IdentityMixer, Pooling
 from .norms import LayerNorm2d
@@ -156,6 +158,7 @@ class FusedBlock:
     c1: torch.Tensor                   # (hidden,)    b1 + W1 be2
     act: Union[str, nn.Module]         # 'gelu', 'gelu_tanh', 'relu', 'relu_square', 'none' or a module
     w2t: torch.Tensor                  # (hidden, C)  (diag(ls2) W2 s)^T
+    w2: torch.Tensor                   # (C, hidden)  the same, untransposed (oneDNN's layout)
     c2: torch.Tensor                   # (C,)         ls2 (b2 + b W2 1)
 
 
@@ -217,7 +220,7 @@ def fold_block(block: nn.Module) -> FusedBlock:
         r1=None if r1 is None else r1.detach().clone(),
         r2=None if r2 is None else r2.detach().clone(),
         w1t=w1f.t().contiguous(), w1_rowsum=w1f.sum(1), c1=c1, act=act_kind,
-        w2t=w2.t().contiguous(),
+        w2t=w2.t().contiguous(), w2=w2.contiguous(),
         c2=b2.clone())
 
 
@@ -381,6 +384,19 @@ def _channel_mlp(fb: FusedBlock, x: torch.Tensor, mean: torch.Tensor, var: torch
     bias = torch.add(fb.c1, fb.w1_rowsum, alpha=-alpha * float(mean))
     step = hidden.shape[0]
     moments = _Moments(scratch)
+    if isinstance(fb.act, str) and use_onednn(fb.act, x, fb.w1t, fb.w2):
+        # oneDNN's fused epilogues: bias + activation after fc1, bias + residual after fc2.
+        act, algorithm = fast.ONEDNN_ACTS[fb.act]
+        w1 = fb.w1t.t().mul(alpha).contiguous()
+        # (never more rows than the hidden buffer the stage sized its scratch for)
+        step = min(step, max(64, fast.ONEDNN_HIDDEN_CHUNK_ELEMENTS // w1.shape[0]))
+        for start in range(0, tokens.shape[0], step):
+            chunk = tokens[start:start + step]
+            h = fast.ONEDNN_LINEAR(chunk, w1, bias, act, [], algorithm)
+            base = chunk if fb.r2 is None else chunk * fb.r2
+            chunk.copy_(fast.ONEDNN_LINEAR.binary(h, base, fb.w2, fb.c2, 'add'))
+            moments.add(chunk.view(-1))
+        return moments.result()
     for start in range(0, tokens.shape[0], step):
         chunk = tokens[start:start + step]
         h = torch.addmm(bias, chunk, fb.w1t, alpha=alpha, out=hidden[:chunk.shape[0]])
@@ -469,7 +485,7 @@ def _out_norm(norm: nn.Module, x: torch.Tensor,
               stats: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
     """An output norm, one pass from the statistics the stage kept (GN(1) with affine)."""
     if stats is None or not _is_gn1(norm) or norm.weight is None:
-        return norm(x).contiguous()
+        return contiguous_nchw(norm(x))
     n, c = x.shape[:2]
     mean = torch.stack([m for m, _ in stats]).view(n, 1)
     rstd = torch.rsqrt(torch.stack([v for _, v in stats]).view(n, 1) + norm.eps)
@@ -477,8 +493,7 @@ def _out_norm(norm: nn.Module, x: torch.Tensor,
     shift = -mean * scale
     if norm.bias is not None:
         shift = shift + norm.bias.view(1, c)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return torch.addcmul(shift.view(n, c, 1, 1), x, scale.view(n, c, 1, 1), out=out)
+    return contiguous_nchw(x, scale.view(n, c, 1, 1), shift.view(n, c, 1, 1))
 
 
 def deploy_forward(model: nn.Module, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_backbone
 from ..deploy import deploy_active, deploy_forward, switch_to_deploy
-from ..fast import (drop_path_factor, fused_residual, is_plain_mlp, mlp_forward,
+from ..fast import (contiguous_nchw, drop_path_factor, fused_residual, is_plain_mlp, mlp_forward,
                     scale_vector)
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, Pooling, build_mixer
@@ -369,7 +369,7 @@ class MetaFormer(BaseModule):
             return self.head(self.forward_stages(x)[-1])
         stage_outs = self.forward_stages(x, last=max(self.out_indices))
         # The maps leave in the usual contiguous NCHW layout, whatever the necks expect.
-        return tuple(self.out_norms[str(i)](stage_outs[i]).contiguous()
+        return tuple(contiguous_nchw(self.out_norms[str(i)](stage_outs[i]))
                      for i in self.out_indices)
 
     def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
