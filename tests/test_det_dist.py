@@ -67,6 +67,32 @@ def test_dist_train_and_test_two_processes(repo_root, coco_mini_run, tmp_path):
     assert isinstance(metrics['coco/bbox_mAP'], float)
 
 
+@pytest.mark.slow
+def test_dist_train_two_nodes_on_one_host(repo_root, coco_mini_run, tmp_path):
+    """The README's multi-node recipe: dist_train.sh once per node with NNODES, NODE_RANK,
+    MASTER_ADDR and PORT; here two one-process "nodes" on this machine meet at node 0."""
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12', batch_size=1)
+    work = tmp_path / 'work'
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), NNODES='2',
+               MASTER_ADDR='127.0.0.1')
+    cmd = ['bash', osp.join(repo_root, 'tools', 'dist_train.sh'), str(config), '1',
+           '--work-dir', str(work), '--cfg-options', *options, *DIST_OPTIONS]
+    nodes = [subprocess.Popen(cmd, cwd=repo_root, env=dict(env, NODE_RANK=str(rank)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=900) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, f'exit {node.returncode}\n{out[-3000:]}\n{err[-8000:]}'
+    log = train_log(work)
+    assert 'GPU number: 2' in log  # one process on each of the two nodes
+    assert 'Epoch(train) [1][2/2]' in log
+    assert (work / 'epoch_1.pth').is_file()
+
+
 FAKE_SRUN = r'''#!/usr/bin/env bash
 # Stand-in for Slurm's srun on one machine: records its arguments, then starts --ntasks
 # copies of the command with the variables srun gives each task.

@@ -81,7 +81,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per case')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs per case first')
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
-    parser.add_argument('--train-models', nargs='*', default=['poolformer_s12'], metavar='NAME',
+    parser.add_argument('--train-models', nargs='*', default=['poolformer_s12', 'poolformer_m36'],
+                        metavar='NAME',
                         help='backbones also timed in training (backbones suite); none: skip')
     parser.add_argument('--train-batch', type=int, default=2)
     parser.add_argument('--train-repeats', type=int, default=3,
