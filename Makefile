@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) tools/analysis/benchmark.py --suite backbones
+	$(PY) tools/analysis/benchmark.py --suite all
 
 clean-venv:
 	rm -rf $(VENV)

@@ -355,6 +355,13 @@ def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
     assert '| deploy |' in text and '| onnxruntime |' in text
 
 
+def test_benchmark_suite_all_refuses_named_models(repo_root):
+    proc = subprocess.run([sys.executable, osp.join('tools', 'analysis', 'benchmark.py'),
+                           '--suite', 'all', '--models', 'poolformer_s12'], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and '--suite all runs the default' in proc.stderr
+
+
 def test_benchmark_whole_models_from_configs(repo_root, tmp_path):
     """``--config PATH`` and ``--suite models --models ...`` (the README's model commands)."""
     _, tables = _benchmark(repo_root, tmp_path, '--config',

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency, images/s, peak memory and distance to the matrix-multiply limit of backbones and models.
 
-    python tools/analysis/benchmark.py [--suite backbones|models] [--models NAME|CONFIG ...]
+    python tools/analysis/benchmark.py [--suite backbones|models|all] [--models NAME|CONFIG ...]
         [--config PATH ...] [--shape H W] [--batch N] [--threads T] [--repeats R] [--warmup W]
 
 ``--suite backbones`` (default) times each backbone in up to four ways, on one input:
@@ -18,6 +18,7 @@ beside mmdet's ResNet-50 and ResNet-18 backbones, and (``--train-models``) a tra
 ``--suite models`` times whole detectors/segmentors built from configs (``predict`` mode, at
 their test scale: 800x1216 for detection and 512x512 for segmentation unless ``--shape``),
 eager / default / deploy for MetaFormer backbones, and the ResNet-50 configs they replace.
+``--suite all`` runs both with their defaults (``make bench``).
 
 Every row shows the median time and the spread (inter-quartile range) of ``--repeats``
 timed runs after ``--warmup`` untimed ones, images/s, the peak memory of one extra run and
@@ -66,7 +67,8 @@ RESNETS = {'resnet50': 50, 'resnet18': 18}
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--suite', choices=['backbones', 'models'], default='backbones')
+    parser.add_argument('--suite', choices=['backbones', 'models', 'all'], default='backbones',
+                        help='all: the backbones suite, then the models suite (make bench)')
     parser.add_argument('--models', nargs='*', default=None, metavar='NAME',
                         help='backbones (e.g. poolformer_s12 smlpnet_tiny resnet50, any preset '
                              'of metaformer_mm ARCH_SETTINGS) or, for --suite models, configs '
@@ -91,6 +93,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-memory', action='store_true', help='skip peak-memory runs')
     parser.add_argument('--json', default=None, help='also write the results to this file')
     args = parser.parse_args(argv)
+    if args.suite == 'all' and (args.models is not None or args.config):
+        parser.error('--suite all runs the default backbones and configs; choose '
+                     '--suite backbones or --suite models to name --models/--config')
     if args.config:
         args.suite = 'models'
         args.models = list(args.config) + [m for m in (args.models or []) if osp.exists(m)]
@@ -566,7 +571,7 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
     print(f'threads {args.threads}, warm-up {args.warmup}, repeats {args.repeats}\n', flush=True)
     gemm = gemm_case(args.device)
     tables: List[Table] = []
-    if args.suite == 'backbones':
+    if args.suite in ('backbones', 'all'):
         # ``--models`` with no name: no inference table (e.g. training rows only).
         for name in DEFAULT_BACKBONES if args.models is None else args.models:
             tables.append(backbone_inference(name, args, gemm))
@@ -574,7 +579,7 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
         for name in args.train_models or []:
             tables.append(backbone_training(name, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
-    else:
+    if args.suite in ('models', 'all'):
         for path in DEFAULT_CONFIGS if args.models is None else args.models:
             tables.append(model_inference(path, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
