@@ -154,6 +154,7 @@ class FusedBlock:
     r1: Optional[torch.Tensor]         # (C,) res scales or None
     r2: Optional[torch.Tensor]
     w1t: torch.Tensor                  # (C, hidden)  (W1 diag(g2))^T
+    w1: torch.Tensor                   # (hidden, C)  the same, untransposed (oneDNN's layout)
     w1_rowsum: torch.Tensor            # (hidden,)    W1 diag(g2) 1, to subtract the mean
     c1: torch.Tensor                   # (hidden,)    b1 + W1 be2
     act: Union[str, nn.Module]         # 'gelu', 'gelu_tanh', 'relu', 'relu_square', 'none' or a module
@@ -219,7 +220,7 @@ def fold_block(block: nn.Module) -> FusedBlock:
         eps2=float(n2.eps), a=a, shift=shift,
         r1=None if r1 is None else r1.detach().clone(),
         r2=None if r2 is None else r2.detach().clone(),
-        w1t=w1f.t().contiguous(), w1_rowsum=w1f.sum(1), c1=c1, act=act_kind,
+        w1t=w1f.t().contiguous(), w1=w1f.contiguous(), w1_rowsum=w1f.sum(1), c1=c1, act=act_kind,
         w2t=w2.t().contiguous(), w2=w2.contiguous(),
         c2=b2.clone())
 
@@ -387,7 +388,7 @@ def _channel_mlp(fb: FusedBlock, x: torch.Tensor, mean: torch.Tensor, var: torch
     if isinstance(fb.act, str) and use_onednn(fb.act, x, fb.w1t, fb.w2):
         # oneDNN's fused epilogues: bias + activation after fc1, bias + residual after fc2.
         act, algorithm = fast.ONEDNN_ACTS[fb.act]
-        w1 = fb.w1t.t().mul(alpha).contiguous()
+        w1 = fb.w1 * alpha
         # (never more rows than the hidden buffer the stage sized its scratch for)
         step = min(step, max(64, fast.ONEDNN_HIDDEN_CHUNK_ELEMENTS // w1.shape[0]))
         for start in range(0, tokens.shape[0], step):
