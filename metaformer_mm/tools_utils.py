@@ -349,6 +349,7 @@ def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None
     from mmengine.model import is_model_wrapper
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     try:
+        # strict=False only to word the error: any missing or unexpected key is refused below.
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # size mismatches
         detail = ' '.join(str(err).split('\n')[1:3]).strip()
@@ -356,8 +357,9 @@ def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None
                         f'(is it a checkpoint of another config?)') from None
     if result.missing_keys or result.unexpected_keys:
         raise ToolError(
-            f'the checkpoint does not fit the config\'s model: missing keys '
-            f'{result.missing_keys[:6]}, unexpected keys {result.unexpected_keys[:6]} '
+            f'the checkpoint does not fit the config\'s model: '
+            f'{len(result.missing_keys)} missing keys {result.missing_keys[:6]}, '
+            f'{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:6]} '
             f'(is it a checkpoint of another config?)')
     if dataset_meta:
         model.dataset_meta = copy.deepcopy(dataset_meta)

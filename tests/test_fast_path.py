@@ -5,6 +5,7 @@ eager formulation (NCHW, GroupNorm, ``AvgPool2d(x) - x``, 1x1 convs, separate la
 multiplies). Weights are randomized (norm affines, layer scales, biases) so that no fold
 can pass by accident of an identity initialisation.
 """
+import contextlib
 import copy
 import json
 import os.path as osp
@@ -180,6 +181,18 @@ def test_deploy_path_equals_plain_formulation(name, size):
     _assert_rel(out, ref, what=f'{name} {size}')
 
 
+ONEDNN_OP = 'mkldnn::_linear_pointwise'
+
+
+@contextlib.contextmanager
+def _ops_seen():
+    """The names of the operators run inside the block (torch's profiler)."""
+    seen = set()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yield seen
+    seen.update(event.name for event in prof.events())
+
+
 @pytest.mark.parametrize('onednn', [True, False])
 @pytest.mark.parametrize('pool_size', [3, 5])
 def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size, onednn):
@@ -195,8 +208,10 @@ def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size, onednn):
     x = torch.randn(2, 3, 61, 45) + 3.0  # a mean far from zero tests the centred moments
     with torch.no_grad():
         ref = reference_forward(model, x)
-        out = model.switch_to_deploy()(x)
+        with _ops_seen() as seen:
+            out = model.switch_to_deploy()(x)
     _assert_rel(out, ref)
+    assert (ONEDNN_OP in seen) == onednn  # the kernel the case names did run
 
 
 @pytest.mark.parametrize('kwargs', [dict(out_indices=(1, 3)), dict(out_indices=(0,)),
@@ -286,8 +301,13 @@ def test_no_grad_mlp_chunks_are_exact(monkeypatch, onednn):
     for name in ('poolformer', 'poolformerv2', 'smlpnet'):
         model = _build(name).eval()
         x = torch.randn(2, 3, 64, 72)
+        with torch.no_grad(), _ops_seen() as seen:
+            out = model(x)
         with torch.no_grad():
-            _assert_rel(model(x), reference_forward(model, x), what=name)
+            _assert_rel(out, reference_forward(model, x), what=name)
+        # oneDNN for GELU (PoolFormer); StarReLU (V2) is no oneDNN epilogue and sMLPNet
+        # runs NCHW, where the MLP stays as 1x1 convs: both take the aten kernels.
+        assert (ONEDNN_OP in seen) == (onednn and name == 'poolformer'), name
 
 
 def test_default_path_under_bfloat16_autocast_and_nchw_blocks():

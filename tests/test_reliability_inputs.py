@@ -237,8 +237,14 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
     other = str(tmp_path / 'other_config.pth')  # a detector with a wider backbone
     wider = PoolFormer(arch=dict(TINY, dims=[32, 48, 64, 96]), out_indices=(1, 2, 3))
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in wider.state_dict().items()}}, other)
+    partial = str(tmp_path / 'backbone_only.pth')  # no neck/head, one foreign key
+    tiny = PoolFormer(arch=TINY, out_indices=(1, 2, 3))
+    state = {f'backbone.{k}': v for k, v in tiny.state_dict().items()}
+    torch.save({'state_dict': dict(state, **{'extra.weight': torch.zeros(1)})}, partial)
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     runs = {
+        'partial': [osp.join(repo_root, 'tools', 'test.py'), str(config), partial,
+                    '--work-dir', str(tmp_path / 'p')],
         'other': [osp.join(repo_root, 'tools', 'test.py'), str(config), other,
                   '--work-dir', str(tmp_path / 'o')],
         'test': [osp.join(repo_root, 'tools', 'test.py'), str(config),
@@ -252,6 +258,8 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
     outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
     expected = {'other': r'the checkpoint does not fit the config\'s model: .*size mismatch '
                          r'for backbone\.stem\.conv\.weight',
+                'partial': r'the checkpoint does not fit the config\'s model: \d+ missing keys '
+                           r'\[\'neck\..*\], 1 unexpected keys \[\'extra\.weight\'\]',
                 'test': r'cannot load .*truncated\.pth: it is truncated',
                 'resume': r'cannot load .*notes\.pth: it is not a PyTorch checkpoint but a text '
                           r'file'}

@@ -409,29 +409,6 @@ default_hooks = dict(checkpoint=dict(by_epoch=False, interval={iters}), logger=d
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
 '''
-AMP_FPN = '''
-_base_ = [{config!r}]
-data_root = {data_root!r}
-crop_size = (128, 128)
-model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-train_cfg = dict(max_iters={iters}, val_interval=1000)
-val_dataloader = None
-val_cfg = None
-val_evaluator = None
-param_scheduler = []
-default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
-randomness = dict(seed=0)
-'''
 AMP_ITERS = 3
 
 
@@ -465,28 +442,29 @@ def test_group_norm_statistics_are_fp32_under_autocast(dtype, mode):
 
 @pytest.mark.slow
 def test_amp_training_of_retinanet_and_semantic_fpn_s12_stays_finite(repo_root, data_dir,
-                                                                     tmp_path):
+                                                                     ade_mini_run, tmp_path):
     train = _tool(repo_root, 'train.py')
-    jobs = {
-        'retinanet': (AMP_RETINANET, 'detection/retinanet_poolformer_s12.py',
-                      osp.join(data_dir, 'coco_mini') + '/', ('loss_cls', 'loss_bbox')),
-        'fpn': (AMP_FPN, 'segmentation/fpn_poolformer_s12.py',
-                osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016'), ('decode.loss_ce',)),
-    }
+    retinanet = tmp_path / 'retinanet_amp.py'
+    retinanet.write_text(AMP_RETINANET.format(
+        config=osp.join(repo_root, 'configs', 'detection', 'retinanet_poolformer_s12.py'),
+        data_root=osp.join(data_dir, 'coco_mini') + '/', iters=AMP_ITERS))
+    # The shared ade_mini run, without validation: only the training precision is tested.
+    fpn = ade_mini_run(tmp_path, 'fpn_poolformer_s12', AMP_ITERS)
+    with open(fpn, 'a') as f:
+        f.write('val_dataloader = None\nval_cfg = None\nval_evaluator = None\n')
+    jobs = {'retinanet': (str(retinanet), ('loss_cls', 'loss_bbox')),
+            'fpn': (fpn, ('decode.loss_ce',))}
     procs = {}
-    for name, (template, config, data_root, _) in jobs.items():
-        path = tmp_path / f'{name}_amp.py'
-        path.write_text(template.format(config=osp.join(repo_root, 'configs', config),
-                                        data_root=data_root, iters=AMP_ITERS))
+    for name, (path, _) in jobs.items():
         log = str(tmp_path / f'{name}.log')
-        procs[name] = (_start([train, str(path), '--amp', '--work-dir', str(tmp_path / name)],
+        procs[name] = (_start([train, path, '--amp', '--work-dir', str(tmp_path / name)],
                               log), log)
     for proc, log in procs.values():
         _finish(proc, log)
 
-    for name, (_, _, _, loss_keys) in jobs.items():
+    for name, (path, loss_keys) in jobs.items():
         work = tmp_path / name
-        dumped = open(work / f'{name}_amp.py').read()
+        dumped = open(work / osp.basename(path)).read()
         assert "type='CPUAmpOptimWrapper'" in dumped and "dtype='bfloat16'" in dumped
         (records,) = _runs(str(work))
         losses = _losses(records)

@@ -12,8 +12,9 @@ The default path computes exactly what the plain formulation computes (see
   add), written into the branch's own buffer when nothing records it for backward;
 * without autograd, runs the MLP over chunks of tokens, so that the 4x-wide hidden
   activation never leaves the cache and is never allocated in full; on x86 CPUs through
-  oneDNN's linear with fused epilogues (fc1 + bias + activation, fc2 + bias + residual),
-  elsewhere as aten GEMMs with the activation applied in place;
+  oneDNN's linear with fused epilogues (fc1 + bias + activation, fc2 + bias + residual) for
+  the activations oneDNN fuses (GELU, ReLU), otherwise as aten GEMMs with the activation
+  applied in place;
 * returns the output maps in contiguous NCHW through a copy by slabs of rows, which
   stays in cache where a whole-tensor layout change does not;
 * in training, runs the MLP as one autograd function (``_ChunkedMlp``) that keeps only the
@@ -222,6 +223,14 @@ def mlp_forward(mlp: nn.Module, x: torch.Tensor, out_scale: Optional[torch.Tenso
     return fused_residual(residual, o, None, res_scale, None, branch_is_temporary=True)
 
 
+def _linear_into(x: torch.Tensor, wt: torch.Tensor, bias: Optional[torch.Tensor],
+                 out: torch.Tensor) -> torch.Tensor:
+    """``out = x @ wt [+ bias]``, written into ``out`` (a chunk of a preallocated buffer)."""
+    if bias is None:
+        return torch.mm(x, wt, out=out)
+    return torch.addmm(bias, x, wt, out=out)
+
+
 def _mlp_chunked(act: nn.Module, tokens: torch.Tensor, w1: torch.Tensor,
                  b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], res_scale: Optional[torch.Tensor],
@@ -253,17 +262,11 @@ def _mlp_chunked(act: nn.Module, tokens: torch.Tensor, w1: torch.Tensor,
     for start in range(0, rows.shape[0], step):
         stop = min(start + step, rows.shape[0])
         hid = buf[:stop - start]
-        if b1 is None:
-            torch.mm(rows[start:stop], w1t, out=hid)
-        else:
-            torch.addmm(b1, rows[start:stop], w1t, out=hid)
+        _linear_into(rows[start:stop], w1t, b1, hid)
         hid = _act_(act, hid)
         target = dst[start:stop]
         if res_rows is None:
-            if b2 is None:
-                torch.mm(hid, w2t, out=target)
-            else:
-                torch.addmm(b2, hid, w2t, out=target)
+            _linear_into(hid, w2t, b2, target)
             continue
         # target may alias the MLP input rows just read (out=x): fc1 of this chunk is done.
         if res_scale is None:
@@ -353,17 +356,11 @@ class _ChunkedMlp(torch.autograd.Function):
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             h = pre[start:stop]
-            if b1 is None:
-                torch.mm(z[start:stop], w1t, out=h)
-            else:
-                torch.addmm(b1, z[start:stop], w1t, out=h)
+            _linear_into(z[start:stop], w1t, b1, h)
             a = _apply_act(kind, h, buf[:stop - start])
             target = out[start:stop]
             if residual is None:
-                if b2 is None:
-                    torch.mm(a, w2t, out=target)
-                else:
-                    torch.addmm(b2, a, w2t, out=target)
+                _linear_into(a, w2t, b2, target)
             else:
                 if b2 is None:
                     target.copy_(residual[start:stop])
