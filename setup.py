@@ -6,17 +6,17 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 
-def read_version() -> str:
-    """Reads ``__version__`` from the package without importing it (torch may be absent)."""
+def read_version_field(name: str) -> str:
+    """Reads ``name`` from the package's version.py without importing it (torch may be absent)."""
     for line in (HERE / 'metaformer_mm' / 'version.py').read_text().splitlines():
-        if line.startswith('__version__'):
+        if line.startswith(name):
             return line.split('=')[1].strip().strip('\'"')
-    raise RuntimeError('metaformer_mm/version.py has no __version__')
+    raise RuntimeError(f'metaformer_mm/version.py has no {name}')
 
 
 setup(
     name='metaformer_mm',
-    version=read_version(),
+    version=read_version_field('__version__'),
     description='MetaFormer (PoolFormer, sMLPNet, ConvFormer, CAFormer) backbones for mmdet 3.x and mmseg 1.x',
     long_description=(HERE / 'README.md').read_text() if (HERE / 'README.md').exists() else '',
     long_description_content_type='text/markdown',
@@ -24,7 +24,7 @@ setup(
     python_requires='>=3.8',
     packages=find_packages(include=['metaformer_mm', 'metaformer_mm.*']),
     install_requires=[
-        'torch>=1.13',
+        f"torch>={read_version_field('TORCH_MIN')}",
         'mmengine>=0.10.0,<1.0',
         'mmcv>=2.0.0,<2.2.0',
         'numpy',

@@ -7,10 +7,15 @@ It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes) and 
 mmengine's loading of local checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
 (errors that name the file and the problem).
 """
-from .checkpoint import allow_mmengine_checkpoint_types
-from .engine import install_checkpoint_loader
-from .models import *  # noqa: F401,F403
-from .version import __version__
+import torch
+
+from .version import __version__, check_torch
+
+check_torch(torch.__version__)
+
+from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
+from .engine import install_checkpoint_loader  # noqa: E402
+from .models import *  # noqa: F401,F403,E402
 
 allow_mmengine_checkpoint_types()
 install_checkpoint_loader()
