@@ -16,8 +16,8 @@ At the native grid the stored matrix is used as it is. Resampled matrices are ca
 grid (a detector sees many sizes, but repeats them) outside the state dict, and rebuilt
 when the parameter changes (a load, ``.to()``). A grid of T tokens needs a T x T matrix:
 4 * T**2 bytes in fp32, 58 MB at 800x1216 (stage 3: 50 x 76 tokens); beyond
-``max_matrix_mb`` (1024 by default, about 16k tokens, e.g. a 2048x2048 image in stage 3)
-it is refused with an error that names the size and the memory.
+``max_matrix_mb`` (1024 MB by default: up to about 16,000 tokens, so a 2048x2048 image, 16,384
+tokens in stage 3, is refused) it is refused with an error naming the size and the memory.
 """
 import math
 from collections import OrderedDict
@@ -69,7 +69,7 @@ class RandomMixing(nn.Module):
         token_stride: the stage's stride (16 in stage 3, 32 in stage 4).
         image_size: the input size (int or (H, W)) the matrix belongs to; the native grid is
             ``image_size // token_stride`` (224 -> 14x14 in stage 3, 7x7 in stage 4).
-        max_matrix_mb: largest resampled matrix (fp32, MB) built for a runtime grid.
+        max_matrix_mb: largest resampled matrix (fp32, MB = 1e6 bytes) built for a runtime grid.
         cache_size: resampled matrices kept (per mixer, least recently used dropped).
     """
 
@@ -104,7 +104,7 @@ class RandomMixing(nn.Module):
         if grid == self.native_grid:
             return param if param.dtype == dtype else param.to(dtype)
         tokens = grid[0] * grid[1]
-        megabytes = 4 * tokens ** 2 / 2 ** 20
+        megabytes = 4 * tokens ** 2 / 1e6
         if megabytes > self.max_matrix_mb:
             raise ValueError(
                 f'random token mixing at a {grid[0]}x{grid[1]} token grid (stride '

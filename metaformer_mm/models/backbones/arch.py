@@ -24,9 +24,9 @@ ARCH_KEYS = ('depths', 'dims', 'token_mixers', 'mlp_ratios', 'norm_cfg', 'act_cf
 EXTRA_KEYS = ('pool_size', 'norm1_cfg')
 
 
-def preset_name(cls: type, arch: str) -> str:
-    """The full preset name of ``arch`` for ``cls``; refuses unknown names and the presets of
-    another family."""
+def preset_name(cls: type, arch: str, base: bool = False) -> str:
+    """The full preset name of ``arch`` (an ``arch=`` string, or with ``base`` the base of an
+    arch dict) for ``cls``; refuses unknown names and the presets of another family."""
     presets, prefix = cls.arch_settings, cls.arch_prefix
     name = arch if arch in presets else f'{prefix}{arch}'
     if name in presets:
@@ -40,6 +40,8 @@ def preset_name(cls: type, arch: str) -> str:
                          f'MetaFormer class takes any preset)')
     close = difflib.get_close_matches(arch, allowed + sorted(presets), n=1)
     hint = f'; did you mean {close[0]!r}?' if close else ''
+    if base:
+        raise ValueError(f'unknown arch base {arch!r}; allowed: {sorted(presets)}{hint}')
     raise ValueError(f'unknown arch {arch!r} for {cls.__name__}; allowed: {allowed}{hint}')
 
 
@@ -69,7 +71,8 @@ def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
         if typos:
             raise ValueError(f'unknown arch dict keys {sorted(typos)}; allowed: '
                              f'{["base", *ARCH_KEYS]}')
-        settings = copy.deepcopy(cls.arch_settings[preset_name(cls, base)]) if base else {}
+        settings = (copy.deepcopy(cls.arch_settings[preset_name(cls, base, base=True)])
+                    if base else {})
         settings.update({k: v for k, v in arch.items() if k != 'base'})
     else:
         raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
