@@ -183,7 +183,7 @@ class MetaFormer(BaseModule):
         mixers = _per_stage(settings['token_mixers'], 'token_mixers')
         mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
         if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
-                   and int(r * min(dims)) > 0 for r in mlp_ratios):
+                   and int(r * d) > 0 for r, d in zip(mlp_ratios, dims)):
             raise ValueError(f'mlp_ratios must be positive numbers (one per stage or a single '
                              f'value) giving at least one hidden channel, got '
                              f'{settings["mlp_ratios"]!r}')
