@@ -1,4 +1,5 @@
-"""Detection/segmentation configs of sMLPNet-T, CAFormer-S18 and ConvFormer-S18 (issues 6, 10).
+"""Detection/segmentation configs of sMLPNet-T, CAFormer-S18, ConvFormer-S18 (issues 6, 10) and
+RandFormer-S12 (issue 14).
 
 Each inherits the PoolFormer-S12 config of its task (same recipe) and swaps the backbone.
 Here: they parse, keep the recipe, build with real mmdet/mmseg models, run a forward on a
@@ -39,6 +40,14 @@ CONFIGS = {
                                       HF + 'caformer/caformer_s18.pth'),
     'segmentation/fpn_convformer_s18': ('seg', 'ConvFormer', 's18', 'fpn_poolformer_s12',
                                         HF + 'convformer/convformer_s18.pth'),
+    'detection/retinanet_randformer_s12': ('det', 'RandFormer', 's12',
+                                           'retinanet_poolformer_s12',
+                                           HF + 'randformer/randformer_s12.pth'),
+    'detection/mask_rcnn_randformer_s12': ('det', 'RandFormer', 's12',
+                                           'mask_rcnn_poolformer_s12',
+                                           HF + 'randformer/randformer_s12.pth'),
+    'segmentation/fpn_randformer_s12': ('seg', 'RandFormer', 's12', 'fpn_poolformer_s12',
+                                        HF + 'randformer/randformer_s12.pth'),
 }
 # What may differ from the inherited PoolFormer config: the backbone and the neck's inputs.
 SWAPPED = {'model.backbone', 'model.neck.in_channels'}
@@ -106,6 +115,8 @@ def test_config_keeps_the_poolformer_recipe(repo_root, name):
         assert backbone.image_size == 224 and backbone.resize_mode == 'interpolate'
     else:
         assert backbone.init_cfg == dict(type='Pretrained', checkpoint=url)
+    if backbone_type == 'RandFormer':  # the released matrices belong to 224x224 inputs
+        assert backbone.image_size == 224
     # The PoolFormer backbone's own settings did not leak through (_delete_).
     assert 'pool_size' not in backbone and 'layer_scale_init_value' not in backbone
 

@@ -1,11 +1,13 @@
 """Small building blocks shared by every MetaFormer: activations, scales, MLP, stem/downsampling."""
+import difflib
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.registry import MODELS
 
-from .norms import NormCfg, build_norm
+from .norms import NormCfg, build_norm, registered_class
 
 
 class StarReLU(nn.Module):
@@ -28,19 +30,43 @@ class SquaredReLU(nn.Module):
         return F.relu(x).square()
 
 
-_ACTS = {'GELU': nn.GELU, 'ReLU': nn.ReLU, 'SiLU': nn.SiLU, 'StarReLU': StarReLU,
-         'SquaredReLU': SquaredReLU, 'Identity': nn.Identity}
+# This project's activations, in mmengine's ``MODELS`` too (so mmcv's
+# ``build_activation_layer`` finds them); ``build_act`` takes ours directly, so a class of the
+# same name registered by another package never replaces them in a MetaFormer.
+_OWN_ACTS = {'StarReLU': StarReLU, 'SquaredReLU': SquaredReLU, 'Identity': nn.Identity}
+if 'StarReLU' not in MODELS.module_dict:
+    MODELS.register_module('StarReLU', module=StarReLU)
+if 'SquaredReLU' not in MODELS.module_dict:
+    MODELS.register_module('SquaredReLU', module=SquaredReLU)
 
 
 def build_act(cfg: Optional[Dict]) -> nn.Module:
-    """Builds an activation from an mmcv-style ``act_cfg``; ``None`` gives identity."""
+    """Builds an activation from an mmcv-style ``act_cfg``; ``None`` gives identity.
+
+    ``StarReLU``, ``SquaredReLU`` and ``Identity`` are this project's; any other type is
+    built from mmengine's ``MODELS`` registry as mmcv's ``build_activation_layer`` does
+    (``GELU``, ``ReLU``, ``SiLU``, ``LeakyReLU``, ... or one a user registered there or in
+    the default scope's registry).
+    """
     if cfg is None:
         return nn.Identity()
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise TypeError(f'act_cfg must be a dict with a "type" key or None, got {cfg!r}')
     cfg = dict(cfg)
-    act_type = cfg.pop('type', None)
-    if act_type not in _ACTS:
-        raise ValueError(f'unknown activation {act_type!r} in act_cfg; allowed: {sorted(_ACTS)}')
-    return _ACTS[act_type](**cfg)
+    act_type = cfg['type']
+    if act_type in _OWN_ACTS:
+        cfg.pop('type')
+        return _OWN_ACTS[act_type](**cfg)
+    act_cls = registered_class(act_type) if isinstance(act_type, str) else None
+    if act_cls is None:
+        known = sorted(set(_OWN_ACTS) | {'GELU', 'ReLU', 'SiLU', 'LeakyReLU', 'ReLU6', 'ELU',
+                                         'PReLU', 'Sigmoid', 'Tanh', 'Swish', 'HSwish'})
+        close = difflib.get_close_matches(str(act_type), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ''
+        raise ValueError(f'unknown activation {act_type!r} in act_cfg (not registered in '
+                         f'mmengine/mmcv MODELS; e.g. {known}){hint}')
+    cfg.pop('type')
+    return act_cls(**cfg)
 
 
 class Scale(nn.Module):

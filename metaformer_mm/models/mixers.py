@@ -2,7 +2,7 @@
 
 Every mixer has the same constructor signature, ``Mixer(dim, token_stride, **options)``:
 ``dim`` is the stage width and ``token_stride`` the stage's stride relative to the image
-(4, 8, 16, 32), which only mixers with resolution-bound weights (sMLP) use. All take and
+(4, 8, 16, 32), which only mixers with resolution-bound weights (sMLP, random) use. All take and
 return NCHW tensors of the same shape.
 """
 import math
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .layers import build_act
 from .norms import build_norm
+from .random_mixing import RandomMixing
 
 
 class Pooling(nn.Module):
@@ -200,6 +201,7 @@ MIXERS = {
     'attention': Attention,
     'sepconv': SepConv,
     'smlp': SMLP,
+    'random': RandomMixing,  # RandFormer; its own module (random_mixing.py)
 }
 
 

@@ -1,7 +1,9 @@
 """Backbones registered for mmdet and mmseg."""
-from .metaformer import (ARCH_SETTINGS, CAFormer, ConvFormer, IdentityFormer, MetaFormer,
-                         PoolFormer, PoolFormerV2)
+from .families import CAFormer, ConvFormer, IdentityFormer, PoolFormer, PoolFormerV2
+from .metaformer import MetaFormer
+from .presets import ARCH_SETTINGS
+from .randformer import RandFormer
 from .smlpnet import SMLPNet
 
 __all__ = ['ARCH_SETTINGS', 'MetaFormer', 'PoolFormer', 'PoolFormerV2', 'IdentityFormer',
-           'ConvFormer', 'CAFormer', 'SMLPNet']
+           'ConvFormer', 'CAFormer', 'SMLPNet', 'RandFormer']

@@ -6,11 +6,10 @@ output norms (``fork_feat=True``, for dense prediction) or the classifier. Each 
     x = res_scale1(x) + drop_path(layer_scale1(token_mixer(norm1(x))))
     x = res_scale2(x) + drop_path(layer_scale2(mlp(norm2(x))))
 
-Family members differ only in the arguments of the table ``ARCH_SETTINGS`` below.
+Family members differ only in their presets (``presets.py``, one literal table per family).
 State-dict keys follow timm's ``metaformer.py`` (``stem``, ``stages.N.downsample``,
 ``stages.N.blocks.M``, ``head``), plus ``out_norms.N`` for the dense-prediction maps.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,72 +25,10 @@ from ..fast import (contiguous_nchw, drop_path_factor, fused_residual, is_plain_
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, Pooling, build_mixer
 from ..norms import build_norm
+from .arch import resolve_arch
+from .presets import ARCH_SETTINGS
 
 NUM_STAGES = 4
-
-_V1 = dict(  # PoolFormer ("MetaFormer is Actually What You Need for Vision")
-    token_mixers='pooling', mlp_ratios=4, norm_cfg=dict(type='GN', num_groups=1, eps=1e-5),
-    act_cfg=dict(type='GELU'), mlp_bias=True, res_scale_init_values=None,
-    stem=dict(kernel_size=7, stride=4, padding=2, bias=True, post_norm=None),
-    downsample=dict(kernel_size=3, stride=2, padding=1, bias=True, pre_norm=None),
-    out_norm_cfg=dict(type='GN', num_groups=1, eps=1e-5),
-    head=dict(norm_cfg=dict(type='GN', num_groups=1, eps=1e-5), pool_first=False, mlp=False))
-
-_LN_NO_BIAS = dict(type='LN2d', eps=1e-6, bias=False)
-_V2 = dict(  # "MetaFormer Baselines for Vision"
-    token_mixers='pooling', mlp_ratios=4, norm_cfg=_LN_NO_BIAS,
-    act_cfg=dict(type='StarReLU'), mlp_bias=False, layer_scale_init_value=None,
-    res_scale_init_values=[None, None, 1.0, 1.0],
-    stem=dict(kernel_size=7, stride=4, padding=2, bias=True, post_norm=_LN_NO_BIAS),
-    downsample=dict(kernel_size=3, stride=2, padding=1, bias=True, pre_norm=_LN_NO_BIAS),
-    out_norm_cfg=dict(type='LN2d', eps=1e-6),
-    head=dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=False))
-_GN1_NO_BIAS = dict(type='GN', num_groups=1, eps=1e-6, bias=False)
-_SEPCONV = dict(type='sepconv')
-_ATTENTION = dict(type='attention', head_dim=32)
-
-_S = dict(dims=[64, 128, 320, 512])
-_M = dict(dims=[96, 192, 384, 768])
-_B = dict(dims=[128, 256, 512, 768])
-# ConvFormer/CAFormer M36 end at 576 channels, not PoolFormer M's 768 (sail-sg/metaformer).
-_M576 = dict(dims=[96, 192, 384, 576])
-
-
-def _arch(base: Dict, **kwargs) -> Dict:
-    out = copy.deepcopy(base)
-    out.update(copy.deepcopy(kwargs))
-    return out
-
-
-ARCH_SETTINGS: Dict[str, Dict] = {
-    'poolformer_s12': _arch(_V1, **_S, depths=[2, 2, 6, 2], layer_scale_init_value=1e-5),
-    'poolformer_s24': _arch(_V1, **_S, depths=[4, 4, 12, 4], layer_scale_init_value=1e-5),
-    'poolformer_s36': _arch(_V1, **_S, depths=[6, 6, 18, 6], layer_scale_init_value=1e-6),
-    'poolformer_m36': _arch(_V1, **_M, depths=[6, 6, 18, 6], layer_scale_init_value=1e-6),
-    'poolformer_m48': _arch(_V1, **_M, depths=[8, 8, 24, 8], layer_scale_init_value=1e-6),
-}
-for _name, _depths, _dims in [('s12', [2, 2, 6, 2], _S), ('s24', [4, 4, 12, 4], _S),
-                              ('s36', [6, 6, 18, 6], _S), ('m36', [6, 6, 18, 6], _M),
-                              ('m48', [8, 8, 24, 8], _M)]:
-    ARCH_SETTINGS[f'poolformerv2_{_name}'] = _arch(_V2, **_dims, depths=_depths,
-                                                   norm_cfg=_GN1_NO_BIAS)
-    ARCH_SETTINGS[f'identityformer_{_name}'] = _arch(_V2, **_dims, depths=_depths,
-                                                     norm_cfg=_GN1_NO_BIAS,
-                                                     token_mixers='identity')
-for _name, _depths, _dims in [('s18', [3, 3, 9, 3], _S), ('s36', [3, 12, 18, 3], _S),
-                              ('m36', [3, 12, 18, 3], _M576), ('b36', [3, 12, 18, 3], _B)]:
-    _head = dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=True)
-    ARCH_SETTINGS[f'convformer_{_name}'] = _arch(_V2, **_dims, depths=_depths,
-                                                 token_mixers=_SEPCONV, head=_head)
-    ARCH_SETTINGS[f'caformer_{_name}'] = _arch(
-        _V2, **_dims, depths=_depths, head=_head,
-        token_mixers=[_SEPCONV, _SEPCONV, _ATTENTION, _ATTENTION])
-
-# Arguments a user may override on top of a preset (or give in full as ``arch=dict(...)``).
-ARCH_KEYS = ('depths', 'dims', 'token_mixers', 'mlp_ratios', 'norm_cfg', 'act_cfg', 'mlp_bias',
-             'layer_scale_init_value', 'res_scale_init_values', 'stem', 'downsample',
-             'out_norm_cfg', 'head')
-
 
 def _per_stage(value, name: str) -> List:
     """Expands a single value to four stages, or checks a per-stage list has four entries."""
@@ -195,7 +132,7 @@ class MetaFormer(BaseModule):
 
     Args:
         arch: a preset name from ``ARCH_SETTINGS`` (``'poolformer_s12'``; subclasses such as
-            ``PoolFormer`` accept the short name ``'s12'``) or a dict of ``ARCH_KEYS``.
+            ``PoolFormer`` accept the short name ``'s12'``) or a dict of ``arch.ARCH_KEYS``.
         in_channels: input channels.
         fork_feat: return the normalized maps of the stages in ``out_indices`` (strides
             4, 8, 16, 32) instead of classification logits.
@@ -245,6 +182,11 @@ class MetaFormer(BaseModule):
 
         mixers = _per_stage(settings['token_mixers'], 'token_mixers')
         mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
+                   and int(r * d) > 0 for r, d in zip(mlp_ratios, dims)):
+            raise ValueError(f'mlp_ratios must be positive numbers (one per stage or a single '
+                             f'value) giving at least one hidden channel, got '
+                             f'{settings["mlp_ratios"]!r}')
         res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
         pool_size = settings.get('pool_size')
         ls_init = settings.get('layer_scale_init_value')
@@ -284,37 +226,8 @@ class MetaFormer(BaseModule):
 
     @classmethod
     def _resolve_arch(cls, arch: Union[str, Dict], overrides: Dict) -> Dict:
-        if isinstance(arch, str):
-            name = arch if arch in cls.arch_settings else f'{cls.arch_prefix}{arch}'
-            if name not in cls.arch_settings:
-                allowed = sorted(k[len(cls.arch_prefix):] for k in cls.arch_settings
-                                 if k.startswith(cls.arch_prefix))
-                raise ValueError(f'unknown arch {arch!r} for {cls.__name__}; allowed: {allowed}')
-            settings = copy.deepcopy(cls.arch_settings[name])
-        elif isinstance(arch, dict):
-            base = arch.get('base')
-            if base and base not in cls.arch_settings:
-                raise ValueError(f'unknown arch base {base!r}; allowed: {sorted(cls.arch_settings)}')
-            # A misspelt key (e.g. 'dim') would otherwise be ignored silently.
-            typos = set(arch) - set(ARCH_KEYS) - {'base', 'norm1_cfg'}
-            if typos:
-                raise ValueError(f'unknown arch dict keys {sorted(typos)}; allowed: '
-                                 f'{["base", *ARCH_KEYS]}')
-            settings = copy.deepcopy(cls.arch_settings[base]) if base else {}
-            settings.update({k: v for k, v in arch.items() if k != 'base'})
-        else:
-            raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-        unknown = set(overrides) - set(ARCH_KEYS) - {'pool_size', 'norm1_cfg'}
-        if unknown:
-            raise TypeError(f'{cls.__name__} got unexpected arguments {sorted(unknown)}; '
-                            f'architecture arguments are {list(ARCH_KEYS) + ["pool_size"]}')
-        settings.update(copy.deepcopy(overrides))
-        missing = {'depths', 'dims', 'stem', 'downsample'} - set(settings)
-        if missing:
-            raise ValueError(f'arch dict lacks {sorted(missing)}; give them or base=PRESET')
-        for key, value in ARCH_SETTINGS['poolformer_s12'].items():
-            settings.setdefault(key, copy.deepcopy(value))
-        return settings
+        """The settings of preset/dict ``arch`` with ``overrides`` (see ``arch.resolve_arch``)."""
+        return resolve_arch(cls, arch, overrides)
 
     def _check_out_indices(self, out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
         if isinstance(out_indices, int):
@@ -429,33 +342,3 @@ class MetaFormer(BaseModule):
             self._is_init = True
             return
         super().init_weights()
-
-
-@register_backbone
-class PoolFormer(MetaFormer):
-    """PoolFormer S12/S24/S36/M36/M48: pooling mixer, GroupNorm(1), layer scale."""
-    arch_prefix, default_arch = 'poolformer_', 's12'
-
-
-@register_backbone
-class PoolFormerV2(MetaFormer):
-    """PoolFormerV2 S12..M48 of the MetaFormer baselines (StarReLU, bias-free norms)."""
-    arch_prefix, default_arch = 'poolformerv2_', 's12'
-
-
-@register_backbone
-class IdentityFormer(MetaFormer):
-    """IdentityFormer S12..M48 of the MetaFormer baselines (no token mixing at all)."""
-    arch_prefix, default_arch = 'identityformer_', 's12'
-
-
-@register_backbone
-class ConvFormer(MetaFormer):
-    """ConvFormer S18/S36/M36/B36: separable-conv mixer in every stage."""
-    arch_prefix, default_arch = 'convformer_', 's18'
-
-
-@register_backbone
-class CAFormer(MetaFormer):
-    """CAFormer S18/S36/M36/B36: separable convs in stages 0-1, attention in stages 2-3."""
-    arch_prefix, default_arch = 'caformer_', 's18'

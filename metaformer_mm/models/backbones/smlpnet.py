@@ -4,34 +4,13 @@ sMLPNet is a MetaFormer whose token mixer is :class:`~metaformer_mm.models.mixer
 (depthwise conv block + axial MLPs, with BatchNorm inside and no norm before it), whose
 channel MLP is preceded by a channel LayerNorm and expands by 3, and whose stem and
 downsampling are bias-free patch convs (4x4, then 2x2). Nothing else differs, so it reuses
-the MetaFormer stages, output norms, freezing and weight loading.
+the MetaFormer stages, output norms, freezing and weight loading. Presets: ``presets.py``.
 """
 from typing import Dict, Union
 
 from ...registry import register_backbone
-from .metaformer import ARCH_SETTINGS, MetaFormer
-
-_SMLP = dict(
-    token_mixers=dict(type='smlp', image_size=224), mlp_ratios=3,
-    norm1_cfg=None, norm_cfg=dict(type='LN2d', eps=1e-5), act_cfg=dict(type='GELU'),
-    mlp_bias=True, layer_scale_init_value=None, res_scale_init_values=None,
-    stem=dict(kernel_size=4, stride=4, padding=0, bias=False, post_norm=None),
-    downsample=dict(kernel_size=2, stride=2, padding=0, bias=False, pre_norm=None),
-    # The classifier's BatchNorm is not used for the dense maps: a channel LayerNorm
-    # (as Swin/ConvNeXt detectors use) does not depend on the detection batch size.
-    out_norm_cfg=dict(type='LN2d', eps=1e-6),
-    head=dict(norm_cfg=dict(type='BN'), pool_first=False, mlp=False))
-
-
-def _dims(width: int) -> list:
-    return [width * 2 ** i for i in range(4)]
-
-
-ARCH_SETTINGS.update({
-    'smlpnet_tiny': dict(_SMLP, dims=_dims(80), depths=[2, 8, 14, 2]),
-    'smlpnet_small': dict(_SMLP, dims=_dims(96), depths=[2, 10, 24, 2]),
-    'smlpnet_base': dict(_SMLP, dims=_dims(112), depths=[2, 10, 24, 2]),
-})
+from .metaformer import MetaFormer
+from .presets import FAMILIES
 
 
 @register_backbone
@@ -46,6 +25,7 @@ class SMLPNet(MetaFormer):
     """
 
     arch_prefix, default_arch = 'smlpnet_', 'tiny'
+    arch_settings = FAMILIES['smlpnet']
 
     def __init__(self, arch: Union[str, Dict, None] = None, image_size: int = 224,
                  resize_mode: str = 'interpolate', **kwargs) -> None:

@@ -1,0 +1,18 @@
+# RetinaNet + RandFormer-S12 on COCO: the PoolFormer-S12 recipe (AdamW, 1x) with another backbone.
+# The frozen random token-mixing matrices of stages 3-4 belong to 224x224 ImageNet inputs
+# (image_size); at detection sizes they are resampled (README, token mixers: 'random').
+_base_ = ['./retinanet_poolformer_s12.py']
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='RandFormer',
+        arch='s12',
+        image_size=224,
+        fork_feat=True,
+        out_indices=(1, 2, 3),  # RetinaNet's FPN starts at stride 8
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://huggingface.co/sail/dl/resolve/main/'
+            'randformer/randformer_s12.pth')),
+    neck=dict(in_channels=[128, 320, 512]))

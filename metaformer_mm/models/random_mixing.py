@@ -1,0 +1,165 @@
+"""RandFormer's token mixer: a frozen random token-to-token matrix, at any input size.
+
+"MetaFormer Baselines for Vision" (https://arxiv.org/abs/2210.13452, sail-sg/metaformer
+``RandomMixing``) mixes the N tokens of a stage with a fixed N x N matrix, drawn at random,
+row-softmaxed and never trained: ``out[m] = sum_n M[m, n] x[n]`` over the row-major H x W
+tokens. The original is tied to its training grid (14x14 and 7x7 at 224x224). Here the
+matrix of the native grid is the parameter ``random_matrix`` (so the released checkpoints
+load unchanged), and another grid gets a resampled copy:
+
+* the matrix is seen as a 4-D kernel (out_h, out_w, in_h, in_w) and resampled bilinearly
+  to the runtime grid along all four axes (antialiased when shrinking);
+* each row is renormalised to sum 1, so every output token stays a convex mixture of all
+  input tokens, and features change smoothly with the image size.
+
+At the native grid the stored matrix is used as it is. Resampled matrices are cached per
+grid (a detector sees many sizes, but repeats them) outside the state dict, and rebuilt
+when the parameter changes (a load, ``.to()``). A grid of T tokens needs a T x T matrix:
+4 * T**2 bytes in fp32, 58 MB at 800x1216 (stage 3: 50 x 76 tokens); beyond
+``max_matrix_mb`` (1024 MB by default: up to about 16,000 tokens, so a 2048x2048 image, 16,384
+tokens in stage 3, is refused) it is refused with an error naming the size and the memory.
+"""
+import math
+from collections import OrderedDict
+from typing import Dict, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Grid = Tuple[int, int]
+
+
+def parse_image_size(image_size: Union[int, Sequence[int]], name: str = 'image_size') -> Grid:
+    """``image_size`` as (H, W); an int means a square image. Refuses anything else."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if (isinstance(image_size, (list, tuple)) and len(image_size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                    for v in image_size)):
+        return int(image_size[0]), int(image_size[1])
+    raise ValueError(f'{name} must be a positive int or a pair (H, W) of positive ints, '
+                     f'got {image_size!r}')
+
+
+def resample_token_matrix(matrix: torch.Tensor, native: Grid, grid: Grid) -> torch.Tensor:
+    """Resamples a (h*w, h*w) token matrix of grid ``native`` to ``grid``; rows sum to 1.
+
+    Both token axes are resampled as 2-D images (bilinear, antialiased when shrinking, the
+    same rule as ``F.interpolate``), then each row is renormalised. Returns ``matrix``
+    itself at the native grid.
+    """
+    if tuple(grid) == tuple(native):
+        return matrix
+    (nh, nw), (h, w) = native, grid
+    shrink = h < nh or w < nw
+    m = matrix.float().reshape(1, nh * nw, nh, nw)  # input-token axes as the image
+    m = F.interpolate(m, size=(h, w), mode='bilinear', align_corners=False, antialias=shrink)
+    m = m.reshape(nh, nw, h * w).permute(2, 0, 1).unsqueeze(0)  # now the output-token axes
+    m = F.interpolate(m, size=(h, w), mode='bilinear', align_corners=False, antialias=shrink)
+    m = m[0].permute(1, 2, 0).reshape(h * w, h * w)
+    return m / m.sum(dim=1, keepdim=True)
+
+
+class RandomMixing(nn.Module):
+    """Frozen random token mixing (RandFormer) over the stage's tokens, at any grid.
+
+    Args:
+        dim: stage width (unused: the matrix mixes tokens, not channels).
+        token_stride: the stage's stride (16 in stage 3, 32 in stage 4).
+        image_size: the input size (int or (H, W)) the matrix belongs to; the native grid is
+            ``image_size // token_stride`` (224 -> 14x14 in stage 3, 7x7 in stage 4).
+        max_matrix_mb: largest resampled matrix (fp32, MB = 1e6 bytes) built for a runtime grid.
+        cache_size: resampled matrices kept (per mixer, least recently used dropped).
+    """
+
+    def __init__(self, dim: int, token_stride: int = 16, image_size: Union[int, Grid] = 224,
+                 max_matrix_mb: float = 1024, cache_size: int = 4) -> None:
+        super().__init__()
+        size = parse_image_size(image_size)
+        if any(s % token_stride for s in size):
+            raise ValueError(f'image_size {size} must be a multiple of the token stride '
+                             f'{token_stride} of this stage (the grid is image_size // stride)')
+        if not max_matrix_mb > 0:
+            raise ValueError(f'max_matrix_mb must be positive, got {max_matrix_mb!r}')
+        self.image_size = size
+        self.token_stride = token_stride
+        self.native_grid: Grid = (size[0] // token_stride, size[1] // token_stride)
+        self.max_matrix_mb = float(max_matrix_mb)
+        self.cache_size = int(cache_size)
+        n = self.native_grid[0] * self.native_grid[1]
+        # As the original: softmax over each row of uniform noise, never trained.
+        self.random_matrix = nn.Parameter(torch.softmax(torch.rand(n, n), dim=-1),
+                                          requires_grad=False)
+        self._cache: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
+        self._cache_source: tuple = ()
+
+    # ------------------------------------------------------------------ the matrix of a grid
+    def matrix_for(self, grid: Grid, dtype: torch.dtype = None) -> torch.Tensor:
+        """The mixing matrix of a runtime ``grid`` (H, W): the parameter at the native grid,
+        else its resampled copy (cached), in ``dtype`` (default: the parameter's)."""
+        param = self.random_matrix
+        dtype = dtype or param.dtype
+        grid = (int(grid[0]), int(grid[1]))
+        if grid == self.native_grid:
+            return param if param.dtype == dtype else param.to(dtype)
+        tokens = grid[0] * grid[1]
+        megabytes = 4 * tokens ** 2 / 1e6
+        if megabytes > self.max_matrix_mb:
+            raise ValueError(
+                f'random token mixing at a {grid[0]}x{grid[1]} token grid (stride '
+                f'{self.token_stride}, an input of about {grid[0] * self.token_stride}x'
+                f'{grid[1] * self.token_stride}) needs a {tokens}x{tokens} matrix, '
+                f'{megabytes:.0f} MB in fp32, above max_matrix_mb={self.max_matrix_mb:g}; '
+                f'use a smaller input or raise max_matrix_mb (a token_mixers option, '
+                f'RandFormer(max_matrix_mb=...))')
+        # A load or .to() changes the parameter's storage or version: drop stale copies.
+        source = (param.data_ptr(), param._version, param.device, param.dtype)
+        if source != self._cache_source:
+            self._cache.clear()
+            self._cache_source = source
+        key = (grid, dtype)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with torch.no_grad():
+            matrix = resample_token_matrix(param.detach(), self.native_grid, grid).to(dtype)
+        self._cache[key] = matrix
+        while len(self._cache) > max(self.cache_size, 0):
+            self._cache.popitem(last=False)
+        return matrix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        matrix = self.matrix_for((h, w), x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (B, H, W, C) in memory: tokens are rows of a (B, N, C) view, one batched GEMM.
+            tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            return torch.matmul(matrix, tokens).view(b, h, w, c).permute(0, 3, 1, 2)
+        # NCHW: tokens are columns of a (B, C, N) view.
+        return torch.matmul(x.reshape(b, c, h * w), matrix.t()).view(b, c, h, w)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_from_state_dict(self, state_dict: Dict, prefix: str, *args, **kwargs) -> None:
+        key = prefix + 'random_matrix'
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and value.shape != self.random_matrix.shape:
+            raise ValueError(self.shape_mismatch(key, tuple(value.shape)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def shape_mismatch(self, key: str, shape: Tuple[int, ...]) -> str:
+        """Says why a checkpoint matrix of ``shape`` does not fit this mixer's native grid."""
+        n = shape[0] if len(shape) == 2 and shape[0] == shape[1] else None
+        side = math.isqrt(n) if n else 0
+        implied = (f'{n} tokens, e.g. a {side}x{side} grid (image_size={side * self.token_stride}'
+                   f' at stride {self.token_stride})' if n and side * side == n
+                   else f'{n} tokens (not a square grid)' if n else 'no square token matrix')
+        gh, gw = self.native_grid
+        return (f'checkpoint tensor {key} has shape {tuple(shape)}: {implied}, but this mixer\'s '
+                f'native grid is {gh}x{gw} = {gh * gw} tokens (image_size={self.image_size}, '
+                f'stride {self.token_stride}); build the model with the image_size the '
+                f'checkpoint was trained at')
+
+    def extra_repr(self) -> str:
+        gh, gw = self.native_grid
+        return f'native_grid={gh}x{gw}, image_size={self.image_size}'
