@@ -43,11 +43,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import (DatasetMissingError, DumpPredictions, ToolError,
-                                           check_dataset, check_out_path, default_work_dir,
-                                           drop_training, enable_show_dir,
-                                           init_distributed_without_cuda, load_config,
-                                           load_state_into_runner, load_test_checkpoint)
+    from metaformer_mm.cli.checkpoints import load_state_into_runner, load_test_checkpoint
+    from metaformer_mm.cli.config import ToolError, default_work_dir, drop_training, load_config
+    from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
+    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.options import (DumpPredictions, check_out_path,
+                                           enable_show_dir)
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher

@@ -47,9 +47,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import (DatasetMissingError, ToolError, check_dataset,
-                                           default_work_dir, enable_amp, enable_auto_scale_lr,
-                                           init_distributed_without_cuda, load_config)
+    from metaformer_mm.cli.config import ToolError, default_work_dir, load_config
+    from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
+    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
