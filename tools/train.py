@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a detector (mmdet) or segmentor (mmseg) from a config with mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT | auto]] [--amp]
                           [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 Multi-GPU: tools/dist_train.sh CONFIG GPUS; Slurm: tools/slurm_train.sh.
@@ -23,9 +23,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                        'configs/segmentation/...)')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                                            '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
-                        help='resume training: from CHECKPOINT, or without a value from the '
-                             'latest checkpoint in the work dir')
+    parser.add_argument('--resume', nargs='?', const='latest', metavar='CHECKPOINT|auto',
+                        help='resume training from CHECKPOINT; without a value, from the '
+                             'latest checkpoint of the work dir (the one last_checkpoint '
+                             'names, else the newest complete iter_N/epoch_N.pth), failing '
+                             'if there is none; "auto": the same, but train from scratch '
+                             'when the work dir holds no checkpoint')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: fp16 on CUDA, bfloat16 on CPU')
     parser.add_argument('--auto-scale-lr', action='store_true',
@@ -47,10 +50,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
+    from metaformer_mm.cli.checkpoints import remove_interrupted_writes, resolve_resume
     from metaformer_mm.cli.config import ToolError, default_work_dir, load_config
     from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
     from metaformer_mm.cli.distributed import init_distributed_without_cuda
     from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
+    from metaformer_mm.engine import NonFiniteError
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
@@ -59,12 +64,8 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
-        if args.resume == 'auto':
-            cfg.resume, cfg.load_from = True, None  # the Runner finds the latest checkpoint
-        elif args.resume:
-            if not os.path.isfile(args.resume):
-                raise ToolError(f'checkpoint to resume from not found: {args.resume}')
-            cfg.resume, cfg.load_from = True, args.resume
+        remove_interrupted_writes(cfg.work_dir)
+        resolve_resume(cfg, args.resume)
         check_dataset(cfg, 'train', config_name=args.config)
         init_distributed_without_cuda(cfg, args.launcher)
 
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
         from mmengine.runner import Runner
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
-    except (DatasetMissingError, ToolError, CheckpointError) as err:
+    except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError) as err:
         sys.exit(f'error: {err}')
 
 
