@@ -231,11 +231,11 @@ def _demo_config(repo_root, data_root, path, iters, interval, extra='') -> str:
 @pytest.mark.slow
 def test_lr_jump_to_1e6_stops_the_demo_run_and_keeps_a_finite_checkpoint(repo_root, shapes_root,
                                                                         tmp_path):
-    """Issue 18's run: the lr x1e9 at iteration 4, a checkpoint every 3 iterations, one kept."""
+    """Issue 18's run: the lr x1e9 at iteration 4, a checkpoint every 3 iterations, one kept
+    (the demo config's max_keep_ckpts=1)."""
     config = _demo_config(repo_root, shapes_root, tmp_path / 'nan.py', iters=12, interval=3,
                           extra="param_scheduler = [dict(type='MultiStepLR', by_epoch=False, "
-                                "milestones=[4], gamma=1e9)]\n"
-                                "default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))\n")
+                                "milestones=[4], gamma=1e9)]\n")
     work = tmp_path / 'work'
     proc = _tool(repo_root, config, '--work-dir', work)
     assert proc.returncode != 0
