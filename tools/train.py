@@ -51,8 +51,12 @@ def main(argv=None) -> None:
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
     from metaformer_mm.cli.checkpoints import remove_interrupted_writes, resolve_resume
-    from metaformer_mm.cli.config import ToolError, default_work_dir, load_config
-    from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
+    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
+                                          error_line, load_config)
+    from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
+                                            check_dataset, explain_data_error,
+                                            name_files_in_errors)
+    from metaformer_mm.datasets import DataError
     from metaformer_mm.cli.distributed import init_distributed_without_cuda
     from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
     from metaformer_mm.engine import NonFiniteError
@@ -67,14 +71,23 @@ def main(argv=None) -> None:
         remove_interrupted_writes(cfg.work_dir)
         resolve_resume(cfg, args.resume)
         check_dataset(cfg, 'train', config_name=args.config)
+        check_annotation_files(cfg, 'train')
+        check_neck_inputs(cfg)
+        name_files_in_errors(cfg, 'train')
         init_distributed_without_cuda(cfg, args.launcher)
 
         from mmengine.registry import RUNNERS
         from mmengine.runner import Runner
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        runner.train()
-    except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError) as err:
-        sys.exit(f'error: {err}')
+        try:
+            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+            runner.train()
+        except ValueError as err:  # JSONDecodeError is one
+            why = explain_data_error(cfg, 'train', err)
+            if why is None:
+                raise
+            raise DataError(why) from err
+    except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError, DataError) as err:
+        sys.exit(f'error: {error_line(err)}')
 
 
 if __name__ == '__main__':

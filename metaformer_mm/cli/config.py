@@ -1,9 +1,11 @@
-"""Config handling of the tools: reading a config, its default scope, test-only configs.
+"""Config handling of the tools: reading a config, its default scope, test-only configs,
+the backbone/neck wiring check.
 
 Also :class:`ToolError`, the tools' user-facing error (printed as one ``error:`` line).
 """
+import inspect
 import os.path as osp
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from mmengine.config import Config
 
@@ -51,3 +53,49 @@ def drop_training(cfg: Config) -> None:
 def default_work_dir(config_path: str) -> str:
     """``./work_dirs/<config name>``, mmdet's convention."""
     return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error raised in a dataloader worker comes back
+    as 'Caught X in DataLoader worker process N. Original Traceback ...': keep its last line."""
+    text = str(err).strip()
+    if 'Original Traceback' in text:
+        last = text.splitlines()[-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return ' '.join(text.splitlines())
+
+
+def check_neck_inputs(cfg: Config) -> None:
+    """The backbone gives as many feature maps as the neck takes (``out_indices`` against
+    ``neck.in_channels``): said before training, not as a bare AssertionError in the FPN."""
+    model = cfg.get('model') or {}
+    backbone, neck = model.get('backbone') or {}, model.get('neck')
+    in_channels = neck.get('in_channels') if isinstance(neck, dict) else None
+    if not isinstance(in_channels, (list, tuple)):
+        return
+    out_indices = backbone.get('out_indices')
+    if out_indices is None:  # the backbone's default, where it has one
+        default = _default_argument(cfg, backbone.get('type'), 'out_indices')
+        if default is None:
+            return
+        out_indices = default
+    out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+    if len(out_indices) != len(in_channels):
+        raise ToolError(
+            f'model.backbone.out_indices {tuple(out_indices)} gives {len(out_indices)} feature '
+            f'maps but model.neck.in_channels {list(in_channels)} takes {len(in_channels)}; '
+            f'make them agree (one in_channels entry per output stage)')
+
+
+def _default_argument(cfg: Config, type_name: Any, name: str) -> Any:
+    if not isinstance(type_name, str):
+        return None
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(default_scope(cfg))
+    cls = MODELS.get(type_name)
+    try:
+        parameter = inspect.signature(cls).parameters.get(name) if cls else None
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty \
+        else parameter.default

@@ -1,10 +1,15 @@
-"""The tools' dataset check: every file a command will read is there, or one message says
-what is missing and how to point the config at the dataset."""
+"""The tools' dataset checks: every file a command will read is there (or one message says
+what is missing and how to point the config at the dataset), empty annotation files,
+pipelines whose errors name the file, and explanations of library errors that do not
+(a truncated annotation JSON, a dataset left empty by a class-name mismatch)."""
+import json
 import os
 import os.path as osp
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
+
+from ..datasets.transforms import DataError
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -133,3 +138,133 @@ def _fix_hint(cfg: Config, needs: List[Tuple[str, str, str]],
     if options:
         lines.append('  --cfg-options ' + ' '.join(dict.fromkeys(options)))
     return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------- what is inside
+def _loader_datasets(cfg: Config, phase: str) -> List[Tuple[str, dict]]:
+    """(cfg key, dataset dict) of every dataset ``phase`` reads, wrapped ones included."""
+    found: List[Tuple[str, dict]] = []
+
+    def walk(ds: Any, key: str) -> None:
+        if not isinstance(ds, dict):
+            return
+        found.append((key, ds))
+        walk(ds.get('dataset'), f'{key}.dataset')
+        for i, sub in enumerate(ds.get('datasets') or []):
+            walk(sub, f'{key}.datasets.{i}')
+
+    for loader_key, _ in _PHASES[phase]:
+        loader = cfg.get(loader_key)
+        if loader:
+            walk(loader.get('dataset'), f'{loader_key}.dataset')
+    return found
+
+
+def name_files_in_errors(cfg: Config, phase: str) -> None:
+    """Wraps each pipeline ``phase`` reads in ``CheckedCompose``: a sample that cannot be
+    loaded or transformed is then an error naming its file (see
+    :mod:`metaformer_mm.datasets.transforms`)."""
+    for _, ds in _loader_datasets(cfg, phase):
+        pipeline = ds.get('pipeline')
+        if isinstance(pipeline, (list, tuple)) and pipeline and not (
+                len(pipeline) == 1 and pipeline[0].get('type') == 'CheckedCompose'):
+            ds['pipeline'] = [dict(type='CheckedCompose', transforms=list(pipeline))]
+
+
+def check_annotation_files(cfg: Config, phase: str) -> None:
+    """Empty annotation files are an error naming them (cheap: no file is parsed here)."""
+    needs, _ = dataset_requirements(cfg, phase)
+    for path, kind, key in needs:
+        if kind == 'file' and osp.isfile(path) and osp.getsize(path) == 0:
+            raise DataError(f'annotation file {path} ({key}) is empty (0 bytes)')
+
+
+def _read_json(path: str) -> Tuple[Optional[dict], str]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f), ''
+    except json.JSONDecodeError as err:
+        return None, (f'annotation file {path} is not valid JSON ({err.msg} at line '
+                      f'{err.lineno} column {err.colno}; is it truncated?)')
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f'annotation file {path} cannot be read ({err})'
+
+
+def _classes(ds: dict) -> Optional[Sequence[str]]:
+    """The class names a dataset config selects: its metainfo's, else its type's default."""
+    classes = (ds.get('metainfo') or {}).get('classes')
+    if classes:
+        return list(classes)
+    from mmengine.registry import DATASETS
+    dataset_type = DATASETS.get(ds.get('type', '')) if isinstance(ds.get('type'), str) else None
+    meta = getattr(dataset_type, 'METAINFO', None) or {}
+    return list(meta['classes']) if meta.get('classes') else None
+
+
+def _why_empty(key: str, ds: dict) -> Optional[str]:
+    """Why the COCO-format dataset ``ds`` yields no sample; None if it does yield some (or
+    is not in COCO format)."""
+    ann = ds.get('ann_file')
+    if not (isinstance(ann, str) and ann.endswith('.json')):
+        return None
+    path = _join(ds.get('data_root'), ann)
+    data, problem = _read_json(path)
+    if data is None:
+        return problem
+    images, categories = data.get('images') or [], data.get('categories') or []
+    if not images:
+        return f'{key}: annotation file {path} lists no images'
+    names = [c.get('name') for c in categories]
+    classes = _classes(ds)
+    if classes is not None and not set(classes) & set(names):
+        return (f'{key}: none of the config\'s classes {tuple(classes)} is a category of '
+                f'{path} (its categories: {names[:10]}{" ..." if len(names) > 10 else ""}); '
+                f'set {key}.metainfo.classes to the names the file uses')
+    wanted = {c.get('id') for c in categories if classes is None or c.get('name') in classes}
+    if any(a.get('category_id') in wanted for a in data.get('annotations') or []):
+        return None
+    return (f'{key}: no image of {path} has an annotation of the classes '
+            f'{tuple(classes or names)}, and images without annotations are filtered out '
+            f'(filter_cfg.filter_empty_gt)')
+
+
+def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[str]:
+    """A one-line explanation of a library error raised while ``phase`` builds or reads its
+    datasets, naming the file at fault; None when ``err`` is not one it knows.
+
+    Only called on failure, so the annotation files are parsed only then.
+    """
+    if isinstance(err, json.JSONDecodeError):
+        for path, kind, _ in dataset_requirements(cfg, phase)[0]:
+            if kind == 'file' and path.endswith('.json') and osp.isfile(path):
+                problem = _read_json(path)[1]
+                if problem:
+                    return problem
+    if isinstance(err, ValueError) and 'need at least one array to concatenate' in str(err):
+        leaves = [(k, ds) for k, ds in _loader_datasets(cfg, phase)
+                  if ds.get('dataset') is None and not ds.get('datasets')]
+        for key, ds in leaves:
+            why = _why_empty(key, ds)
+            if why:
+                return f'a {phase} dataset is empty: {why}'
+        return (f'a {phase} dataset is empty: no sample found under '
+                + '; '.join(f'{k} (data_root={ds.get("data_root")!r}, '
+                            f'data_prefix={dict(ds.get("data_prefix") or {})!r})'
+                            for k, ds in leaves))
+    return None
+
+
+def check_test_metrics(cfg: Config, metrics: Optional[dict]) -> None:
+    """A COCO mAP of -1 means the test annotations hold no ground truth for the evaluated
+    classes (pycocotools' "undefined"): an error, not a result."""
+    undefined = sorted(k for k, v in (metrics or {}).items()
+                       if 'mAP' in k and isinstance(v, (int, float)) and v == -1)
+    if not undefined:
+        return
+    evaluator = cfg.get('test_evaluator') or {}
+    ann = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
+    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+    ann = ann or _join(dataset.get('data_root'), dataset.get('ann_file') or '')
+    raise DataError(f'{", ".join(undefined)} = -1 (undefined): the test annotations {ann} '
+                    f'hold no ground truth of the classes {tuple(_classes(dataset) or ())}; '
+                    f'check test_evaluator.ann_file and the dataset\'s metainfo.classes')
