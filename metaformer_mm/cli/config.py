@@ -90,8 +90,10 @@ def check_neck_inputs(cfg: Config) -> None:
 def _default_argument(cfg: Config, type_name: Any, name: str) -> Any:
     if not isinstance(type_name, str):
         return None
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(default_scope(cfg))
+    if default_scope(cfg) == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
     cls = MODELS.get(type_name)
     try:
         parameter = inspect.signature(cls).parameters.get(name) if cls else None
