@@ -40,8 +40,6 @@ val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
-val_cfg = None
-val_evaluator = None
 train_cfg = dict(max_iters=2)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
 '''
