@@ -255,10 +255,12 @@ def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[
 
 
 def check_test_metrics(cfg: Config, metrics: Optional[dict]) -> None:
-    """A COCO mAP of -1 means the test annotations hold no ground truth for the evaluated
-    classes (pycocotools' "undefined"): an error, not a result."""
+    """An overall COCO mAP of -1 means the test annotations hold no ground truth for the
+    evaluated classes (pycocotools' "undefined"): an error, not a result."""
+    # Only the overall figures: bbox_mAP_l is -1 on a set without large objects, rightly.
     undefined = sorted(k for k, v in (metrics or {}).items()
-                       if 'mAP' in k and isinstance(v, (int, float)) and v == -1)
+                       if k.split('/')[-1] in ('mAP', 'bbox_mAP', 'segm_mAP')
+                       and isinstance(v, (int, float)) and v == -1)
     if not undefined:
         return
     evaluator = cfg.get('test_evaluator') or {}
