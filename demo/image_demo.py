@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> str:
 
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import ToolError, load_config
+    from metaformer_mm.cli.config import ToolError, load_config
 
     for path, what in ((args.image, 'image'), (args.config, 'config'),
                        (args.checkpoint, 'checkpoint')):

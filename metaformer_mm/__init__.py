@@ -3,7 +3,9 @@
 ``import metaformer_mm`` (or ``custom_imports=dict(imports=['metaformer_mm'])`` in a config)
 registers the backbones for mmdet and mmseg and allow-lists the types that mmengine's own
 training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_only=True``.
-It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes) and routes
+It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes),
+``NonFiniteGuardHook`` (stops a run at its first nan/inf), ``CPUAmpOptimWrapper``, the
+``CheckedCompose`` data pipeline (errors that name the file) and routes
 mmengine's loading of local checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
 (errors that name the file and the problem).
 """
@@ -13,6 +15,7 @@ from .version import __version__, check_torch
 
 check_torch(torch.__version__)
 
+from . import datasets  # noqa: F401,E402  (registers CheckedCompose)
 from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
 from .engine import install_checkpoint_loader  # noqa: E402
 from .models import *  # noqa: F401,F403,E402

@@ -12,9 +12,10 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from metaformer_mm.tools_utils import (CPUAmpOptimWrapper, DatasetMissingError, ToolError,
-                                       check_dataset, dataset_requirements, enable_amp,
-                                       enable_show_dir)
+from metaformer_mm.cli.config import ToolError
+from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset, dataset_requirements
+from metaformer_mm.cli.options import enable_amp, enable_show_dir
+from metaformer_mm.engine import CPUAmpOptimWrapper
 
 
 def run_tool(repo_root, tool, *args, cwd=None, timeout=900):
@@ -152,6 +153,29 @@ def test_cpu_amp_wrapper_runs_in_bfloat16():
     wrapper.update_params(out.float().pow(2).sum())
     assert model.weight.dtype == torch.float32  # master weights stay float32
     assert not torch.equal(before, model.weight)
+
+
+def test_amp_config_dump_builds_with_only_the_package_imported(repo_root, tmp_path):
+    """A config as ``tools/train.py --amp`` dumps it builds in a fresh interpreter that only
+    has ``custom_imports=['metaformer_mm']`` (no import of the tools' modules)."""
+    cfg = Config.fromfile(config_path(repo_root, 'retinanet_poolformer_s12'))
+    enable_amp(cfg, cuda=False)
+    dumped = tmp_path / 'dumped.py'
+    cfg.dump(str(dumped))
+    script = (
+        'import sys, torch\n'
+        'from mmengine.config import Config\n'
+        'from mmengine.optim import build_optim_wrapper\n'
+        'from mmengine.utils import import_modules_from_strings\n'
+        f'cfg = Config.fromfile({str(dumped)!r})\n'
+        'import_modules_from_strings(**cfg.custom_imports)\n'
+        'wrapper = build_optim_wrapper(torch.nn.Linear(2, 2), cfg.optim_wrapper)\n'
+        'assert not any(m.startswith(("metaformer_mm.cli", "tools")) for m in sys.modules)\n'
+        'print(type(wrapper).__name__, wrapper.cast_dtype)\n')
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ['CPUAmpOptimWrapper', 'torch.bfloat16']
 
 
 def test_enable_show_dir(repo_root, tmp_path):

@@ -27,7 +27,7 @@ from mmengine.registry import init_default_scope
 import metaformer_mm  # noqa: F401
 from metaformer_mm.checkpoint import CheckpointError
 from metaformer_mm.models import PoolFormer
-from metaformer_mm.tools_utils import DatasetMissingError, check_dataset
+from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
 
 TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
 CONFIGS = {

@@ -43,11 +43,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import (DatasetMissingError, DumpPredictions, ToolError,
-                                           check_dataset, check_out_path, default_work_dir,
-                                           drop_training, enable_show_dir,
-                                           init_distributed_without_cuda, load_config,
-                                           load_state_into_runner, load_test_checkpoint)
+    from metaformer_mm.cli.checkpoints import load_state_into_runner, load_test_checkpoint
+    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
+                                          drop_training, error_line, load_config)
+    from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
+                                            check_dataset, check_test_metrics,
+                                            explain_data_error, name_files_in_errors)
+    from metaformer_mm.datasets import DataError
+    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.options import (DumpPredictions, check_out_path,
+                                           enable_show_dir)
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
@@ -57,6 +62,9 @@ def main(argv=None) -> None:
         if args.show_dir:
             enable_show_dir(cfg, args.show_dir)
         check_dataset(cfg, 'test', config_name=args.config)
+        check_annotation_files(cfg, 'test')
+        check_neck_inputs(cfg)
+        name_files_in_errors(cfg, 'test')
         # Loaded here rather than through cfg.load_from: strictly, and released
         # mmdet 2.x / mmseg 0.x files are converted on the way.
         state, dataset_meta = load_test_checkpoint(args.checkpoint, cfg.default_scope)
@@ -65,13 +73,20 @@ def main(argv=None) -> None:
 
         from mmengine.registry import RUNNERS
         from mmengine.runner import Runner
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        load_state_into_runner(runner, state, dataset_meta)
-        if out:
-            runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
-        runner.test()
-    except (DatasetMissingError, ToolError, CheckpointError) as err:
-        sys.exit(f'error: {err}')
+        try:
+            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+            load_state_into_runner(runner, state, dataset_meta)
+            if out:
+                runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
+            metrics = runner.test()
+        except ValueError as err:  # JSONDecodeError is one
+            why = explain_data_error(cfg, 'test', err)
+            if why is None:
+                raise
+            raise DataError(why) from err
+        check_test_metrics(cfg, metrics)
+    except (DatasetMissingError, ToolError, CheckpointError, DataError) as err:
+        sys.exit(f'error: {error_line(err)}')
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a detector (mmdet) or segmentor (mmseg) from a config with mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT | auto]] [--amp]
                           [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 Multi-GPU: tools/dist_train.sh CONFIG GPUS; Slurm: tools/slurm_train.sh.
@@ -23,9 +23,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                        'configs/segmentation/...)')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                                            '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--resume', nargs='?', const='auto', metavar='CHECKPOINT',
-                        help='resume training: from CHECKPOINT, or without a value from the '
-                             'latest checkpoint in the work dir')
+    parser.add_argument('--resume', nargs='?', const='latest', metavar='CHECKPOINT|auto',
+                        help='resume training from CHECKPOINT; without a value, from the '
+                             'latest checkpoint of the work dir (the one last_checkpoint '
+                             'names, else the newest complete iter_N/epoch_N.pth), failing '
+                             'if there is none; "auto": the same, but train from scratch '
+                             'when the work dir holds no checkpoint')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: fp16 on CUDA, bfloat16 on CPU')
     parser.add_argument('--auto-scale-lr', action='store_true',
@@ -47,9 +50,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import (DatasetMissingError, ToolError, check_dataset,
-                                           default_work_dir, enable_amp, enable_auto_scale_lr,
-                                           init_distributed_without_cuda, load_config)
+    from metaformer_mm.cli.checkpoints import remove_interrupted_writes, resolve_resume
+    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
+                                          error_line, load_config)
+    from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
+                                            check_dataset, explain_data_error,
+                                            name_files_in_errors)
+    from metaformer_mm.datasets import DataError
+    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
+    from metaformer_mm.engine import NonFiniteError
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
@@ -58,21 +68,26 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
-        if args.resume == 'auto':
-            cfg.resume, cfg.load_from = True, None  # the Runner finds the latest checkpoint
-        elif args.resume:
-            if not os.path.isfile(args.resume):
-                raise ToolError(f'checkpoint to resume from not found: {args.resume}')
-            cfg.resume, cfg.load_from = True, args.resume
+        remove_interrupted_writes(cfg.work_dir)
+        resolve_resume(cfg, args.resume)
         check_dataset(cfg, 'train', config_name=args.config)
+        check_annotation_files(cfg, 'train')
+        check_neck_inputs(cfg)
+        name_files_in_errors(cfg, 'train')
         init_distributed_without_cuda(cfg, args.launcher)
 
         from mmengine.registry import RUNNERS
         from mmengine.runner import Runner
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        runner.train()
-    except (DatasetMissingError, ToolError, CheckpointError) as err:
-        sys.exit(f'error: {err}')
+        try:
+            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+            runner.train()
+        except ValueError as err:  # JSONDecodeError is one
+            why = explain_data_error(cfg, 'train', err)
+            if why is None:
+                raise
+            raise DataError(why) from err
+    except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError, DataError) as err:
+        sys.exit(f'error: {error_line(err)}')
 
 
 if __name__ == '__main__':

@@ -21,3 +21,6 @@ optim_wrapper = dict(optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, weight
 # Checkpoints are written to a temporary file and renamed: a failed write (full disk)
 # never replaces the last good checkpoint (metaformer_mm.engine.SafeCheckpointHook).
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))
+# Stops a run at its first nan/inf loss or gradient, before a checkpoint of it is written
+# (metaformer_mm.engine.NonFiniteGuardHook).
+custom_hooks = [dict(type='NonFiniteGuardHook')]

@@ -1,7 +1,11 @@
-"""Training-run machinery for mmengine's Runner: safe checkpoint writing and reading."""
+"""Training-run machinery for mmengine's Runner: safe checkpoint writing and reading, a guard
+against non-finite training, CPU mixed precision."""
 from .checkpoint_io import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write,
                             install_checkpoint_loader, load_local_checkpoint)
+from .guard import NonFiniteError, NonFiniteGuardHook
 from .hooks import SafeCheckpointHook
+from .optim import CPUAmpOptimWrapper
 
-__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'SafeCheckpointHook', 'atomic_write',
+__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'NonFiniteError',
+           'NonFiniteGuardHook', 'SafeCheckpointHook', 'atomic_write',
            'install_checkpoint_loader', 'load_local_checkpoint']

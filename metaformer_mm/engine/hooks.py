@@ -9,7 +9,11 @@ run with no loadable checkpoint at all. This hook, a drop-in replacement:
 * writes checkpoints and ``last_checkpoint`` all-or-nothing (temporary file + rename,
   see :mod:`metaformer_mm.engine.checkpoint_io`) when they go to a local directory;
 * points ``last_checkpoint`` at a checkpoint only once that file is complete;
-* deletes expired and superseded checkpoints only after that.
+* deletes expired and superseded checkpoints only after that;
+* refuses to write a checkpoint whose model holds a non-finite tensor (raising
+  :class:`~metaformer_mm.engine.guard.NonFiniteError`), so rotation never replaces the
+  last finite checkpoint by a broken one (``NonFiniteGuardHook`` normally stops such a run
+  one step earlier; this is the second line of defence).
 
 Use it with ``default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))``; every
 argument of ``CheckpointHook`` keeps its meaning.
@@ -20,9 +24,11 @@ from typing import Any, Dict, List, Set, Tuple
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from .checkpoint_io import ATOMIC_BACKEND, atomic_write
+from .guard import NonFiniteError, non_finite_tensors
 
 
 class _DeferredRemovals:
@@ -62,8 +68,18 @@ class SafeCheckpointHook(CheckpointHook):
             self.backend_args = dict(backend=ATOMIC_BACKEND)
             self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
 
+    def _refuse_non_finite(self, runner, what: str) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            last = runner.message_hub.get_info('last_ckpt')
+            raise NonFiniteError(
+                f'not writing {what}: {len(bad)} model tensors are non-finite (first: '
+                f'{bad[0]}); the last checkpoint, {last or "none"}, is kept')
+
     def _save_checkpoint_with_step(self, runner, step: int, meta: Dict) -> None:
         filename = self.filename_tmpl.format(step)
+        self._refuse_non_finite(runner, filename)
         path = self.file_backend.join_path(self.out_dir, filename)
         expired = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
@@ -88,6 +104,9 @@ class SafeCheckpointHook(CheckpointHook):
             self._remove(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old)))
 
     def _save_best_checkpoint(self, runner, metrics: Dict) -> None:
+        if not self.save_best:
+            return
+        self._refuse_non_finite(runner, 'the best checkpoint')
         backend = self.file_backend
         deferred = _DeferredRemovals(backend)
         self.file_backend = deferred

@@ -137,7 +137,7 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
     """Builds the config's model (random weights) and counts; returns the figures as a dict."""
     import metaformer_mm  # noqa: F401  (registers the backbones)
     from mmengine.registry import init_default_scope
-    from metaformer_mm.tools_utils import load_config
+    from metaformer_mm.cli.config import load_config
 
     cfg = load_config(config)
     scope = cfg.default_scope
@@ -198,7 +198,7 @@ def report(r: Dict[str, object]) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = parse_args(argv)
     from mmengine.logging import MMLogger
-    from metaformer_mm.tools_utils import ToolError
+    from metaformer_mm.cli.config import ToolError
     if not args.verbose:
         # "Unsupported operator aten::gelu ..." is the documented convention, not a problem.
         MMLogger.get_current_instance().setLevel(logging.ERROR)

@@ -43,7 +43,7 @@ def build_backbone(config: str, checkpoint: Optional[str]):
     import metaformer_mm  # noqa: F401  (registers the backbones)
     from mmengine.registry import init_default_scope
     from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
-    from metaformer_mm.tools_utils import ToolError, load_config
+    from metaformer_mm.cli.config import ToolError, load_config
 
     cfg = load_config(config)
     init_default_scope(cfg.default_scope)
@@ -130,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = parse_args(argv)
     import torch
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.tools_utils import ToolError
+    from metaformer_mm.cli.config import ToolError
     for path, what in ((args.image, 'image'), (args.config, 'config')):
         if not osp.isfile(path):
             sys.exit(f'error: {what} file not found: {path}')

@@ -1,0 +1,181 @@
+"""Checkpoints the tools read: the one ``tools/test.py`` evaluates (strictly, released
+layouts converted) and the one ``tools/train.py --resume`` continues from."""
+import copy
+import os
+import os.path as osp
+import re
+import zipfile
+from typing import Any, Dict, List, Optional, Tuple
+
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+from .config import ToolError
+
+# Checkpoint conversion kind of each scope (see metaformer_mm.checkpoint).
+LEGACY_KIND = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
+    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta``.
+
+    Released mmdet 2.x / mmseg 0.x checkpoints (a MetaFormer backbone in a foreign layout,
+    such as the sail-sg releases) are converted in memory; this project's own come as they are.
+    """
+    from ..checkpoint import (convert_detector_checkpoint, detector_backbone_layout,
+                             detector_dataset_meta, extract_state_dict, read_checkpoint)
+    if not _is_remote(path) and not osp.isfile(path):
+        raise ToolError(f'checkpoint file not found: {path}')
+    raw = read_checkpoint(path)
+    state = extract_state_dict(raw, path)
+    layout = detector_backbone_layout(state)
+    if layout not in (None, 'metaformer_mm'):
+        state = convert_detector_checkpoint(state, LEGACY_KIND[scope])
+        MMLogger.get_current_instance().info(
+            f'{path}: backbone in the {layout} layout ({LEGACY_KIND[scope]} release); '
+            f'converted {len(state)} tensors to this project\'s keys')
+    return state, detector_dataset_meta(raw)
+
+
+def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None:
+    """Loads a state dict into the Runner's model strictly: a checkpoint of another config
+    is an error, not an evaluation of half-initialised weights."""
+    from mmengine.model import is_model_wrapper
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    try:
+        # strict=False only to word the error: any missing or unexpected key is refused below.
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        detail = ' '.join(str(err).split('\n')[1:3]).strip()
+        raise ToolError(f'the checkpoint does not fit the config\'s model: {detail} '
+                        f'(is it a checkpoint of another config?)') from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ToolError(
+            f'the checkpoint does not fit the config\'s model: '
+            f'{len(result.missing_keys)} missing keys {result.missing_keys[:6]}, '
+            f'{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:6]} '
+            f'(is it a checkpoint of another config?)')
+    if dataset_meta:
+        model.dataset_meta = copy.deepcopy(dataset_meta)
+
+
+# --------------------------------------------------------------------------- --resume
+# The temporary files of engine.checkpoint_io.atomic_write: '.<name>.<8 hex digits>.tmp'.
+_INTERRUPTED_WRITE = re.compile(r'^\..+\.[0-9a-f]{8}\.tmp$')
+# CheckpointHook's default file names.
+_CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
+RESUME_LATEST = 'latest'  # --resume without a value
+RESUME_AUTO = 'auto'  # --resume auto
+
+
+def remove_interrupted_writes(work_dir: str) -> List[str]:
+    """Deletes the temporary files a killed checkpoint write left in ``work_dir`` (logged)."""
+    if not osp.isdir(work_dir) or os.environ.get('RANK', '0') != '0':
+        return []  # other ranks start at other times: only rank 0 tidies up
+    removed = []
+    for name in sorted(os.listdir(work_dir)):
+        path = osp.join(work_dir, name)
+        if _INTERRUPTED_WRITE.match(name) and osp.isfile(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    if removed:
+        MMLogger.get_current_instance().info(
+            f'removed {len(removed)} temporary file(s) of an interrupted checkpoint write: '
+            + ', '.join(removed))
+    return removed
+
+
+def _loadable(path: str) -> bool:
+    """Whether ``path`` is a complete torch zip checkpoint (a truncated one has no zip
+    directory at its end); reads only the directory, not the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith('/data.pkl') or n == 'data.pkl' for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _candidates(directories: List[str]) -> List[str]:
+    """Checkpoints named like CheckpointHook's (iter_N.pth, epoch_N.pth), newest first."""
+    found = {}
+    for directory in directories:
+        if not osp.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            match = _CHECKPOINT_NAME.match(name)
+            path = osp.join(directory, name)
+            if match and osp.isfile(path):
+                found[osp.realpath(path)] = (int(match.group(1)), osp.getmtime(path), path)
+    return [path for *_, path in sorted(found.values(), reverse=True)]
+
+
+def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
+    """The checkpoint ``--resume`` continues from, and what was found when there is none.
+
+    ``work_dir/last_checkpoint`` names it. When that file is missing or empty, or names a
+    file that is gone or incomplete (a deleted checkpoint, a work dir moved elsewhere), the
+    newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the directory
+    ``last_checkpoint`` names) is taken instead, and the fallback is logged.
+    """
+    logger = MMLogger.get_current_instance()
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    named = ''
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+    if named and osp.isfile(named) and _loadable(named):
+        return named, ''
+    if not osp.isfile(pointer):
+        state = f'{pointer} does not exist'
+    elif not named:
+        state = f'{pointer} is empty'
+    elif not osp.isfile(named):
+        state = f'{pointer} names {named}, which does not exist'
+    else:
+        state = f'{pointer} names {named}, which is incomplete or not a checkpoint'
+    directories = [work_dir] + ([osp.dirname(named)] if named and osp.dirname(named) else [])
+    for path in _candidates(directories):
+        if _loadable(path):
+            logger.warning(f'--resume: {state}; resuming from the newest complete checkpoint '
+                           f'found, {path}')
+            return path, state
+        logger.warning(f'--resume: skipping {path}, which is incomplete or not a checkpoint')
+    return None, state
+
+
+def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
+    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume`` (``resume`` is its value).
+
+    ``None``: no resume. A path: that checkpoint. :data:`RESUME_LATEST` (the option without
+    a value): the latest checkpoint of the work dir (see :func:`find_resume_checkpoint`), an
+    error when there is none. :data:`RESUME_AUTO`: the same, but training from scratch
+    (logged) when the work dir holds no checkpoint.
+    """
+    if not resume:
+        return
+    if resume not in (RESUME_LATEST, RESUME_AUTO):
+        if not osp.isfile(resume):
+            raise ToolError(f'--resume: checkpoint not found: {resume}')
+        cfg.resume, cfg.load_from = True, resume
+        return
+    path, state = find_resume_checkpoint(cfg.work_dir)
+    if path:
+        cfg.resume, cfg.load_from = True, path
+        return
+    if resume == RESUME_AUTO:
+        MMLogger.get_current_instance().info(
+            f'--resume auto: no checkpoint to resume from in {cfg.work_dir} ({state}); '
+            f'training from scratch')
+        cfg.resume, cfg.load_from = False, None
+        return
+    raise ToolError(f'--resume: no checkpoint to resume from in {cfg.work_dir} ({state}, and '
+                    f'no complete iter_N.pth or epoch_N.pth there); run without --resume to '
+                    f'train from scratch, or with --resume auto to resume only when there is '
+                    f'a checkpoint')

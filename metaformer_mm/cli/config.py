@@ -1,0 +1,103 @@
+"""Config handling of the tools: reading a config, its default scope, test-only configs,
+the backbone/neck wiring check.
+
+Also :class:`ToolError`, the tools' user-facing error (printed as one ``error:`` line).
+"""
+import inspect
+import os.path as osp
+from typing import Any, Dict, Optional
+
+from mmengine.config import Config
+
+SCOPES = ('mmdet', 'mmseg')
+
+
+class ToolError(RuntimeError):
+    """A user-facing error of the tools (bad checkpoint path, unknown scope, ...)."""
+
+
+def load_config(path: str, cfg_options: Optional[Dict] = None) -> Config:
+    """Reads a config, merges ``--cfg-options`` and makes sure it names its default scope."""
+    if not osp.isfile(path):
+        raise ToolError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.default_scope = default_scope(cfg)
+    return cfg
+
+
+def default_scope(cfg: Config) -> str:
+    """'mmdet' or 'mmseg': the config's ``default_scope``, else guessed from the model."""
+    scope = cfg.get('default_scope')
+    if scope is None:
+        model = cfg.get('model') or {}
+        scope = 'mmseg' if 'decode_head' in model else 'mmdet'
+    if scope not in SCOPES:
+        raise ToolError(f'default_scope {scope!r} is not supported by these tools; '
+                        f'expected one of {SCOPES}')
+    return scope
+
+
+def drop_training(cfg: Config) -> None:
+    """Removes the training parts from a config that only tests.
+
+    Without them the Runner never builds the training loop, which some hooks would
+    otherwise build on the fly just to read the iteration count (mmseg's
+    SegVisualizationHook does), reading the training split a test run does not need.
+    """
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
+        cfg[key] = None
+
+
+def default_work_dir(config_path: str) -> str:
+    """``./work_dirs/<config name>``, mmdet's convention."""
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error raised in a dataloader worker comes back
+    as 'Caught X in DataLoader worker process N. Original Traceback ...': keep its last line."""
+    text = str(err).strip()
+    if 'Original Traceback' in text:
+        last = text.splitlines()[-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return ' '.join(text.splitlines())
+
+
+def check_neck_inputs(cfg: Config) -> None:
+    """The backbone gives as many feature maps as the neck takes (``out_indices`` against
+    ``neck.in_channels``): said before training, not as a bare AssertionError in the FPN."""
+    model = cfg.get('model') or {}
+    backbone, neck = model.get('backbone') or {}, model.get('neck')
+    in_channels = neck.get('in_channels') if isinstance(neck, dict) else None
+    if not isinstance(in_channels, (list, tuple)):
+        return
+    out_indices = backbone.get('out_indices')
+    if out_indices is None:  # the backbone's default, where it has one
+        default = _default_argument(cfg, backbone.get('type'), 'out_indices')
+        if default is None:
+            return
+        out_indices = default
+    out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+    if len(out_indices) != len(in_channels):
+        raise ToolError(
+            f'model.backbone.out_indices {tuple(out_indices)} gives {len(out_indices)} feature '
+            f'maps but model.neck.in_channels {list(in_channels)} takes {len(in_channels)}; '
+            f'make them agree (one in_channels entry per output stage)')
+
+
+def _default_argument(cfg: Config, type_name: Any, name: str) -> Any:
+    if not isinstance(type_name, str):
+        return None
+    if default_scope(cfg) == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    cls = MODELS.get(type_name)
+    try:
+        parameter = inspect.signature(cls).parameters.get(name) if cls else None
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty \
+        else parameter.default

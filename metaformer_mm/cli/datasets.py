@@ -1,0 +1,272 @@
+"""The tools' dataset checks: every file a command will read is there (or one message says
+what is missing and how to point the config at the dataset), empty annotation files,
+pipelines whose errors name the file, and explanations of library errors that do not
+(a truncated annotation JSON, a dataset left empty by a class-name mismatch)."""
+import json
+import os
+import os.path as osp
+from typing import Any, List, Optional, Sequence, Tuple
+
+from mmengine.config import Config
+
+from ..datasets.transforms import DataError
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The files a config's datasets read are not there; the message says what and how to fix."""
+
+
+# Dataloaders and evaluators each command reads; val only when the train loop validates.
+_PHASES = {
+    'train': (('train_dataloader', None), ('val_dataloader', 'val_evaluator')),
+    'test': (('test_dataloader', 'test_evaluator'),),
+}
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def _join(root: Optional[str], path: str) -> str:
+    # mmengine's BaseDataset joins data_root with relative paths only.
+    return path if not root or osp.isabs(path) or _is_remote(path) else osp.join(root, path)
+
+
+def _dataset_needs(ds: Any, key: str) -> Tuple[List[Tuple[str, str, str]], List[Tuple[str, str]]]:
+    """(path, 'file'|'dir', option key) triples a dataset config reads, and its data roots."""
+    needs: List[Tuple[str, str, str]] = []
+    roots: List[Tuple[str, str]] = []
+    if not isinstance(ds, dict):
+        return needs, roots
+    if isinstance(ds.get('dataset'), dict):  # RepeatDataset, ClassBalancedDataset, ...
+        sub_needs, sub_roots = _dataset_needs(ds['dataset'], f'{key}.dataset')
+        needs += sub_needs
+        roots += sub_roots
+    for i, sub in enumerate(ds.get('datasets') or []):  # ConcatDataset
+        sub_needs, sub_roots = _dataset_needs(sub, f'{key}.datasets.{i}')
+        needs += sub_needs
+        roots += sub_roots
+    if ds.get('backend_args'):  # a remote storage backend: nothing to check locally
+        return needs, roots
+    root = ds.get('data_root')
+    if root:
+        roots.append((f'{key}.data_root', root))
+    if ds.get('ann_file'):
+        needs.append((_join(root, ds['ann_file']), 'file', key))
+    prefix = ds.get('data_prefix') or {}
+    if isinstance(prefix, dict):
+        for value in prefix.values():
+            if isinstance(value, str) and value:
+                needs.append((_join(root, value), 'dir', key))
+    return needs, roots
+
+
+def _evaluator_needs(ev: Any, key: str) -> List[Tuple[str, str, str]]:
+    if isinstance(ev, (list, tuple)):
+        return [n for i, e in enumerate(ev) for n in _evaluator_needs(e, f'{key}.{i}')]
+    if isinstance(ev, dict) and isinstance(ev.get('ann_file'), str) and ev['ann_file'] \
+            and not ev.get('backend_args'):
+        return [(ev['ann_file'], 'file', f'{key}.ann_file')]
+    return []
+
+
+def dataset_requirements(cfg: Config, phase: str) -> Tuple[List[Tuple[str, str, str]],
+                                                             List[Tuple[str, str]]]:
+    """Files/dirs that ``phase`` ('train' or 'test') reads, and the data roots they hang from.
+
+    Returns ``(needs, roots)``: ``needs`` holds ``(path, 'file'|'dir', cfg key)``, ``roots``
+    ``(cfg key of a data_root, its value)``.
+    """
+    if phase not in _PHASES:
+        raise ValueError(f'phase must be one of {sorted(_PHASES)}, got {phase!r}')
+    needs: List[Tuple[str, str, str]] = []
+    roots: List[Tuple[str, str]] = []
+    for loader_key, evaluator_key in _PHASES[phase]:
+        loader = cfg.get(loader_key)
+        if not loader:
+            continue
+        if phase == 'train' and loader_key == 'val_dataloader' and not (
+                cfg.get('val_cfg') and cfg.get('val_evaluator')):
+            continue  # the Runner builds no validation loop
+        ds_needs, ds_roots = _dataset_needs(loader.get('dataset'), f'{loader_key}.dataset')
+        needs += ds_needs
+        roots += ds_roots
+        if evaluator_key:
+            needs += _evaluator_needs(cfg.get(evaluator_key), evaluator_key)
+    return [n for n in needs if not _is_remote(n[0])], roots
+
+
+def check_dataset(cfg: Config, phase: str, config_name: str = 'the config') -> None:
+    """Raises :class:`DatasetMissingError` naming every missing file and how to fix it.
+
+    Call before building the Runner, so that a missing dataset is one message rather than a
+    stack trace from deep inside dataset construction.
+    """
+    needs, roots = dataset_requirements(cfg, phase)
+    # test_dataloader is usually val_dataloader: report each path once.
+    missing = list(dict.fromkeys((p, kind) for p, kind, _ in needs
+                                 if not (osp.isdir(p) if kind == 'dir' else osp.isfile(p))))
+    if not missing:
+        return
+    where = ('' if all(osp.isabs(p) for p, _ in missing)
+             else f' (relative to {os.getcwd()})')
+    lines = [f'The dataset that {config_name} reads is missing. Not found{where}:']
+    lines += [f'  {p.rstrip("/") + "/" if kind == "dir" else p}' for p, kind in missing]
+    lines.append(_fix_hint(cfg, needs, roots))
+    raise DatasetMissingError('\n'.join(lines))
+
+
+def _fix_hint(cfg: Config, needs: List[Tuple[str, str, str]],
+              roots: List[Tuple[str, str]]) -> str:
+    values = sorted({r.rstrip('/') for _, r in roots})
+    name = osp.basename(values[0]) if values else 'dataset'
+    new_root = f'/path/to/{name}/'
+    options = [f'{key}={new_root}' for key, _ in roots]
+    for path, _, key in needs:  # evaluator annotation files are absolute-ish paths of their own
+        if key.endswith('.ann_file'):
+            rel = next((path[len(r):].lstrip('/') for r in values if path.startswith(r)), None)
+            options.append(f'{key}={new_root}{rel}' if rel
+                           else f'{key}=/path/to/{osp.basename(path)}')
+    lines = []
+    if len(values) == 1 and not osp.isabs(values[0]):
+        parent = osp.dirname(values[0])
+        mkdir = f'mkdir -p {parent} && ' if parent else ''
+        lines.append(f'Put the dataset at {values[0]}/ (e.g. {mkdir}ln -s /path/to/{name} '
+                     f'{values[0]}), or point the config elsewhere:')
+    else:
+        lines.append('Point the config at the dataset:')
+    if options:
+        lines.append('  --cfg-options ' + ' '.join(dict.fromkeys(options)))
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------- what is inside
+def _loader_datasets(cfg: Config, phase: str) -> List[Tuple[str, dict]]:
+    """(cfg key, dataset dict) of every dataset ``phase`` reads, wrapped ones included."""
+    found: List[Tuple[str, dict]] = []
+
+    def walk(ds: Any, key: str) -> None:
+        if not isinstance(ds, dict):
+            return
+        found.append((key, ds))
+        walk(ds.get('dataset'), f'{key}.dataset')
+        for i, sub in enumerate(ds.get('datasets') or []):
+            walk(sub, f'{key}.datasets.{i}')
+
+    for loader_key, _ in _PHASES[phase]:
+        loader = cfg.get(loader_key)
+        if loader:
+            walk(loader.get('dataset'), f'{loader_key}.dataset')
+    return found
+
+
+def name_files_in_errors(cfg: Config, phase: str) -> None:
+    """Wraps each pipeline ``phase`` reads in ``CheckedCompose``: a sample that cannot be
+    loaded or transformed is then an error naming its file (see
+    :mod:`metaformer_mm.datasets.transforms`)."""
+    for _, ds in _loader_datasets(cfg, phase):
+        pipeline = ds.get('pipeline')
+        if isinstance(pipeline, (list, tuple)) and pipeline and not (
+                len(pipeline) == 1 and pipeline[0].get('type') == 'CheckedCompose'):
+            ds['pipeline'] = [dict(type='CheckedCompose', transforms=list(pipeline))]
+
+
+def check_annotation_files(cfg: Config, phase: str) -> None:
+    """Empty annotation files are an error naming them (cheap: no file is parsed here)."""
+    needs, _ = dataset_requirements(cfg, phase)
+    for path, kind, key in needs:
+        if kind == 'file' and osp.isfile(path) and osp.getsize(path) == 0:
+            raise DataError(f'annotation file {path} ({key}) is empty (0 bytes)')
+
+
+def _read_json(path: str) -> Tuple[Optional[dict], str]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f), ''
+    except json.JSONDecodeError as err:
+        return None, (f'annotation file {path} is not valid JSON ({err.msg} at line '
+                      f'{err.lineno} column {err.colno}; is it truncated?)')
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f'annotation file {path} cannot be read ({err})'
+
+
+def _classes(ds: dict) -> Optional[Sequence[str]]:
+    """The class names a dataset config selects: its metainfo's, else its type's default."""
+    classes = (ds.get('metainfo') or {}).get('classes')
+    if classes:
+        return list(classes)
+    from mmengine.registry import DATASETS
+    dataset_type = DATASETS.get(ds.get('type', '')) if isinstance(ds.get('type'), str) else None
+    meta = getattr(dataset_type, 'METAINFO', None) or {}
+    return list(meta['classes']) if meta.get('classes') else None
+
+
+def _why_empty(key: str, ds: dict) -> Optional[str]:
+    """Why the COCO-format dataset ``ds`` yields no sample; None if it does yield some (or
+    is not in COCO format)."""
+    ann = ds.get('ann_file')
+    if not (isinstance(ann, str) and ann.endswith('.json')):
+        return None
+    path = _join(ds.get('data_root'), ann)
+    data, problem = _read_json(path)
+    if data is None:
+        return problem
+    images, categories = data.get('images') or [], data.get('categories') or []
+    if not images:
+        return f'{key}: annotation file {path} lists no images'
+    names = [c.get('name') for c in categories]
+    classes = _classes(ds)
+    if classes is not None and not set(classes) & set(names):
+        return (f'{key}: none of the config\'s classes {tuple(classes)} is a category of '
+                f'{path} (its categories: {names[:10]}{" ..." if len(names) > 10 else ""}); '
+                f'set {key}.metainfo.classes to the names the file uses')
+    wanted = {c.get('id') for c in categories if classes is None or c.get('name') in classes}
+    if any(a.get('category_id') in wanted for a in data.get('annotations') or []):
+        return None
+    return (f'{key}: no image of {path} has an annotation of the classes '
+            f'{tuple(classes or names)}, and images without annotations are filtered out '
+            f'(filter_cfg.filter_empty_gt)')
+
+
+def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[str]:
+    """A one-line explanation of a library error raised while ``phase`` builds or reads its
+    datasets, naming the file at fault; None when ``err`` is not one it knows.
+
+    Only called on failure, so the annotation files are parsed only then.
+    """
+    if isinstance(err, json.JSONDecodeError):
+        for path, kind, _ in dataset_requirements(cfg, phase)[0]:
+            if kind == 'file' and path.endswith('.json') and osp.isfile(path):
+                problem = _read_json(path)[1]
+                if problem:
+                    return problem
+    if isinstance(err, ValueError) and 'need at least one array to concatenate' in str(err):
+        leaves = [(k, ds) for k, ds in _loader_datasets(cfg, phase)
+                  if ds.get('dataset') is None and not ds.get('datasets')]
+        for key, ds in leaves:
+            why = _why_empty(key, ds)
+            if why:
+                return f'a {phase} dataset is empty: {why}'
+        return (f'a {phase} dataset is empty: no sample found under '
+                + '; '.join(f'{k} (data_root={ds.get("data_root")!r}, '
+                            f'data_prefix={dict(ds.get("data_prefix") or {})!r})'
+                            for k, ds in leaves))
+    return None
+
+
+def check_test_metrics(cfg: Config, metrics: Optional[dict]) -> None:
+    """An overall COCO mAP of -1 means the test annotations hold no ground truth for the
+    evaluated classes (pycocotools' "undefined"): an error, not a result."""
+    # Only the overall figures: bbox_mAP_l is -1 on a set without large objects, rightly.
+    undefined = sorted(k for k, v in (metrics or {}).items()
+                       if k.split('/')[-1] in ('mAP', 'bbox_mAP', 'segm_mAP')
+                       and isinstance(v, (int, float)) and v == -1)
+    if not undefined:
+        return
+    evaluator = cfg.get('test_evaluator') or {}
+    ann = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
+    dataset = (cfg.get('test_dataloader') or {}).get('dataset') or {}
+    ann = ann or _join(dataset.get('data_root'), dataset.get('ann_file') or '')
+    raise DataError(f'{", ".join(undefined)} = -1 (undefined): the test annotations {ann} '
+                    f'hold no ground truth of the classes {tuple(_classes(dataset) or ())}; '
+                    f'check test_evaluator.ann_file and the dataset\'s metainfo.classes')

@@ -1,0 +1,62 @@
+"""``CheckedCompose``: a data pipeline whose errors name the file being read.
+
+mmcv's and mmdet's/mmseg's transforms fail with the library's message only: a zero-byte
+image is ``cv2.error: (-215:Assertion failed) !buf.empty() in function 'imdecode_'``, a
+2000x1 image resized to the config's scale ``cv2.error: ... !dsize.empty()``, neither with
+the file's name. ``CheckedCompose(transforms=[...])`` runs the same transforms and turns
+such a failure into one :class:`DataError` line naming the file, its size in pixels and
+the transform that failed. ``tools/train.py`` and ``tools/test.py`` wrap every pipeline of
+the datasets they read in it (:func:`metaformer_mm.cli.datasets.name_files_in_errors`);
+a config may also use it directly:
+``pipeline=[dict(type='CheckedCompose', transforms=[...])]``.
+"""
+import os.path as osp
+from typing import Any, Dict, List, Optional, Sequence
+
+from mmengine.dataset import Compose
+from mmengine.registry import TRANSFORMS
+
+
+class DataError(ValueError):
+    """A sample of a dataset cannot be read or prepared; the message names the file."""
+
+
+def _one_line(err: BaseException) -> str:
+    kind = type(err)
+    name = kind.__name__ if kind.__module__ == 'builtins' else f'{kind.__module__}.{kind.__name__}'
+    text = ' '.join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f'{name}: {text}' if text else name
+
+
+def _describe(results: Dict, transform: Any, err: BaseException) -> str:
+    path = results.get('img_path') or results.get('seg_map_path') or '<sample without a path>'
+    if isinstance(path, str) and osp.isfile(path) and osp.getsize(path) == 0:
+        return f'image file {path} is empty (0 bytes)'
+    shape = results.get('ori_shape') or results.get('img_shape')
+    size = f' ({shape[1]}x{shape[0]} pixels)' if shape and len(shape) >= 2 else ''
+    return f'{path}{size}: {type(transform).__name__} failed: {_one_line(err)}'
+
+
+@TRANSFORMS.register_module()
+class CheckedCompose:
+    """Runs ``transforms`` in order like mmengine's ``Compose``; an exception of any of them
+    becomes a :class:`DataError` naming the sample's file and the transform."""
+
+    def __init__(self, transforms: Sequence[Any]) -> None:
+        self.transforms: List[Any] = Compose(list(transforms)).transforms
+
+    def __call__(self, results: Dict) -> Optional[Dict]:
+        for transform in self.transforms:
+            try:
+                out = transform(results)
+            except DataError:
+                raise
+            except Exception as err:  # noqa: BLE001  (any library error, reworded)
+                raise DataError(_describe(results, transform, err)) from err
+            if out is None:  # a transform that drops the sample (mmdet's convention)
+                return None
+            results = out
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.transforms!r})'
