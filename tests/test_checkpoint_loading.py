@@ -412,14 +412,16 @@ def test_every_config_of_the_project_is_literal(repo_root):
     ("a = dict(b=[1, -2.5, (None, True)], c={'d': 'e'})\n", None),
     ("import os\n", 'an import at line 1'),
     ("a = open('x')\n", 'a call of open at line 1'),
-    ("a = dict(**b)\n", 'a Call (not a literal)'),
-    ("a = b\n", 'a Name (not a literal)'),
-    ("a = (lambda: 1)()\n", 'a call of (lambda: 1) at line 1'),
-    ("a.b = 1\n", 'a Assign (not a literal)'),
+    ("a = dict(**b)\n", 'a call of dict at line 1'),
+    ("a = b\n", 'an expression that is not a literal (Name)'),
+    ("x = 1\n(lambda: 1)()\n", 'a call of lambda: 1 at line 2'),
+    ("a.b = 1\n", 'a statement other than NAME = LITERAL (Assign)'),
 ])
 def test_config_text_problem(text, problem):
     result = config_text_problem(text)
     if problem is None:
         assert result is None
     else:
-        assert result is not None and result.startswith(problem.split(' at ')[0]), result
+        assert result is not None and result.startswith(problem.split(' at line')[0]), result
+        if ' at line' in problem:
+            assert result == problem

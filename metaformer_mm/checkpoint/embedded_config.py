@@ -50,7 +50,7 @@ def config_text_problem(text: str) -> Optional[str]:
             if bad is None:
                 continue
         else:
-            bad = stmt
+            bad = stmt.value if isinstance(stmt, ast.Expr) else stmt
         return f'{_describe(bad)} at line {getattr(bad, "lineno", "?")}'
     return None
 
@@ -63,7 +63,9 @@ def _describe(node: ast.AST) -> str:
             return 'a call'
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return 'an import'
-    return f'a {type(node).__name__} (not a literal)'
+    if isinstance(node, ast.stmt):
+        return f'a statement other than NAME = LITERAL ({type(node).__name__})'
+    return f'an expression that is not a literal ({type(node).__name__})'
 
 
 def embedded_configs(obj: Any) -> List[Tuple[str, Any]]:

@@ -17,7 +17,7 @@ import uuid
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 from mmengine.dist import barrier, get_dist_info
@@ -153,29 +153,38 @@ def _weights(obj: Any) -> Dict[str, Any]:
 
 def _record_source(path: str, obj: Any) -> None:
     weights = _weights(obj)
-    refs = [weakref.ref(v) for v in weights.values() if torch.is_tensor(v)]
+    refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
     _LAST_READ.set((path, refs, [str(k) for k in list(weights)[:5]]))
 
 
-def _last_read() -> Optional[tuple]:
+def _last_read(tensors: Iterable[Any] = ()) -> Optional[tuple]:
+    """The last read, if tensors it returned are alive and ``tensors`` (when given) are
+    among them: a state dict of other tensors did not come from that file."""
     last = _LAST_READ.get()
-    if last is not None and any(ref() is not None for ref in last[1]):
-        return last
-    return None
+    if last is None:
+        return None
+    refs = last[1]
+    tensors = list(tensors)
+    if tensors:
+        found = any(refs.get(id(t)) is not None and refs[id(t)]() is t for t in tensors)
+    else:
+        found = any(ref() is not None for ref in refs.values())
+    return last if found else None
 
 
-def checkpoint_source() -> Optional[str]:
-    """The file whose tensors are being loaded: the one given to :func:`loading_source`,
-    else the last one read while tensors it returned are still alive; None if unknown."""
+def checkpoint_source(tensors: Iterable[Any] = ()) -> Optional[str]:
+    """The file whose ``tensors`` are being loaded: the one given to :func:`loading_source`,
+    else the last one read if the tensors came from it (with no tensors: if any tensor it
+    returned is still alive); None if unknown."""
     explicit = _EXPLICIT.get()
     if explicit:
         return explicit
-    last = _last_read()
+    last = _last_read(tensors)
     return last[0] if last else None
 
 
 def checkpoint_first_keys() -> List[str]:
-    """The first keys of the weights of the file :func:`checkpoint_source` names, if read here."""
+    """The first keys of the weights of the last file read, while its tensors are alive."""
     last = _last_read()
     return last[2] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else []
 

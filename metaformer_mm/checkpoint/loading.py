@@ -85,7 +85,7 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
         layout = detect_layout(local) if local else None
     except CheckpointError:
         pass  # not a layout we know: every key is reported as unexpected below
-    source = checkpoint_source() or 'the state dict'
+    source = checkpoint_source(list(local.values())[:8]) or 'the state dict'
     converted_from = None
     if layout is not None and layout not in NATIVE_LAYOUTS:
         _, local = convert_state_dict(local, layout)
