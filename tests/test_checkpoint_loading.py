@@ -304,6 +304,18 @@ def test_state_dict_without_a_file_is_named_as_such():
         model.load_state_dict({'stem.conv.weight': model.stem.conv.weight.detach()})
 
 
+def test_torch_strict_false_needs_the_switch():
+    """torch passes strict=True to every module's _load_from_state_dict: only our switch counts."""
+    model = PoolFormer(arch=TINY_S12)
+    partial = {'stem.conv.weight': torch.ones_like(model.stem.conv.weight)}
+    with pytest.raises(CheckpointError, match='55 of its 56 tensors missing'):
+        model.load_state_dict(partial, strict=False)
+    with partial_loading():
+        result = model.load_state_dict(partial, strict=False)
+    assert torch.equal(model.stem.conv.weight, partial['stem.conv.weight'])
+    assert 'stem.conv.bias' in result.missing_keys
+
+
 def test_partial_loads_on_purpose(repo_root, retinanet):
     from mmdet.apis import init_detector
     _, source, _, ours = retinanet

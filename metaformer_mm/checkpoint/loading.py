@@ -17,7 +17,9 @@ Two ways in, one set of rules:
 
 Deliberately partial loads: ``with partial_loading(): ...`` around the load, or the
 backbone argument ``strict_load=False`` (``--cfg-options model.backbone.strict_load=False``).
-They still convert, and log the counts as a warning instead of raising.
+They still convert, and log the counts as a warning instead of raising. These are the only
+switches: torch's and mmengine's ``load_state_dict`` pass ``strict=True`` to every module's
+``_load_from_state_dict`` whatever their own ``strict`` argument says.
 """
 import contextlib
 import contextvars
@@ -76,7 +78,8 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
     ``state_dict`` is the dict torch/mmengine hands to ``module._load_from_state_dict``; its
     children are loaded from it afterwards, so renamed and reshaped tensors reach them.
     Returns the layout converted from (None when the keys already were ours). With
-    ``strict`` (and outside :func:`partial_loading`) a misfit raises :class:`CheckpointError`.
+    ``strict`` (always True from torch and mmengine), outside :func:`partial_loading` and
+    unless the module's ``strict_load`` is False, a misfit raises :class:`CheckpointError`.
     """
     keys = [k for k in state_dict if k.startswith(prefix)]
     local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)

@@ -6,7 +6,7 @@
   full, quota, a crash) leaves the destination as it was and no partial file behind.
 * :func:`install_checkpoint_loader` makes mmengine read local and ``http(s)://``
   checkpoints (``load_from``, ``resume``, ``init_detector``, ``init_model``, the
-  inferencers, ``Pretrained`` init of any module) through :func:`load_checkpoint_file`:
+  inferencers, ``Pretrained`` init of any module) through :func:`load_from_safe`:
   ``weights_only=True``, one error naming the file and the problem instead of the
   unpickler's, the file recorded for the backbone's load-time checks, and a config
   embedded in the file refused unless it is plain literals (mmengine's inferencers execute
@@ -35,8 +35,11 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(obj.encode(encoding), filepath)
 
 
-def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
-    """mmengine's loader for local paths and URLs, through :func:`read_checkpoint`."""
+def load_from_safe(filename: str, map_location: Any = None) -> Any:
+    """mmengine's loader for local paths and URLs, through :func:`read_checkpoint`.
+
+    (mmengine logs "Loads checkpoint by safe backend": it names loaders by their suffix.)
+    """
     path = filename if '://' in filename else osp.expanduser(filename)
     obj = read_checkpoint(path, map_location)
     check_embedded_config(obj, path)
@@ -44,13 +47,13 @@ def load_checkpoint_file(filename: str, map_location: Any = None) -> Any:
 
 
 # The name earlier versions exported.
-load_local_checkpoint = load_checkpoint_file
+load_local_checkpoint = load_from_safe
 
 
 def install_checkpoint_loader() -> None:
     """Routes mmengine's loading of local and http(s) checkpoints through
-    :func:`load_checkpoint_file`. Other schemes (``open-mmlab://``, ``torchvision://``,
+    :func:`load_from_safe`. Other schemes (``open-mmlab://``, ``torchvision://``,
     ``s3://``, ``pavi://``) keep mmengine's loaders."""
-    CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_safe, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
-                                     loader=load_checkpoint_file, force=True)
+                                     loader=load_from_safe, force=True)

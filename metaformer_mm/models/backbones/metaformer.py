@@ -442,9 +442,9 @@ class MetaFormer(BaseModule):
 
         Runs inside every ``load_state_dict`` that reaches this backbone (mmengine's
         ``load_checkpoint`` and torch's), before the children load from ``state_dict``: see
-        :func:`metaformer_mm.checkpoint.convert_backbone_keys`. ``strict`` is torch's flag
-        (mmengine always passes True); ``strict_load=False`` or ``partial_loading()``
-        allow deliberate partial loads.
+        :func:`metaformer_mm.checkpoint.convert_backbone_keys`. torch and mmengine pass
+        ``strict=True`` here whatever their callers asked; ``strict_load=False`` or
+        ``metaformer_mm.checkpoint.partial_loading()`` allow deliberate partial loads.
         """
         from ...checkpoint import convert_backbone_keys
         convert_backbone_keys(self, state_dict, prefix, strict=strict)
