@@ -437,3 +437,63 @@ def test_config_text_problem(text, problem):
         assert result is not None and result.startswith(problem.split(' at line')[0]), result
         if ' at line' in problem:
             assert result == problem
+
+
+def test_a_refused_checkpoint_is_usable_through_a_clean_copy(retinanet, repo_root, tmp_path):
+    """The refusal's advice works: convert_checkpoint.py writes the weights without the config."""
+    import importlib.util
+    from mmdet.apis import DetInferencer
+    cfg, source, _, _ = retinanet
+    evil = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': source.state_dict(),
+                'meta': {'cfg': "__import__('os').getcwd()\n",
+                         'dataset_meta': {'classes': ('a',) * 80}}}, evil)
+    spec = importlib.util.spec_from_file_location(
+        'convert_checkpoint', osp.join(repo_root, 'tools', 'convert_checkpoint.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    clean = str(tmp_path / 'clean.pth')
+    tool.main([evil, clean])
+    assert 'cfg' not in read_checkpoint(clean)['meta']
+    inferencer = DetInferencer(model=cfg.copy(), weights=clean, device='cpu', show_progress=False)
+    assert_same_backbone(inferencer.model, source)
+    assert inferencer.model.dataset_meta['classes'] == ('a',) * 80
+
+
+# --------------------------------------------------------------------------- URLs
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serves ``tmp_path / 'www'`` on 127.0.0.1; downloads go to a fresh TORCH_HOME."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'www'
+    root.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_urls_are_read_through_the_same_loader(retinanet, http_server, tmp_path):
+    import shutil
+    from mmdet.apis import DetInferencer, init_detector
+    cfg, source, legacy, _ = retinanet
+    root, url = http_server
+    shutil.copy(legacy, root / 'retinanet_mmdet2.pth')
+    model = init_detector(cfg.copy(), f'{url}/retinanet_mmdet2.pth', device='cpu')
+    assert_same_backbone(model, source)
+    marker = tmp_path / 'pwned'
+    torch.save({'state_dict': source.state_dict(),
+                'meta': {'cfg': f"__import__('os').system('touch {marker}')\n"}},
+               root / 'evil.pth')
+    with pytest.raises(CheckpointError, match=re.escape(f'{url}/evil.pth')):
+        DetInferencer(model=None, weights=f'{url}/evil.pth', device='cpu')
+    assert not marker.exists()
