@@ -1,4 +1,4 @@
-"""Checkpoints through mmdet's and mmseg's own entry points: legacy layouts, misfits, embedded configs.
+"""Checkpoints through mmdet's and mmseg's entry points: legacy layouts, misfits, embedded configs.
 
 Legacy checkpoints are made here from this project's models by the documented key maps
 (``backbone.stem.conv`` -> ``backbone.patch_embed.proj``, ``stages.N.downsample`` ->

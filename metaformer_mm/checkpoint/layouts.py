@@ -209,6 +209,7 @@ def convert_state_dict(state: StateDict, layout: Optional[str] = None) -> Tuple[
         classifier = bool(heads)
         return layout, _convert_official_v1(OrderedDict(**backbone, **heads), classifier)
     if layout not in CONVERTERS:
-        raise ValueError(f'unknown layout {layout!r}; allowed: {sorted(CONVERTERS) + ["mmpretrain"]}')
+        allowed = sorted([*CONVERTERS, 'mmpretrain'])
+        raise ValueError(f'unknown layout {layout!r}; allowed: {allowed}')
     classifier = any(k.startswith(('head.', 'mlp_head.')) for k in state)
     return layout, CONVERTERS[layout](state, classifier)
