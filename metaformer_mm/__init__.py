@@ -4,8 +4,9 @@
 registers the backbones for mmdet and mmseg and allow-lists the types that mmengine's own
 training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_only=True``.
 It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes) and routes
-mmengine's loading of local checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
-(errors that name the file and the problem).
+mmengine's loading of local and http(s) checkpoints through
+``metaformer_mm.checkpoint.read_checkpoint`` (errors that name the file and the problem;
+embedded configs that would run code are refused).
 """
 from .checkpoint import allow_mmengine_checkpoint_types
 from .engine import install_checkpoint_loader

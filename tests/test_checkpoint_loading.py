@@ -379,7 +379,8 @@ def test_resume_with_another_architecture_names_the_file(tmp_path):
     resumed = _runner(tmp_path / 'b', CAFormer(arch=dict(small, base='caformer_s18'),
                                                out_indices=(3,)),
                       resume=True, load_from=checkpoint)
-    with pytest.raises(CheckpointError, match=re.escape(checkpoint)):
+    with pytest.raises(CheckpointError,
+                       match=re.escape(checkpoint) + " does not fit the CAFormer at 'backbone.'"):
         resumed.train()
 
 
@@ -497,3 +498,37 @@ def test_urls_are_read_through_the_same_loader(retinanet, http_server, tmp_path)
     with pytest.raises(CheckpointError, match=re.escape(f'{url}/evil.pth')):
         DetInferencer(model=None, weights=f'{url}/evil.pth', device='cpu')
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- tools/train.py
+@pytest.mark.slow
+def test_train_py_checkpoints_rebuild_and_refuse_other_configs(repo_root, coco_mini_run,
+                                                               tmp_path):
+    """A checkpoint tools/train.py wrote: its embedded config (literals) rebuilds the model in
+    DetInferencer(model=None); --resume / load_from into another config end in one error line."""
+    import subprocess
+    import sys
+    from mmdet.apis import DetInferencer
+    train = osp.join(repo_root, 'tools', 'train.py')
+    config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
+    proc = subprocess.run([sys.executable, train, config, '--work-dir', str(tmp_path / 'a'),
+                           '--cfg-options', *options], cwd=repo_root, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = str(tmp_path / 'a' / 'epoch_1.pth')
+    assert config_text_problem(read_checkpoint(checkpoint)['meta']['cfg']) is None
+    inferencer = DetInferencer(model=None, weights=checkpoint, device='cpu', show_progress=False)
+    saved = read_checkpoint(checkpoint)['state_dict']
+    assert all(torch.equal(v, saved[k]) for k, v in inferencer.model.state_dict().items())
+
+    other, _ = coco_mini_run(tmp_path, 'retinanet_caformer_s18')
+    for how in (['--resume', checkpoint], ['--cfg-options', f'load_from={checkpoint}']):
+        args = [sys.executable, train, other, '--work-dir', str(tmp_path / 'b'), *how]
+        if how[0] == '--resume':
+            args += ['--cfg-options']
+        proc = subprocess.run(args + options, cwd=repo_root, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f'error: {checkpoint} does not fit the CAFormer'), last
+        assert 'Traceback' not in proc.stderr
