@@ -348,9 +348,12 @@ def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None
     is an error, not an evaluation of half-initialised weights."""
     from mmengine.model import is_model_wrapper
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    from .checkpoint import CheckpointError
     try:
         # strict=False only to word the error: any missing or unexpected key is refused below.
         result = model.load_state_dict(state, strict=False)
+    except CheckpointError:  # the backbone's own check, which names the file: keep its words
+        raise
     except RuntimeError as err:  # size mismatches
         detail = ' '.join(str(err).split('\n')[1:3]).strip()
         raise ToolError(f'the checkpoint does not fit the config\'s model: {detail} '
