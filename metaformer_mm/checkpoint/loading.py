@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from .io import CheckpointError, checkpoint_source, loading_source, read_checkpoint
+from .io import (CheckpointError, checkpoint_first_keys, checkpoint_source, loading_source,
+                 read_checkpoint)
 from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
                       extract_state_dict)
 
@@ -43,8 +44,9 @@ _SHOWN = 5  # keys listed per kind in an error
 def partial_loading() -> Iterator[None]:
     """Allows loads that leave MetaFormer tensors missing or unexpected, inside the block.
 
-    For deliberate partial loads (e.g. a checkpoint of a model with fewer stages); the
-    counts are logged as a warning. Shape mismatches still fail (torch refuses to copy them).
+    For deliberate partial loads (e.g. a checkpoint of a model with fewer blocks); the
+    counts are logged as a warning. Tensors of another shape are never copied: torch's
+    ``load_state_dict`` raises on them, mmengine's skips them with a warning.
     """
     token = _PARTIAL.set(True)
     try:
@@ -130,7 +132,6 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
                    mismatched: List[str], has_keys: bool) -> str:
     where = f'{type(module).__name__} at {prefix!r}' if prefix else type(module).__name__
     if not has_keys:
-        from .io import checkpoint_first_keys
         first = checkpoint_first_keys()
         listed = f' (its first keys: {first})' if first else ''
         return (f'{source} does not fit the {where}: it has no key under {prefix!r}{listed}, '
