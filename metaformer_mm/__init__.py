@@ -4,10 +4,10 @@
 registers the backbones for mmdet and mmseg and allow-lists the types that mmengine's own
 training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_only=True``.
 It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes),
-``NonFiniteGuardHook`` (stops a run at its first nan/inf), ``CPUAmpOptimWrapper``, the
-``CheckedCompose`` data pipeline (errors that name the file) and routes
-mmengine's loading of local checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
-(errors that name the file and the problem).
+``NonFiniteGuardHook`` (stops a run at its first nan/inf), ``CPUAmpOptimWrapper`` and the
+``CheckedCompose`` data pipeline (errors that name the file), and routes mmengine's loading
+of local and http(s) checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
+(errors that name the file and the problem; embedded configs that would run code are refused).
 """
 import torch
 

@@ -45,10 +45,13 @@ def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None
     """Loads a state dict into the Runner's model strictly: a checkpoint of another config
     is an error, not an evaluation of half-initialised weights."""
     from mmengine.model import is_model_wrapper
+    from ..checkpoint import CheckpointError
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     try:
         # strict=False only to word the error: any missing or unexpected key is refused below.
         result = model.load_state_dict(state, strict=False)
+    except CheckpointError:  # the backbone's own check, which names the file: keep its words
+        raise
     except RuntimeError as err:  # size mismatches
         detail = ' '.join(str(err).split('\n')[1:3]).strip()
         raise ToolError(f'the checkpoint does not fit the config\'s model: {detail} '

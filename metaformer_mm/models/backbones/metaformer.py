@@ -144,6 +144,10 @@ class MetaFormer(BaseModule):
         with_cp: gradient checkpointing per block (saves activation memory in training).
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
         num_classes: classifier classes (only without ``fork_feat``).
+        strict_load: every ``load_state_dict`` reaching this backbone (``load_from``,
+            ``init_detector``, ...) converts known foreign layouts and raises
+            ``CheckpointError`` when backbone tensors would be missing, unexpected or of
+            another shape; False allows deliberate partial loads (logged as a warning).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             weights in any supported layout (see ``metaformer_mm.checkpoint``).
         **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
@@ -158,8 +162,10 @@ class MetaFormer(BaseModule):
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  drop_path_rate: float = 0.0, num_classes: int = 1000,
+                 strict_load: bool = True,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None, **arch_overrides) -> None:
         super().__init__(init_cfg=init_cfg)
+        self.strict_load = strict_load
         settings = self._resolve_arch(self.default_arch if arch is None else arch, arch_overrides)
         depths, dims = list(settings['depths']), list(settings['dims'])
         if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
@@ -342,3 +348,19 @@ class MetaFormer(BaseModule):
             self._is_init = True
             return
         super().init_weights()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """Converts a known foreign layout under ``prefix`` in place and refuses misfits.
+
+        Runs inside every ``load_state_dict`` that reaches this backbone (mmengine's
+        ``load_checkpoint`` and torch's), before the children load from ``state_dict``: see
+        :func:`metaformer_mm.checkpoint.convert_backbone_keys`. torch and mmengine pass
+        ``strict=True`` here whatever their callers asked; ``strict_load=False`` or
+        ``metaformer_mm.checkpoint.partial_loading()`` allow deliberate partial loads.
+        """
+        from ...checkpoint import convert_backbone_keys
+        convert_backbone_keys(self, state_dict, prefix, strict=strict)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+

@@ -1,0 +1,33 @@
+"""Checkpoints: safe reading and writing, layouts, loading into MetaFormers, whole-model conversion.
+
+==================  ===================================================================
+module              concern
+==================  ===================================================================
+``io``              reading with ``weights_only=True``, diagnosing unreadable files, the
+                    file being loaded (for error messages), all-or-nothing writes, the
+                    mmengine types its training checkpoints hold
+``layouts``         recognising backbone layouts; key conversion as rule tables
+``loading``         ``load_pretrained`` (``init_cfg``), the conversion and strictness that
+                    ``MetaFormer._load_from_state_dict`` applies to every load, ``partial_loading``
+``convert``         whole mmdet 2.x / mmseg 0.x checkpoints -> files for this project
+``embedded_config`` refusing configs stored in checkpoints that would run code when read
+==================  ===================================================================
+"""
+from .convert import (convert_detector_checkpoint, convert_detector_file,
+                      detector_backbone_layout, detector_dataset_meta, save_converted)
+from .embedded_config import check_embedded_config, config_text_problem
+from .io import (CheckpointError, allow_mmengine_checkpoint_types, atomic_save, atomic_write,
+                 checkpoint_source, loading_source, read_checkpoint)
+from .layouts import (CONVERTERS, NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
+                      extract_state_dict)
+from .loading import convert_backbone_keys, load_pretrained, partial_loading, resolve_weights
+
+__all__ = [
+    'CONVERTERS', 'CheckpointError', 'NATIVE_LAYOUTS', 'StateDict',
+    'allow_mmengine_checkpoint_types', 'atomic_save', 'atomic_write', 'check_embedded_config',
+    'checkpoint_source', 'config_text_problem', 'convert_backbone_keys',
+    'convert_detector_checkpoint', 'convert_detector_file', 'convert_state_dict',
+    'detect_layout', 'detector_backbone_layout', 'detector_dataset_meta', 'extract_state_dict',
+    'load_pretrained', 'loading_source', 'partial_loading', 'read_checkpoint',
+    'resolve_weights', 'save_converted'
+]

@@ -1,0 +1,104 @@
+"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys.
+
+The sail-sg releases were trained with mmdet 2.19 (RetinaNet, Mask R-CNN) and mmseg 0.19
+(Semantic FPN); mmseg 0.x's own PoolFormer FPN files use mmpretrain's PoolFormer, with the
+same keys. Their backbone keys are the official_v1 layout under ``backbone.``
+(``network.N...``, output norms ``norm{0,2,4,6}``; RetinaNet's files lack ``norm0``, which
+was an ``nn.Identity`` under ``FORK_LAST3=1``). Only the backbone keys change: everything
+else was compared, module by module, between mmdet 2.x / mmseg 0.x and the installed
+mmdet 3.3 / mmseg 1.2 sources:
+
+  FPN               neck.lateral_convs.N.conv.*, neck.fpn_convs.N.conv.*
+  RetinaHead        bbox_head.{cls_convs,reg_convs}.N.conv.*, bbox_head.retina_{cls,reg}.*
+  RPNHead           rpn_head.rpn_conv.*, rpn_head.rpn_{cls,reg}.*  (num_convs=1: a Conv2d)
+  Shared2FCBBoxHead roi_head.bbox_head.shared_fcs.N.*, roi_head.bbox_head.fc_{cls,reg}.*
+  FCNMaskHead       roi_head.mask_head.convs.N.conv.*, .upsample.*, .conv_logits.*
+  FPNHead (mmseg)   decode_head.scale_heads.N.M.{conv,bn}.*, decode_head.conv_seg.*
+
+All of these names are unchanged (ConvModule still names its parts ``conv``/``bn``/``gn``),
+and the FPN index of RetinaNet's first lateral conv is 0 both for 2.x's
+``in_channels=[64,128,320,512], start_level=1`` and for our ``[128,320,512], start_level=0``.
+Should a head's names ever differ, a rule table in ``layouts`` style belongs here.
+
+The same conversion happens in memory wherever a checkpoint is loaded into a MetaFormer
+(see ``loading.convert_backbone_keys``); these functions write converted files.
+"""
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Tuple
+
+from .io import CheckpointError, atomic_save, read_checkpoint
+from .layouts import StateDict, convert_state_dict, detect_layout, extract_state_dict
+
+KINDS = ('mmdet2', 'mmseg0')  # mmdet 2.x -> 3.x, mmseg 0.x -> 1.x
+
+
+def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
+    """Layout of the ``prefix`` keys of a whole-model state dict; None if none or unknown."""
+    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    if not backbone:
+        return None
+    try:
+        return detect_layout(backbone)
+    except CheckpointError:
+        return None  # not a MetaFormer backbone (e.g. a ResNet): nothing of ours to convert
+
+
+def convert_detector_checkpoint(state: StateDict, kind: str = 'mmdet2',
+                                prefix: str = 'backbone.') -> StateDict:
+    """Maps a whole detector (``kind='mmdet2'``) or segmentor (``'mmseg0'``) state dict to ours.
+
+    The ``prefix`` keys go through :func:`convert_state_dict` (any supported backbone layout;
+    files already in this project's layout come back unchanged); the neck and head keys are
+    kept (see the module docstring). The backbone keys come first, then the others in order.
+    """
+    if kind not in KINDS:
+        raise ValueError(f'unknown kind {kind!r}; allowed: {list(KINDS)}')
+    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    if not backbone:
+        raise CheckpointError(f'no key starts with {prefix!r} (first keys: {list(state)[:4]}); '
+                              f'is this a whole detector/segmentor checkpoint?')
+    _, converted_backbone = convert_state_dict(backbone)
+    out = OrderedDict((prefix + k, v) for k, v in converted_backbone.items())
+    out.update((k, v) for k, v in state.items() if not k.startswith(prefix))
+    return out
+
+
+def detector_dataset_meta(obj: Any) -> Dict[str, Any]:
+    """``dataset_meta`` (classes, palette) of a loaded checkpoint, from 3.x or 2.x metadata."""
+    meta = obj.get('meta') if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    if isinstance(meta.get('dataset_meta'), dict):
+        return dict(meta['dataset_meta'])
+    # mmdet 2.x / mmseg 0.x stored upper-case CLASSES and PALETTE at the top of ``meta``.
+    return {k.lower(): meta[k] for k in ('CLASSES', 'PALETTE') if meta.get(k) is not None}
+
+
+def convert_detector_file(src: str, dst: str, kind: str = 'mmdet2') -> Tuple[Optional[str], int]:
+    """Writes ``src`` (a whole-model checkpoint) converted for this project's configs to ``dst``.
+
+    The output is ``{'state_dict': ..., 'meta': {'dataset_meta': ..., 'converted_from': ...}}``,
+    which ``tools/test.py``, ``init_detector`` and ``load_from`` read; any config embedded
+    in ``src`` is left out. Returns the layout the backbone was found in and the number of
+    tensors written.
+    """
+    raw = read_checkpoint(src)
+    state = extract_state_dict(raw, src)
+    layout = detector_backbone_layout(state)
+    converted = convert_detector_checkpoint(state, kind)
+    meta: Dict[str, Any] = {'converted_from': f'{kind}/{layout}'}
+    dataset_meta = detector_dataset_meta(raw)
+    if dataset_meta:
+        meta['dataset_meta'] = dataset_meta
+    atomic_save({'state_dict': converted, 'meta': meta}, dst)
+    return layout, len(converted)
+
+
+def save_converted(src: str, dst: str, layout: Optional[str] = None,
+                   prefix: Optional[str] = None) -> Tuple[str, int]:
+    """Writes backbone file ``src`` converted to this project's keys as ``{'state_dict': ...}``
+    at ``dst`` (all or nothing). Returns the detected layout and the number of tensors."""
+    state = extract_state_dict(read_checkpoint(src), src, prefix)
+    layout, converted = convert_state_dict(state, layout)
+    atomic_save({'state_dict': converted, 'meta': {'converted_from': layout}}, dst)
+    return layout, len(converted)

@@ -1,0 +1,287 @@
+"""Checkpoint files: safe reading, diagnosis of unreadable files, all-or-nothing writing.
+
+External files are always read with ``torch.load(weights_only=True)``: nothing a file
+holds is executed. :func:`read_checkpoint` also records which file the tensors it returns
+came from (:func:`checkpoint_source`), so that a load that fails later, inside a module's
+``load_state_dict``, can name the file.
+"""
+import argparse
+import contextlib
+import contextvars
+import io
+import os
+import os.path as osp
+import pickle
+import re
+import uuid
+import weakref
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+
+import torch
+from mmengine.dist import barrier, get_dist_info
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- reading files
+def is_url(path: str) -> bool:
+    return path.startswith(('http://', 'https://'))
+
+
+def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
+    """Reads a checkpoint file or URL with ``weights_only=True``.
+
+    URLs are downloaded once into torch's hub cache (the one mmengine uses), by rank 0
+    first under ``torch.distributed``. Errors name the file: missing, empty, truncated or
+    not a checkpoint, or holding pickled objects other than tensors and containers
+    (which are never executed).
+    """
+    if is_url(path):
+        from mmengine.utils.dl_utils import load_url
+        rank, world_size = get_dist_info()
+        if rank == 0:
+            obj = _guarded(path, lambda: load_url(path, map_location=map_location,
+                                                  weights_only=True))
+        if world_size > 1:
+            barrier()
+            if rank > 0:
+                obj = _guarded(path, lambda: load_url(path, map_location=map_location,
+                                                      weights_only=True))
+    else:
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'checkpoint file not found: {path}')
+        if osp.getsize(path) == 0:
+            raise CheckpointError(f'checkpoint file is empty: {path}')
+        obj = _guarded(path, lambda: torch.load(path, map_location=map_location,
+                                                weights_only=True))
+    _record_source(path, obj)
+    return obj
+
+
+# What a file that fails to load is, from its first bytes: the error then says
+# "a JPEG image" or "truncated" rather than repeating the unpickler's complaint.
+_ZIP_MAGIC = b'PK\x03\x04'  # torch.save's default (zip) format
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'  # before 1.6
+_SIGNATURES = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'),
+               (b'GIF8', 'a GIF image'), (b'\x1f\x8b', 'a gzip archive'),
+               (b'\x80', 'a Python pickle without PyTorch\'s header'))
+
+
+def _diagnose(path: str) -> Optional[str]:
+    """Why the local file ``path`` is not a loadable checkpoint, or None if unknown."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return ('it is truncated: its zip archive has no end record (an interrupted '
+                    'download or write?)')
+        return 'its zip archive is corrupt or holds no PyTorch checkpoint'
+    if head.startswith(_LEGACY_MAGIC):
+        return 'it is truncated or corrupt (a PyTorch checkpoint in the pre-1.6 format)'
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return f'it is not a PyTorch checkpoint but {kind}'
+    if head.lstrip().startswith(b'<'):
+        return 'it is not a PyTorch checkpoint but an HTML/XML page (a failed download?)'
+    try:
+        head.decode('utf-8')
+        return 'it is not a PyTorch checkpoint but a text file'
+    except UnicodeDecodeError:
+        return 'it is not a PyTorch checkpoint'
+
+
+# Training scripts in the DeiT family (SPACH, the sail-sg repos) save their argparse
+# options beside the weights; a Namespace holds only plain values and runs no code.
+_EXTERNAL_SAFE_TYPES = [argparse.Namespace]
+
+
+def _guarded(path: str, load: Callable[[], Any]) -> Any:
+    try:
+        safe_globals = getattr(torch.serialization, 'safe_globals', None)
+        if safe_globals is None:
+            return load()
+        with safe_globals(_EXTERNAL_SAFE_TYPES):
+            return load()
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
+            AttributeError, IndexError, TypeError) as err:
+        # The legacy loader reads a non-checkpoint as a pickle and fails in many ways
+        # (a text file gives KeyError); all of them are "not a checkpoint".
+        message = str(err)
+        found = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)', message)
+        if found:
+            raise CheckpointError(
+                f'refused to load {path}: it holds a pickled object ({found.group(1)}) that is '
+                f'not a tensor or container, and unpickling it could run code (torch\'s '
+                f'weights-only unpickler: unsupported GLOBAL {found.group(1)}). Only plain '
+                f'weights are loaded.') from None
+        if isinstance(err, FileNotFoundError):
+            raise
+        if is_url(path) and isinstance(err, OSError):  # HTTP and network errors
+            raise CheckpointError(f'cannot download {path}: {message}') from None
+        reason = _diagnose(path) if osp.isfile(path) else None
+        if reason is None:
+            detail = message.strip().split('\n')[0] or type(err).__name__
+            reason = f'it is truncated or not a PyTorch checkpoint ({detail})'
+        raise CheckpointError(f'cannot load {path}: {reason}') from None
+
+
+# --------------------------------------------------------------------------- whose tensors
+# The file the last read came from, with weak references to the tensors it returned: a
+# module's load hook sees only tensors, and names this file while any of them is alive
+# (mmengine drops the checkpoint after loading it, so a later, unrelated load does not).
+_LAST_READ: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_last_read',
+                                                            default=None)
+_EXPLICIT: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_source', default=None)
+
+
+def _weights(obj: Any) -> Dict[str, Any]:
+    """The weights of a loaded checkpoint (not its optimizer state), or {}."""
+    if isinstance(obj, dict):
+        for key in ('state_dict', 'model', 'module'):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        return obj
+    return {}
+
+
+def _record_source(path: str, obj: Any) -> None:
+    weights = _weights(obj)
+    refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
+    _LAST_READ.set((path, refs, [str(k) for k in list(weights)[:5]]))
+
+
+def _last_read(tensors: Iterable[Any] = ()) -> Optional[tuple]:
+    """The last read, if tensors it returned are alive and ``tensors`` (when given) are
+    among them: a state dict of other tensors did not come from that file."""
+    last = _LAST_READ.get()
+    if last is None:
+        return None
+    refs = last[1]
+    tensors = list(tensors)
+    if tensors:
+        found = any(refs.get(id(t)) is not None and refs[id(t)]() is t for t in tensors)
+    else:
+        found = any(ref() is not None for ref in refs.values())
+    return last if found else None
+
+
+def checkpoint_source(tensors: Iterable[Any] = ()) -> Optional[str]:
+    """The file whose ``tensors`` are being loaded: the one given to :func:`loading_source`,
+    else the last one read if the tensors came from it (with no tensors: if any tensor it
+    returned is still alive); None if unknown."""
+    explicit = _EXPLICIT.get()
+    if explicit:
+        return explicit
+    last = _last_read(tensors)
+    return last[0] if last else None
+
+
+def checkpoint_first_keys() -> List[str]:
+    """The first keys of the weights of the last file read, while its tensors are alive."""
+    last = _last_read()
+    return last[2] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else []
+
+
+@contextlib.contextmanager
+def loading_source(path: str) -> Iterator[None]:
+    """Names ``path`` as the file of every state dict loaded inside the ``with`` block."""
+    token = _EXPLICIT.set(path)
+    try:
+        yield
+    finally:
+        _EXPLICIT.reset(token)
+
+
+# --------------------------------------------------------------------------- writing files
+def atomic_write(data: Union[bytes, str], path: Union[str, Path]) -> None:
+    """Writes ``data`` to ``path`` completely or not at all (temporary file + rename).
+
+    The temporary file is hidden, unique and in the same directory (``os.replace`` is
+    atomic only within a filesystem); file and directory are synced, so the new content
+    survives a crash once this returns.
+    """
+    path = str(path)
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = osp.join(directory, f'.{osp.basename(path)}.{uuid.uuid4().hex[:8]}.tmp')
+    mode = 'xb' if isinstance(data, bytes) else 'x'
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.lexists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, dst: Union[str, Path]) -> None:
+    """``torch.save`` of ``obj`` to ``dst`` through :func:`atomic_write`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(buffer.getvalue(), dst)
+
+
+# --------------------------------------------------------------------------- mmengine's types
+def _reduce_history_buffer(buffer: Any) -> tuple:
+    """Pickles a ``HistoryBuffer`` as its data only.
+
+    mmengine's ``HistoryBuffer.__getstate__`` also stores the class-wide statistics
+    methods (``HistoryBuffer.min`` ...), which pickle as ``getattr`` calls; allowing
+    ``getattr`` would open the weights-only unpickler far wider than needed.
+    ``__setstate__`` registers the default methods again on load, so nothing is lost.
+    """
+    state = {k: v for k, v in vars(buffer).items() if k != 'statistics_methods'}
+    return type(buffer), (), state
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    """Lets ``weights_only=True`` load mmengine's own training checkpoints.
+
+    With torch >= 2.6, ``torch.load`` defaults to ``weights_only=True`` and refuses the
+    checkpoints mmengine writes (``resume``, ``load_from``): their ``message_hub`` holds
+    ``HistoryBuffer`` objects with numpy arrays. This allow-lists exactly those types
+    (``HistoryBuffer``, numpy arrays, dtypes and scalars) and registers a data-only pickle
+    form for ``HistoryBuffer`` (see ``_reduce_history_buffer``). The weights-only
+    unpickler stays on for everything else; nothing that can run code is allowed.
+    """
+    import copyreg
+
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+    add = getattr(torch.serialization, 'add_safe_globals', None)
+    if add is None:  # torch < 2.4 has no weights-only default to satisfy
+        return
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = {type(np.dtype(t)) for t in np.typecodes['All'] if t not in 'OV'}
+    types: List[Any] = [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype,
+                        *dtype_classes]
+    add(types)

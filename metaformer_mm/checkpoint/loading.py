@@ -1,0 +1,223 @@
+"""Loading weights into a MetaFormer: ImageNet ``Pretrained`` files and whole-model checkpoints.
+
+Two ways in, one set of rules:
+
+* :func:`load_pretrained` (the backbone's ``init_cfg=dict(type='Pretrained', ...)``) reads a
+  backbone file in any supported layout, drops a classifier the dense-prediction model
+  does not have and logs what loaded.
+* :func:`convert_backbone_keys`, called by ``MetaFormer._load_from_state_dict``, runs inside
+  every ``load_state_dict`` of a model that holds a MetaFormer (mmengine's
+  ``load_checkpoint``: ``init_detector``, ``init_model``, the inferencers, ``load_from``,
+  ``resume``; torch's ``Module.load_state_dict``). It converts the keys under the
+  backbone's prefix from a known foreign layout in place, logs one line naming the layout,
+  and refuses a state dict that leaves backbone tensors missing, carries unexpected keys
+  under the prefix or holds tensors of another shape: :class:`CheckpointError` naming the
+  file, the counts and the first keys. mmengine only warns about such keys, so a
+  checkpoint of another config would otherwise give a silently random backbone.
+
+Deliberately partial loads: ``with partial_loading(): ...`` around the load, or the
+backbone argument ``strict_load=False`` (``--cfg-options model.backbone.strict_load=False``).
+They still convert, and log the counts as a warning instead of raising. These are the only
+switches: torch's and mmengine's ``load_state_dict`` pass ``strict=True`` to every module's
+``_load_from_state_dict`` whatever their own ``strict`` argument says.
+"""
+import contextlib
+import contextvars
+import re
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+from .io import (CheckpointError, checkpoint_first_keys, checkpoint_source, loading_source,
+                 read_checkpoint)
+from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
+                      extract_state_dict)
+
+_PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
+_SHOWN = 5  # keys listed per kind in an error
+
+
+@contextlib.contextmanager
+def partial_loading() -> Iterator[None]:
+    """Allows loads that leave MetaFormer tensors missing or unexpected, inside the block.
+
+    For deliberate partial loads (e.g. a checkpoint of a model with fewer blocks); the
+    counts are logged as a warning. Tensors of another shape are never copied: torch's
+    ``load_state_dict`` raises on them, mmengine's skips them with a warning.
+    """
+    token = _PARTIAL.set(True)
+    try:
+        yield
+    finally:
+        _PARTIAL.reset(token)
+
+
+def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
+    """Same shape, or Linear ``[out, in]`` <-> 1x1 conv ``[out, in, 1, 1]``."""
+    if value.shape == target.shape:
+        return True
+    squeeze = lambda s: tuple(d for i, d in enumerate(s) if not (i >= 2 and d == 1))  # noqa: E731
+    return value.numel() == target.numel() and squeeze(value.shape) == squeeze(target.shape)
+
+
+def _fit(name: str, value: torch.Tensor, target: torch.Tensor, path: str) -> torch.Tensor:
+    """Reshapes Linear <-> 1x1-conv weights; raises on a real shape mismatch."""
+    if _fits(value, target):
+        return value.reshape(target.shape)
+    raise CheckpointError(
+        f'shape mismatch loading {path}: {name} is {tuple(value.shape)} in the checkpoint but '
+        f'{tuple(target.shape)} in the model (a checkpoint of another architecture?)')
+
+
+# --------------------------------------------------------------------------- inside load_state_dict
+def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
+                          strict: bool = True) -> Optional[str]:
+    """Converts the keys of ``state_dict`` under ``prefix`` for ``module`` in place, then checks.
+
+    ``state_dict`` is the dict torch/mmengine hands to ``module._load_from_state_dict``; its
+    children are loaded from it afterwards, so renamed and reshaped tensors reach them.
+    Returns the layout converted from (None when the keys already were ours). With
+    ``strict`` (always True from torch and mmengine), outside :func:`partial_loading` and
+    unless the module's ``strict_load`` is False, a misfit raises :class:`CheckpointError`.
+    """
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
+    layout = None
+    try:
+        layout = detect_layout(local) if local else None
+    except CheckpointError:
+        pass  # not a layout we know: every key is reported as unexpected below
+    source = checkpoint_source(list(local.values())[:8]) or 'the state dict'
+    converted_from = None
+    if layout is not None and layout not in NATIVE_LAYOUTS:
+        _, local = convert_state_dict(local, layout)
+        for key in keys:
+            del state_dict[key]
+        state_dict.update((prefix + k, v) for k, v in local.items())
+        converted_from = layout
+        MMLogger.get_current_instance().info(
+            f'{source}: converted the {len(local)} {type(module).__name__} tensors under '
+            f'{prefix!r} from the {layout} layout to this project\'s keys')
+
+    own = module.state_dict()
+    mismatched = []
+    for key, value in local.items():
+        if key in own and torch.is_tensor(value) and value.shape != own[key].shape:
+            if _fits(value, own[key]):
+                state_dict[prefix + key] = value.reshape(own[key].shape)
+            else:
+                mismatched.append(f'{prefix}{key}: {tuple(value.shape)} in the checkpoint, '
+                                  f'{tuple(own[key].shape)} in the model')
+    # BatchNorm's step counter is optional in old files (torch fills it in).
+    missing = [prefix + k for k in own if k not in local and not k.endswith('num_batches_tracked')]
+    unexpected = [prefix + k for k in local if k not in own]
+    if not (missing or unexpected or mismatched):
+        return converted_from
+    report = _misfit_report(source, module, prefix, len(own), layout, missing, unexpected,
+                            mismatched, has_keys=bool(local))
+    if strict and not _PARTIAL.get() and getattr(module, 'strict_load', True):
+        raise CheckpointError(
+            report + ' Is it a checkpoint of another config? To load part of it on purpose, '
+            'load inside `with metaformer_mm.checkpoint.partial_loading():` or set the '
+            'backbone\'s strict_load=False.')
+    MMLogger.get_current_instance().warning(f'partial load (allowed): {report}')
+    return converted_from
+
+
+def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
+                   layout: Optional[str], missing: List[str], unexpected: List[str],
+                   mismatched: List[str], has_keys: bool) -> str:
+    where = f'{type(module).__name__} at {prefix!r}' if prefix else type(module).__name__
+    if not has_keys:
+        first = checkpoint_first_keys()
+        listed = f' (its first keys: {first})' if first else ''
+        return (f'{source} does not fit the {where}: it has no key under {prefix!r}{listed}, '
+                f'so all {len(missing)} backbone tensors would stay uninitialised.')
+    found = f' (layout: {layout})' if layout else ' (keys of no known layout)'
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} of its {total} tensors missing (first: '
+                     f'{missing[:_SHOWN]})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected keys (first: {unexpected[:_SHOWN]})')
+    if mismatched:
+        parts.append(f'{len(mismatched)} shapes that do not fit (first: {mismatched[:_SHOWN]})')
+    return f'{source} does not fit the {where}{found}: ' + '; '.join(parts) + '.'
+
+
+# --------------------------------------------------------------------------- Pretrained
+def resolve_weights(path: str) -> str:
+    """The file or URL that ``path`` names. Identity for now: the one place where
+    ImageNet weight names (``'poolformer_s12'``, see ``metaformer_mm.zoo``) get resolved."""
+    return path
+
+
+def _depths(keys) -> List[int]:
+    blocks = [set() for _ in range(4)]
+    for key in keys:
+        m = re.match(r'stages\.(\d)\.blocks\.(\d+)\.', key)
+        if m and int(m.group(1)) < 4:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+    return [len(b) for b in blocks]
+
+
+def _check_depths(converted: StateDict, own: StateDict, path: str) -> None:
+    """Refuses a checkpoint whose stages hold another number of blocks than the model's."""
+    theirs, ours = _depths(converted), _depths(own)
+    # A stage absent from the file is a partial file (judged by the load fraction), not a mismatch.
+    if any(t and t != o for t, o in zip(theirs, ours)):
+        raise CheckpointError(
+            f'architecture mismatch loading {path}: its stages have {theirs} blocks, the model '
+            f'has {ours} (a checkpoint of another arch, e.g. S24 weights for an S12 backbone?)')
+
+
+def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
+                    map_location: Any = 'cpu', min_fraction: float = 0.5,
+                    logger: Optional[MMLogger] = None) -> Dict[str, Any]:
+    """Loads backbone weights in any supported layout into ``model`` (a MetaFormer).
+
+    A classification file's head and final norm are dropped when the model has
+    ``fork_feat``; the output norms it lacks keep their initial values, as in the original
+    ``fork_feat`` models. Raises :class:`CheckpointError` on a shape mismatch or when fewer
+    than ``min_fraction`` of the model's tensors would load. Logs one line with the format,
+    the count and the missing and unexpected keys; returns the same facts as a dict.
+    """
+    logger = logger or MMLogger.get_current_instance()
+    path = resolve_weights(path)
+    raw = read_checkpoint(path, map_location)
+    state = extract_state_dict(raw, path, prefix)
+    try:
+        layout, converted = convert_state_dict(state)
+    except CheckpointError as err:  # e.g. keys that match no known layout: name the file
+        raise CheckpointError(f'cannot load {path}: {err}') from None
+    fork_feat = getattr(model, 'fork_feat', True)
+    dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')]
+    own = model.state_dict()
+    _check_depths(converted, own, path)
+    loaded, unexpected = OrderedDict(), []
+    for key, value in converted.items():
+        if key in dropped:
+            continue
+        if key not in own:
+            unexpected.append(key)
+            continue
+        loaded[key] = _fit(key, value, own[key], path).to(own[key].dtype)
+    missing = [k for k in own if k not in loaded]
+    if len(loaded) < min_fraction * len(own):
+        raise CheckpointError(
+            f'only {len(loaded)} of the model\'s {len(own)} tensors would load from {path} '
+            f'(format {layout}); refusing to train mostly from scratch. Unexpected keys: '
+            f'{unexpected[:8]}, missing: {missing[:8]}')
+    own.update(loaded)
+    with loading_source(path):
+        model.load_state_dict(own, strict=True)
+    report = dict(path=path, layout=layout, loaded=len(loaded), total=len(own),
+                  missing=missing, unexpected=unexpected, dropped=dropped)
+    logger.info(
+        f'Loaded {len(loaded)}/{len(own)} tensors from {path} (format: {layout}); '
+        f'missing (kept initial values): {missing or "none"}; unexpected: {unexpected or "none"}; '
+        f'dropped classifier: {len(dropped)} tensors')
+    return report
