@@ -26,9 +26,9 @@ def test_torch_floor_check():
 
 
 def test_the_floor_is_what_the_code_needs():
-    # The bias-free LayerNorm of the MetaFormer baselines needs torch 2.1's `bias=` argument.
-    from metaformer_mm.models.norms import LayerNorm
-    assert LayerNorm(8, bias=False).bias is None
+    # A bias-free 'LN' norm_cfg (the MetaFormer baselines' style) is torch 2.1's `bias=` argument.
+    from metaformer_mm.models.norms import build_norm
+    assert build_norm(dict(type='LN', eps=1e-6, bias=False), 8).bias is None
 
 
 def test_licence_and_credits():
