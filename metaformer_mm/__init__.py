@@ -6,13 +6,16 @@ training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_o
 It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes) and routes
 mmengine's loading of local checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
 (errors that name the file and the problem).
+``enable_bf16_inference(model)`` / ``apply_bf16(cfg)``: bf16 inference with fp32
+post-processing (:mod:`metaformer_mm.inference`).
 """
 from .checkpoint import allow_mmengine_checkpoint_types
 from .engine import install_checkpoint_loader
+from .inference import apply_bf16, enable_bf16_inference  # also registers Bf16InferenceHook
 from .models import *  # noqa: F401,F403
 from .version import __version__
 
 allow_mmengine_checkpoint_types()
 install_checkpoint_loader()
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'apply_bf16', 'enable_bf16_inference']
