@@ -12,7 +12,7 @@ implemented for 'BFloat16'"). :func:`enable_bf16_inference` changes a *built mod
 * these fp32 islands run with autocast off and their tensor inputs cast to float32:
   every ``predict_by_feat`` (mmdet dense heads incl. RPN, RoI bbox and mask heads: box
   decoding, NMS, mask pasting; mmseg decode heads: the logits' resize), the RoI feature
-  extractors (RoIAlign, fed fp32 features), mmseg's ``postprocess_result`` (crop, resize,
+  extractors (RoIAlign, fed fp32 NCHW features), mmseg's ``postprocess_result`` (crop, resize,
   argmax) and, optionally, mmseg's pixel classifier ``cls_seg``;
 * a bf16 failure anywhere else (an op without a bf16 kernel) is logged once and the model
   falls back to fp32 for good, instead of crashing mid-evaluation.
@@ -66,20 +66,23 @@ def bf16_units(device: torch.device) -> Tuple[bool, str]:
     return False, f'device {device.type}'
 
 
-def to_fp32(obj: Any) -> Any:
+def to_fp32(obj: Any, contiguous: bool = False) -> Any:
     """``obj`` with every bf16/fp16 tensor in it cast to float32 (lists, tuples, dicts and
-    mmengine data elements such as ``InstanceData`` are walked; other values pass through)."""
+    mmengine data elements such as ``InstanceData`` are walked; other values pass through);
+    ``contiguous=True`` also gives every tensor the plain NCHW layout."""
     if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.dtype in (torch.bfloat16, torch.float16) else obj
+        if obj.dtype in (torch.bfloat16, torch.float16):
+            obj = obj.float()
+        return obj.contiguous() if contiguous else obj
     if isinstance(obj, (list, tuple)):
-        items = [to_fp32(v) for v in obj]
+        items = [to_fp32(v, contiguous) for v in obj]
         if all(a is b for a, b in zip(items, obj)):
             return obj
         if isinstance(obj, tuple) and hasattr(obj, '_fields'):  # namedtuple
             return type(obj)(*items)
         return type(obj)(items)
     if isinstance(obj, dict):  # configs (ConfigDict) come back as they are
-        cast = {k: to_fp32(v) for k, v in obj.items()}
+        cast = {k: to_fp32(v, contiguous) for k, v in obj.items()}
         if all(cast[k] is v for k, v in obj.items()):
             return obj
         return cast if type(obj) is dict else type(obj)(cast)
@@ -102,16 +105,18 @@ def _device_type(module: nn.Module) -> str:
 
 class Fp32Call:
     """An instance attribute replacing ``module.<name>``: calls the original with autocast off
-    and float32 inputs. A class (not a closure) so that ``deepcopy``/pickling the model keeps
-    it bound to the copy."""
+    and float32 inputs (``contiguous``: NCHW inputs too). A class (not a closure) so that
+    ``deepcopy``/pickling the model keeps it bound to the copy."""
 
-    def __init__(self, module: nn.Module, name: str, original: Optional[Callable]) -> None:
+    def __init__(self, module: nn.Module, name: str, original: Optional[Callable],
+                 contiguous: bool = False) -> None:
         self.module, self.name, self.original = module, name, original
+        self.contiguous = contiguous
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         func = self.original or getattr(type(self.module), self.name).__get__(self.module)
         with torch.autocast(_device_type(self.module), enabled=False):
-            return func(*to_fp32(args), **to_fp32(kwargs))
+            return func(*to_fp32(args, self.contiguous), **to_fp32(kwargs, self.contiguous))
 
 
 @dataclass
@@ -168,12 +173,32 @@ def _fp32_targets(model: nn.Module, classifier: bool) -> List[Tuple[str, nn.Modu
         for method in FP32_METHODS:
             if callable(getattr(module, method, None)):
                 targets.append((name, module, method))
-        # mmdet's BaseRoIExtractor (duck-typed: mmseg-only installs have no mmdet).
-        if hasattr(module, 'roi_layers') and hasattr(module, 'featmap_strides'):
+        # mmdet's BaseRoIExtractor (duck-typed: mmseg-only installs have no mmdet). mmcv's
+        # RoIAlign has no bf16 CPU kernel and reads its input as NCHW whatever its strides
+        # (channels-last features give wrong values), hence fp32 and contiguous.
+        if _is_roi_extractor(module):
             targets.append((name, module, 'forward'))
         if classifier and callable(getattr(module, 'cls_seg', None)):
             targets.append((name, module, 'cls_seg'))
     return targets
+
+
+def _is_roi_extractor(module: nn.Module) -> bool:
+    return hasattr(module, 'roi_layers') and hasattr(module, 'featmap_strides')
+
+
+def _raw_layout_ops(module: nn.Module) -> List[str]:
+    """mmcv ops in ``module`` fed by the network (RoI extractors, which get contiguous fp32
+    inputs here, excepted): they index raw NCHW memory, so channels-last input breaks them."""
+    found, skip = [], set()
+    for name, sub in module.named_modules():
+        if any(name.startswith(prefix) for prefix in skip):
+            continue
+        if _is_roi_extractor(sub):
+            skip.add(name + '.' if name else '')
+        elif type(sub).__module__.startswith('mmcv.ops'):
+            found.append(f'{name}:{type(sub).__name__}')
+    return found
 
 
 def _wrap(state: Bf16State, module: nn.Module, method: str, wrapper: Any) -> None:
@@ -207,7 +232,11 @@ def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
                    f'bf16 inference: {reason}; ' + ('bf16 is emulated (slow), as forced' if force
                                                     else 'bf16 would be emulated and slower, '
                                                     'running fp32'))
-    if channels_last:
+    raw = _raw_layout_ops(model) if channels_last else []
+    if raw:  # a layout mismatch would give wrong numbers, not an error: stay NCHW
+        logger.info(f'bf16 inference: weights kept NCHW: mmcv ops {raw} read their input as '
+                    'NCHW whatever its strides')
+    elif channels_last:
         for name, child in model.named_children():
             # Our backbones choose their activation layout themselves (``memory_format``).
             if name == 'data_preprocessor' or hasattr(child, 'memory_format'):
@@ -216,7 +245,8 @@ def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
                 child.to(memory_format=torch.channels_last)
                 state.channels_last.append(name)
     for name, module, method in _fp32_targets(model, fp32_classifier):
-        _wrap(state, module, method, Fp32Call(module, method, module.__dict__.get(method)))
+        _wrap(state, module, method, Fp32Call(module, method, module.__dict__.get(method),
+                                              contiguous=method == 'forward'))
         state.fp32_parts.append(f'{name}.{method}' if name else method)
     setattr(model, _STATE, state)
     _wrap(state, model, 'forward', Bf16Forward(model, model.__dict__.get('forward')))
