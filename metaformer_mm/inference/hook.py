@@ -17,7 +17,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-from .bf16 import disable_bf16_inference, enable_bf16_inference
+from .bf16 import bf16_state, disable_bf16_inference, enable_bf16_inference
 
 __all__ = ['Bf16InferenceHook', 'apply_bf16']
 
@@ -46,11 +46,20 @@ class Bf16InferenceHook(Hook):
     def before_val(self, runner: Any) -> None:
         enable_bf16_inference(self._model(runner), **self.options)
 
+    def _finish(self, runner: Any) -> None:
+        model = self._model(runner)
+        state = bf16_state(model)
+        if state is not None:
+            runner.logger.info(f'bf16 inference: {state.calls["bf16"]} steps in bf16, '
+                               f'{state.calls["fp32"]} in fp32'
+                               + (f' (fell back: {state.failed})' if state.failed else ''))
+        disable_bf16_inference(model)
+
     def after_val(self, runner: Any) -> None:
-        disable_bf16_inference(self._model(runner))
+        self._finish(runner)
 
     def after_test(self, runner: Any) -> None:
-        disable_bf16_inference(self._model(runner))
+        self._finish(runner)
 
 
 def apply_bf16(cfg: Union[Config, Dict], force: bool = False,
