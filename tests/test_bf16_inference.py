@@ -19,6 +19,7 @@ from metaformer_mm.inference import (apply_bf16, bf16_state, cpu_bf16_flags,
                                      disable_bf16_inference, enable_bf16_inference, to_fp32)
 
 BF16 = dict(device_type='cpu', dtype=torch.bfloat16)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _tiny(cfg: Config) -> Config:
@@ -375,3 +376,21 @@ def test_tools_test_py_bf16_config(repo_root, ade_mini_run, tmp_path):
     assert 'network in bf16' in log and "fp32 for ['postprocess_result'" in log
     assert 'bf16 inference: 3 steps in bf16, 0 in fp32' in log
     assert 'mIoU' in log
+
+
+@pytest.mark.slow
+def test_det_inferencer_bf16(data_dir, tmp_path):
+    """mmdet's DetInferencer: ``enable_bf16_inference(inferencer.model)``, nothing else."""
+    from mmdet.apis import DetInferencer
+    model = _detector(ROOT, 'retinanet_poolformer_s12')
+    model.cfg.dump(str(tmp_path / 'tiny.py'))
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'tiny.pth')
+    inferencer = DetInferencer(model=str(tmp_path / 'tiny.py'), weights=str(tmp_path / 'tiny.pth'),
+                               device='cpu')
+    image = osp.join(data_dir, 'demo', 'demo.jpg')
+    ref = inferencer(image, no_save_vis=True)['predictions'][0]
+    enable_bf16_inference(inferencer.model, force=True)
+    out = inferencer(image, no_save_vis=True)['predictions'][0]
+    assert bf16_state(inferencer.model).calls == {'bf16': 1, 'fp32': 0}
+    assert len(out['bboxes']) == len(ref['bboxes']) > 0
+    assert abs(max(out['scores']) - max(ref['scores'])) < 0.03

@@ -15,8 +15,9 @@ every case alike, so the ratios within one table are what to read):
   map's range;
 * whole models from ``configs/detection``/``configs/segmentation`` (random weights with the
   configs' own initialisation: a detector's classifier prior of 0.01 leaves few boxes above
-  the score threshold, as a trained model does on most images): mmdet's ``inference_detector`` / mmseg's ``inference_model`` on the
-  shared demo image (pipeline included), fp32 against ``enable_bf16_inference(model)``.
+  the score threshold, as a trained model does on most images): mmdet's
+  ``inference_detector`` / mmseg's ``inference_model`` on the shared demo image (pipeline
+  included), fp32 against ``enable_bf16_inference(model)``.
 
 The CPU's bf16 flags head the output; without ``avx512_bf16``/``amx_bf16`` bf16 is emulated
 and the bf16 rows say so.
