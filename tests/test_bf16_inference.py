@@ -229,6 +229,7 @@ def test_no_bf16_units_runs_fp32(repo_root, monkeypatch):
     enable_bf16_inference(model)
     assert not bf16_state(model).use_bf16
     assert 'without avx512_bf16/amx_bf16' in bf16_state(model).reason
+    assert bf16.bf16_units(torch.device('cpu'))[0] is False
     with torch.autocast(**BF16):
         out = model(x, mode='tensor')
     assert out[0][0].dtype == torch.float32
@@ -394,3 +395,25 @@ def test_det_inferencer_bf16(data_dir, tmp_path):
     assert bf16_state(inferencer.model).calls == {'bf16': 1, 'fp32': 0}
     assert len(out['bboxes']) == len(ref['bboxes']) > 0
     assert abs(max(out['scores']) - max(ref['scores'])) < 0.03
+
+
+def test_validation_during_training_bf16(ade_mini_run, tmp_path):
+    """``apply_bf16`` on a training config: validation in bf16, training untouched (fp32,
+    NCHW weights) before and after it."""
+    from mmengine.runner import Runner
+    cfg = _tiny(Config.fromfile(ade_mini_run(tmp_path, 'fpn_poolformer_s12', iters=2)))
+    cfg.train_cfg.val_interval = 1
+    apply_bf16(cfg, force=True)
+    assert cfg.val_cfg.fp16 and cfg.test_cfg.fp16
+    cfg.work_dir = str(tmp_path / 'w')
+    runner = Runner.from_cfg(cfg)
+    seen = []
+    runner.model.neck.register_forward_hook(
+        lambda m, i, o: seen.append((m.training, o[0].dtype,
+                                     m.fpn_convs[0].conv.weight.is_contiguous())))
+    runner.train()
+    train = [(dtype, plain) for training, dtype, plain in seen if training]
+    val = [(dtype, plain) for training, dtype, plain in seen if not training]
+    assert train == [(torch.float32, True)] * 2
+    assert val == [(torch.bfloat16, False)] * 6  # 3 images after each of the 2 iterations
+    assert bf16_state(runner.model) is None

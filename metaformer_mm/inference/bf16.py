@@ -35,6 +35,7 @@ __all__ = ['Bf16Forward', 'Bf16State', 'Fp32Call', 'bf16_state', 'bf16_units', '
 #: Methods that run in fp32, looked up on every submodule of the model.
 FP32_METHODS = ('predict_by_feat', 'postprocess_result')
 _STATE = '_bf16_inference_state'
+_SAID: set = set()  # (reason, force) already reported
 
 
 def _logger() -> MMLogger:
@@ -227,7 +228,8 @@ def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
     units, reason = bf16_units(torch.device(device_type))
     state = Bf16State(device_type, units or force, reason)
     logger = _logger()
-    if not units:
+    if not units and (reason, force) not in _SAID:  # once per process, not per validation
+        _SAID.add((reason, force))
         logger.log(logging.INFO if force else logging.WARNING,
                    f'bf16 inference: {reason}; ' + ('bf16 is emulated (slow), as forced' if force
                                                     else 'bf16 would be emulated and slower, '
