@@ -8,6 +8,8 @@ It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes),
 ``CheckedCompose`` data pipeline (errors that name the file), and routes mmengine's loading
 of local and http(s) checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
 (errors that name the file and the problem; embedded configs that would run code are refused).
+``enable_bf16_inference(model)`` / ``apply_bf16(cfg)``: bf16 inference with fp32
+post-processing (:mod:`metaformer_mm.inference`).
 """
 import torch
 
@@ -18,9 +20,10 @@ check_torch(torch.__version__)
 from . import datasets  # noqa: F401,E402  (registers CheckedCompose)
 from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
 from .engine import install_checkpoint_loader  # noqa: E402
+from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
 
 allow_mmengine_checkpoint_types()
 install_checkpoint_loader()
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'apply_bf16', 'enable_bf16_inference']
