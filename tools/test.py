@@ -2,7 +2,7 @@
 """Evaluate a checkpoint of a detector (mmdet) or segmentor (mmseg) config with mmengine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
-                         [--show-dir DIR] [--cfg-options KEY=VALUE ...] [--launcher ...]
+                         [--show-dir DIR] [--bf16] [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 CHECKPOINT may be one of ours or a released sail-sg file (mmdet 2.19 / mmseg 0.x layout),
 which is converted on load. Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS.
@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='also dump the predictions to this pickle file')
     parser.add_argument('--show-dir', help='draw the predictions on the test images into '
                                            'this directory')
+    parser.add_argument('--bf16', '--amp', action='store_true',
+                        help='network in bf16 (CPU with avx512_bf16/amx_bf16, or CUDA), '
+                             'post-processing in fp32; fp32 where bf16 would be emulated')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
@@ -58,6 +61,9 @@ def main(argv=None) -> None:
         cfg.launcher = args.launcher
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
         drop_training(cfg)
+        if args.bf16:
+            from metaformer_mm.inference import apply_bf16
+            apply_bf16(cfg)
         out = check_out_path(args.out) if args.out else None
         if args.show_dir:
             enable_show_dir(cfg, args.show_dir)
