@@ -24,7 +24,10 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int] = (224, 224)
     for name in names:
         axes[name] = {0: 'batch', 2: f'{name}_height', 3: f'{name}_width'} \
             if model.fork_feat else {0: 'batch'}
-    # The TorchScript-based exporter: it needs no onnxscript and keeps dynamic axes.
+    # The TorchScript-based exporter: it needs no onnxscript and keeps dynamic axes. The
+    # folded weights are computed in the graph from the parameters; the exporter's constant
+    # folding mis-orders them when parameters repeat (fresh norms), so onnxruntime folds them
+    # when it loads the model instead.
     extra = {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters \
         else {}
     with use_kernels(model, 'deploy' if deploy else 'auto'), warnings.catch_warnings(), \
@@ -32,6 +35,6 @@ def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int] = (224, 224)
         # The tracer warns about Python-level shape checks; they hold for every input size.
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (x,), path, input_names=['input'], output_names=names,
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=not deploy,
                           **extra)
     return names

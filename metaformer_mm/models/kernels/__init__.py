@@ -1,16 +1,10 @@
-"""How a MetaFormer block is computed: one formulation per module, chosen by ``kernels=``.
-
-* ``reference``: the plain formulation of the original code (``reference.py``), the
-  readable definition of a block and the oracle every other path is tested against;
-* ``auto`` (the default): channels-last activations, fused residual updates
-  (``elementwise.py``) and the channel MLP as one chunked GEMM loop (``mlp.py``) on oneDNN's
-  fused kernels where they apply (``activations.py``, ``ops.py``), else on aten GEMMs;
-* ``aten``: the same, on aten GEMMs only;
-* ``deploy``: pooling/identity stages folded into their 1x1 convs (``folded.py``), in
-  ``eval()`` without autograd (otherwise ``auto``); what the ONNX export of ``--deploy`` traces.
-
-A backbone takes ``MetaFormer(kernels=...)``, ``model.set_kernels(...)`` or, for any model
-holding MetaFormers (a detector), ``with use_kernels(model, 'reference'): ...``.
+"""How a MetaFormer block is computed, chosen by ``MetaFormer(kernels=...)`` (or ``set_kernels``,
+or ``use_kernels`` on any model holding MetaFormers): ``'reference'`` the plain formulation of
+the original code (``reference.py``, the oracle of every test); ``'auto'`` (default) channels-
+last maps, fused residual updates (``elementwise.py``) and the MLP as one chunked GEMM loop
+(``mlp.py``) on oneDNN's fused kernels where they apply (``activations.py``, ``ops.py``);
+``'aten'`` the same on aten GEMMs only; ``'deploy'`` pooling/identity stages folded into their
+1x1 convs (``folded.py``) in ``eval()`` without autograd, what the ONNX ``--deploy`` export traces.
 """
 import contextlib
 from typing import Iterator

@@ -1,4 +1,4 @@
-"""One table of the MLP activations the kernels know: module -> fused, in-place, out= and backward forms.
+"""One table of the MLP activations: module type -> fused, in-place, out= and backward forms.
 
 An activation module maps to a kind (``act_kind``); each kind's ``ActKernel`` says how the
 chunked MLP applies it: fused into oneDNN's GEMM epilogue (``onednn``, or None where oneDNN
@@ -36,8 +36,8 @@ def _identity(h: Tensor) -> Tensor:
 
 
 def _gelu(approximate: str) -> ActKernel:
-    return ActKernel(('gelu', approximate), lambda h: ops.gelu_(h, approximate),
-                     lambda h, out: ops.gelu_out(h, approximate, out),
+    return ActKernel(('gelu', approximate), lambda h: ops.gelu_into(h, approximate, h),
+                     lambda h, out: ops.gelu_into(h, approximate, out),
                      lambda g, h: ops.gelu_backward_(g, h, approximate),
                      lambda h: F.gelu(h, approximate=approximate))
 

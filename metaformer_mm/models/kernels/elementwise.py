@@ -70,7 +70,7 @@ def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
             or (torch.is_grad_enabled() and x.requires_grad)):
         return x.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rows = max(1, chunking.SIZES.nchw_copy // max(1, x.shape[1] * x.shape[3]))
+    rows = max(1, chunking.SIZES['nchw_copy'] // max(1, x.shape[1] * x.shape[3]))
     for start in range(0, x.shape[2], rows):
         out[:, :, start:start + rows].copy_(x[:, :, start:start + rows])
     return out

@@ -1,19 +1,13 @@
 """The channel MLP on channels-last token rows: one chunked loop for inference and training.
 
 ``fc2(act(fc1(x)))`` of a 1x1-conv MLP runs as GEMMs on the ``(N*H*W, C)`` view of a
-channels-last map, with the layer scale folded into fc2's weight (``ls * (W h + b) =
-(ls W) h + ls b``: one GEMM instead of a GEMM and a multiply). On the CPU the rows go in
-chunks, so that the 4x-wide hidden activation never leaves the cache and is never allocated
-in full. ``chunked_mlp`` is that loop, with the GEMM backend swapped in:
-
-* oneDNN's linear with fused epilogues (fc1 + bias + activation, fc2 + bias + residual),
-  for fp32 and an activation oneDNN fuses (``activations.ACTS[kind].onednn``);
-* aten GEMMs (``addmm``) otherwise, with the activation applied in place, or, in training
-  (``_ChunkedMlp``), with the pre-activation kept for backward.
-
-``_ChunkedMlp`` keeps only the pre-activation for backward and recomputes the activation
-chunk by chunk there: the activation, its gradient and the pre-activation's gradient (three
-4C-per-token tensors per block) are never allocated in full.
+channels-last map, with the layer scale folded into fc2's weight (one GEMM instead of a GEMM
+and a multiply). On the CPU the rows go in chunks (``chunked_mlp``), so that the 4x-wide
+hidden activation never leaves the cache, on oneDNN's linear with fused epilogues (fc1 +
+bias + activation, fc2 + bias + residual) where ``activations.ACTS`` names one, else on aten
+GEMMs. In training (``_ChunkedMlp``) the same loop keeps only the pre-activation, and
+backward recomputes the activation chunk by chunk: the activation, its gradient and the
+pre-activation's gradient (three 4C-per-token tensors per block) are never allocated in full.
 """
 from typing import Optional, Tuple, Union
 
@@ -21,22 +15,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from ..layers import Mlp
+from . import chunking, ops
 from .activations import ACTS, ActKernel, act_kind, fold_into_fc2
-from .chunking import SIZES
 from .elementwise import fused_residual
 
 Tensor = torch.Tensor
 
 
 def is_plain_mlp(mlp: nn.Module) -> bool:
-    """True for the 1x1-conv MLP of ``layers.Mlp`` without dropout (what every preset uses)."""
-    fc1, fc2 = getattr(mlp, 'fc1', None), getattr(mlp, 'fc2', None)
-    return (isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d)
-            and fc1.kernel_size == (1, 1) and fc2.kernel_size == (1, 1)
-            and fc1.groups == 1 and fc2.groups == 1 and fc1.stride == (1, 1)
-            and fc1.padding == (0, 0) and fc2.padding == (0, 0)
-            and isinstance(getattr(mlp, 'drop', None), nn.Identity))
+    """True for a ``layers.Mlp`` (1x1 convs) without dropout (what every preset uses)."""
+    return isinstance(mlp, Mlp) and isinstance(mlp.drop, nn.Identity)
 
 
 def _gemm_into(x: Tensor, wt: Tensor, bias: Optional[Tensor], out: Tensor) -> Tensor:
@@ -57,7 +46,7 @@ def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
     chunk is written after the last read of its rows.
     """
     n, hidden = rows.shape[0], w1.shape[0]
-    step = max(64, (SIZES.onednn_mlp if epilogue else SIZES.aten_mlp) // hidden)
+    step = max(64, chunking.SIZES['onednn_mlp' if epilogue else 'aten_mlp'] // hidden)
     buf = None if epilogue else rows.new_empty((min(step, n), hidden))
     w1t, w2t = w1.t(), w2.t()
     for start in range(0, n, step):
@@ -114,55 +103,38 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
     grad = torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad)
     chunkable = x.device.type == 'cpu' and not ops.autocast_enabled() and not ops.exporting()
     kernel = ACTS.get(act_kind(mlp.act))
-    if chunkable and not grad:
-        return _inference(mlp.act, kernel, tokens, w1, b1, w2, b2, residual, res_scale, out,
-                          onednn)
+    n, h, w, c = tokens.shape
     out_channels = w2.shape[0]
-    base = None
-    if residual is not None:
-        base = (residual if res_scale is None else
-                residual * res_scale.view(1, -1, 1, 1)).permute(0, 2, 3, 1)
+    if chunkable and not grad:
+        base = None
+        if residual is not None:  # (a copy only for an odd layout)
+            base = residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)
+        if not (out is not None and out.permute(0, 2, 3, 1).is_contiguous()
+                and out.shape == (n, out_channels, h, w) and out.dtype == tokens.dtype):
+            out = tokens.new_empty((n, h, w, out_channels)).permute(0, 3, 1, 2)
+        act, epilogue = mlp.act, None
+        if kernel is not None:
+            w2, b2 = fold_into_fc2(act, w2, b2)
+            act = kernel
+            if (onednn and kernel.onednn is not None and tokens.dtype == torch.float32
+                    and w1.dtype == w2.dtype == torch.float32 and ops.available('onednn_linear')):
+                epilogue = kernel.onednn
+        chunked_mlp(tokens.reshape(-1, c), w1, b1, w2, b2,
+                    out.permute(0, 2, 3, 1).view(-1, out_channels), act, epilogue, base,
+                    res_scale)
+        return out
+    base = residual if res_scale is None or residual is None else \
+        residual * res_scale.view(1, -1, 1, 1)
     if (chunkable and kernel is not None and kernel.backward is not None
-            and tokens.dtype == w1.dtype
-            and (base is None or (base.is_contiguous() and base.dtype == tokens.dtype
-                                  and base.shape == tokens.shape[:3] + (out_channels,)))):
-        rows = _ChunkedMlp.apply(tokens.reshape(-1, tokens.shape[-1]),
-                                 None if base is None else base.reshape(-1, out_channels),
-                                 w1, b1, w2, b2, kernel)
-        return rows.view(tokens.shape[:3] + (out_channels,)).permute(0, 3, 1, 2)
+            and tokens.dtype == w1.dtype and (base is None or base.dtype == tokens.dtype)):
+        if base is not None:
+            base = base.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)
+        rows = _ChunkedMlp.apply(tokens.reshape(-1, c), base, w1, b1, w2, b2, kernel)
+        return rows.view(n, h, w, out_channels).permute(0, 3, 1, 2)
     o = F.linear(mlp.act(F.linear(tokens, w1, b1)), w2, b2).permute(0, 3, 1, 2)
     if residual is None:
         return o
     return fused_residual(residual, o, None, res_scale, None, branch_is_temporary=True)
-
-
-def _inference(act: nn.Module, kernel: Optional[ActKernel], tokens: Tensor, w1: Tensor,
-               b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
-               residual: Optional[Tensor], res_scale: Optional[Tensor], out: Optional[Tensor],
-               onednn: bool) -> Tensor:
-    """The no-grad MLP: buffers for the result and the residual rows, then ``chunked_mlp``."""
-    n, h, w, c = tokens.shape
-    out_channels = w2.shape[0]
-    base = None
-    if residual is not None:
-        base = residual.permute(0, 2, 3, 1)
-        if base.shape != (n, h, w, out_channels) or not base.is_contiguous():
-            base = base.contiguous()
-        base = base.reshape(-1, out_channels)
-    if not (out is not None and out.permute(0, 2, 3, 1).is_contiguous()
-            and out.shape == (n, out_channels, h, w) and out.dtype == tokens.dtype):
-        out = tokens.new_empty((n, h, w, out_channels)).permute(0, 3, 1, 2)
-    epilogue = None
-    if kernel is not None:
-        w2, b2 = fold_into_fc2(act, w2, b2)
-        act = kernel
-        if (onednn and kernel.onednn is not None and tokens.dtype == torch.float32
-                and w1.dtype == w2.dtype == torch.float32 and ops.available('onednn_linear')):
-            epilogue = kernel.onednn
-    chunked_mlp(tokens.reshape(-1, c), w1, b1, w2, b2,
-                out.permute(0, 2, 3, 1).reshape(-1, out_channels), act, epilogue, base,
-                res_scale)
-    return out
 
 
 class _ChunkedMlp(torch.autograd.Function):
@@ -179,8 +151,7 @@ class _ChunkedMlp(torch.autograd.Function):
         pre = z.new_empty((z.shape[0], w1.shape[0]))
         out = z.new_empty((z.shape[0], w2.shape[0]))
         chunked_mlp(z, w1, b1, w2, b2, out, kernel, base=residual, pre=pre)
-        ctx.kernel = kernel
-        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        ctx.kernel, ctx.has_b1, ctx.has_b2 = kernel, b1 is not None, b2 is not None
         ctx.has_residual = residual is not None
         ctx.save_for_backward(z, pre, w1, w2)
         return out
@@ -193,7 +164,7 @@ class _ChunkedMlp(torch.autograd.Function):
         need_z, _, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
         grad_out = grad_out.contiguous()
         rows, hidden = pre.shape
-        step = max(64, SIZES.aten_mlp // hidden)
+        step = max(64, chunking.SIZES['aten_mlp'] // hidden)
         grad_z = z.new_empty(z.shape) if need_z else None
         grad_w1 = w1.new_zeros(w1.shape) if need_w1 else None
         grad_w2 = w2.new_zeros(w2.shape) if need_w2 else None

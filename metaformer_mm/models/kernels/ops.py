@@ -6,7 +6,7 @@ Each is called once on a tiny tensor and compared with the plain op; where that 
 public formulation runs instead (for oneDNN: the aten GEMMs of ``mlp.py``).
 """
 import functools
-from typing import Callable, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +27,15 @@ def _probe_onednn() -> bool:
 def _probe_gelu() -> bool:
     h, g = torch.randn(7), torch.randn(7)
     ref = torch.func.vjp(F.gelu, h)[1](g)[0]
-    out = _ATEN.gelu.out(h, approximate='none', out=torch.empty(7))
+    out = _ATEN.gelu.out(h.clone(), approximate='none', out=torch.empty(7))
+    inplace = h.clone()
     grad = _ATEN.gelu_backward.grad_input(g, h, approximate='none', grad_input=torch.empty(7))
-    return (torch.allclose(_ATEN.gelu_(h.clone()), F.gelu(h)) and torch.allclose(out, F.gelu(h))
+    _ATEN.gelu.out(inplace, approximate='none', out=inplace)
+    return (torch.allclose(inplace, F.gelu(h)) and torch.allclose(out, F.gelu(h))
             and torch.allclose(grad, ref, atol=1e-6))
 
 
-_PROBES: Dict[str, Callable[[], bool]] = {'onednn_linear': _probe_onednn, 'aten_gelu': _probe_gelu}
+_PROBES = {'onednn_linear': _probe_onednn, 'aten_gelu': _probe_gelu}
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,15 +59,8 @@ def onednn_linear_add(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor
     return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, 'add')
 
 
-def gelu_(h: torch.Tensor, approximate: str) -> torch.Tensor:
-    """GELU in place."""
-    if available('aten_gelu'):
-        return _ATEN.gelu_(h, approximate=approximate)
-    return h.copy_(F.gelu(h, approximate=approximate))
-
-
-def gelu_out(h: torch.Tensor, approximate: str, out: torch.Tensor) -> torch.Tensor:
-    """GELU of ``h`` written into ``out``."""
+def gelu_into(h: torch.Tensor, approximate: str, out: torch.Tensor) -> torch.Tensor:
+    """GELU of ``h`` written into ``out`` (``out`` may be ``h``)."""
     if available('aten_gelu'):
         return _ATEN.gelu.out(h, approximate=approximate, out=out)
     return out.copy_(F.gelu(h, approximate=approximate))
@@ -81,10 +76,7 @@ def gelu_backward_(grad: torch.Tensor, h: torch.Tensor, approximate: str) -> tor
 
 def autocast_enabled() -> bool:
     """Whether any autocast context is active (the chunked kernels use explicit dtypes)."""
-    try:
-        return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() or torch.is_autocast_enabled()
+    return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
 
 
 def exporting() -> bool:

@@ -74,12 +74,10 @@ def reference_downsample(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return reference_norm(module.norm, module.conv(x))
 
 
-def reference_forward(model: nn.Module, x: torch.Tensor, return_stages: bool = False,
-                      channels_last: bool = False
+def reference_forward(model: nn.Module, x: torch.Tensor, channels_last: bool = False
                       ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """What ``model`` (a ``MetaFormer``) computes, in the plain eager NCHW formulation.
 
-    ``return_stages=True`` returns the raw outputs of all four stages instead.
     ``channels_last=True`` runs the same code on a channels-last input (every op then keeps
     that layout): the benchmark's measure of what the layout alone gives.
     """
@@ -87,15 +85,13 @@ def reference_forward(model: nn.Module, x: torch.Tensor, return_stages: bool = F
     x = x.contiguous(memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format)
     x = reference_downsample(model.stem, x)
-    last = max(model.out_indices) if model.fork_feat and not return_stages else len(model.stages) - 1
+    last = max(model.out_indices) if model.fork_feat else len(model.stages) - 1
     stages = []
     for stage in model.stages[:last + 1]:
         x = reference_downsample(stage.downsample, x)
         for block in stage.blocks:
             x = reference_block(block, x)
         stages.append(x)
-    if return_stages:
-        return tuple(stages)
     if not model.fork_feat:
         head = model.head
         if head.pool_first:
