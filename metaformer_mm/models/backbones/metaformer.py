@@ -397,14 +397,8 @@ class MetaFormer(BaseModule):
         return self
 
     def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
-        """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``); returns self.
-
-        Stages of pooling/identity-mixer blocks with GroupNorm(1) norms (PoolFormer,
-        PoolFormerV2, IdentityFormer) then run with their norms and layer scales folded into
-        the 1x1 convs (``metaformer_mm.models.kernels.folded``); other stages keep the default
-        path. Parameters and state-dict keys are untouched. Used in ``eval()`` without
-        autograd only; training takes the default path.
-        """
+        """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), kept for mmcv-style
+        code: pooling/identity stages run folded (``models.kernels.folded``); returns self."""
         return self.set_kernels('deploy' if enable else 'auto')
 
     # ---------------------------------------------------------------- training state
