@@ -1,9 +1,11 @@
-"""Fast paths against the plain formulation: default path (train and eval) and deploy path.
+"""The kernel choices against the plain formulation: default path (train and eval, oneDNN
+and aten GEMMs) and the folded deploy path.
 
-Every comparison is against ``deploy.reference_forward`` on the same weights: the original
+Every comparison is against ``kernels.reference_forward`` on the same weights: the original
 eager formulation (NCHW, GroupNorm, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale
 multiplies). Weights are randomized (norm affines, layer scales, biases) so that no fold
-can pass by accident of an identity initialisation.
+can pass by accident of an identity initialisation. Paths and chunk sizes are chosen through
+the public switches (``kernels=``, ``use_kernels``, ``chunk_sizes``), never by patching.
 """
 import contextlib
 import copy
@@ -18,9 +20,12 @@ import torch.nn as nn
 
 from metaformer_mm.models import (CAFormer, IdentityFormer, MetaFormer, PoolFormer, PoolFormerV2,
                                   SMLPNet)
-from metaformer_mm.models import deploy as deploy_mod
-from metaformer_mm.models import fast as fast_mod
-from metaformer_mm.models.deploy import reference_forward
+from metaformer_mm.models.kernels import (KERNELS, chunk_sizes, reference_block,
+                                          reference_forward, use_kernels)
+from metaformer_mm.models.kernels import ops
+from metaformer_mm.models.kernels.activations import ACTS
+from metaformer_mm.models.kernels.elementwise import contiguous_nchw
+from metaformer_mm.models.kernels.folded import stage_is_foldable
 
 TINY_DIMS = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
 ARCHS = {
@@ -126,10 +131,13 @@ def test_default_training_path_equals_plain_formulation_with_gradients(name):
     dict(name='poolformerv2', act_cfg=dict(type='GELU')),  # res scales in stages 2-3
     dict(name='poolformer', act_cfg=dict(type='ReLU'), drop_path_rate=0.3, frozen_stages=1),
 ])
-def test_chunked_training_mlp_gradients_over_many_chunks(monkeypatch, kwargs):
+def test_chunked_training_mlp_gradients_over_many_chunks(kwargs):
     """The training MLP function (activation recomputed in backward) at tiny chunk sizes."""
-    monkeypatch.setattr(fast_mod, 'HIDDEN_CHUNK_ELEMENTS', 3000)
-    kwargs = dict(kwargs)
+    with chunk_sizes(aten_mlp=3000):
+        _check_training_against_reference(dict(kwargs))
+
+
+def _check_training_against_reference(kwargs):
     model = _build(kwargs.pop('name'), **kwargs).train()
     x = torch.randn(2, 3, 52, 60)
     torch.manual_seed(5)
@@ -175,9 +183,9 @@ def test_deploy_path_equals_plain_formulation(name, size):
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         ref = reference_forward(model, x)
-        plan = model.switch_to_deploy()._deploy_plan
-        assert all(stage is not None for stage in plan.stages)
-        out = model(x)
+        assert all(stage_is_foldable(stage.blocks) for stage in model.stages)
+        out = model.switch_to_deploy()(x)
+        assert model.kernels == 'deploy'
     _assert_rel(out, ref, what=f'{name} {size}')
 
 
@@ -193,25 +201,13 @@ def _ops_seen():
     seen.update(event.name for event in prof.events())
 
 
-@pytest.mark.parametrize('onednn', [True, False])
 @pytest.mark.parametrize('pool_size', [3, 5])
-def test_deploy_chunk_boundaries_are_exact(monkeypatch, pool_size, onednn):
-    """Tiny chunks: many row slabs (with halos), token chunks and moment merges per sample,
-    on oneDNN's fused kernels and on the aten fallback."""
-    if onednn and fast_mod.ONEDNN_LINEAR is None:
-        pytest.skip('this torch build has no oneDNN linear kernels')
-    monkeypatch.setattr(deploy_mod, 'CHUNK_ELEMENTS', 200)
-    monkeypatch.setattr(deploy_mod, 'HIDDEN_CHUNK_ELEMENTS', 700)
-    if not onednn:
-        monkeypatch.setattr(fast_mod, 'ONEDNN_LINEAR', None)
+def test_deploy_pool_sizes_and_a_large_mean(pool_size):
+    """The folded norm statistics with a mean far from zero, and a wider pooling window."""
     model = _build('poolformer', pool_size=pool_size).eval()
-    x = torch.randn(2, 3, 61, 45) + 3.0  # a mean far from zero tests the centred moments
+    x = torch.randn(2, 3, 61, 45) + 3.0
     with torch.no_grad():
-        ref = reference_forward(model, x)
-        with _ops_seen() as seen:
-            out = model.switch_to_deploy()(x)
-    _assert_rel(out, ref)
-    assert (ONEDNN_OP in seen) == onednn  # the kernel the case names did run
+        _assert_rel(model.switch_to_deploy()(x), reference_forward(model, x))
 
 
 @pytest.mark.parametrize('kwargs', [dict(out_indices=(1, 3)), dict(out_indices=(0,)),
@@ -230,12 +226,12 @@ def test_deploy_keeps_out_indices_and_classifier(kwargs):
 def test_deploy_on_mixed_stages_keeps_default_path_for_other_mixers():
     model = _build('poolformer', token_mixers=['pooling', 'pooling', 'sepconv', 'attention'])
     model.eval().switch_to_deploy()
-    assert [s is not None for s in model._deploy_plan.stages] == [True, True, False, False]
+    assert [stage_is_foldable(s.blocks) for s in model.stages] == [True, True, False, False]
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         _assert_rel(model(x), reference_forward(model, x))
     caformer = _build('caformer').eval().switch_to_deploy()
-    assert all(s is None for s in caformer._deploy_plan.stages)
+    assert not any(stage_is_foldable(s.blocks) for s in caformer.stages)
 
 
 def test_deploy_is_reversible_keeps_state_dict_and_follows_weight_changes():
@@ -249,20 +245,28 @@ def test_deploy_is_reversible_keeps_state_dict_and_follows_weight_changes():
     with torch.no_grad():
         _assert_rel(model(x), reference_forward(other, x))
         model.switch_to_deploy(False)
-        assert model._deploy_plan is None
+        assert model.kernels == 'auto'
         _assert_rel(model(x), reference_forward(other, x))
 
 
-def test_deploy_path_is_not_used_with_autograd_or_in_training(monkeypatch):
+def test_deploy_path_is_not_used_with_autograd_or_in_training():
+    """With autograd the default path runs: outputs carry gradients equal to the plain ones
+    (the folded weights are computed without autograd, so the folded path would give none)."""
     model = _build('poolformer').switch_to_deploy()
-    calls = []
-    monkeypatch.setattr(deploy_mod, 'run_fused_stage',
-                        lambda *a: calls.append(1) or pytest.fail('fused path with autograd'))
-    model.train()
-    sum(o.sum() for o in model(torch.randn(1, 3, 32, 32))).backward()
-    model.eval()
-    out = model(torch.randn(1, 3, 32, 32))
-    assert out[0].requires_grad and not calls
+    x = torch.randn(1, 3, 32, 32)
+    for mode in (True, False):
+        model.train(mode)
+        torch.manual_seed(0)
+        ref = reference_forward(model, x)
+        sum(o.square().sum() for o in ref).backward()
+        ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(x)
+        assert all(o.requires_grad for o in out)
+        sum(o.square().sum() for o in out).backward()
+        _check_grads(model, ref_grads)
+        model.zero_grad()
 
 
 def test_deploy_matches_original_poolformer_outputs(reference_dir):
@@ -279,29 +283,17 @@ def test_deploy_matches_original_poolformer_outputs(reference_dir):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-def test_unchunked_folded_path_equals_plain_formulation(monkeypatch):
-    """The whole-tensor variant (used for ONNX export, tracing and non-CPU devices)."""
-    monkeypatch.setattr(deploy_mod, '_exporting', lambda: True)
-    for name in FUSED:
-        model = _build(name).eval().switch_to_deploy()
-        x = torch.randn(2, 3, 57, 83)
-        with torch.no_grad():
-            _assert_rel(model(x), reference_forward(model, x), what=name)
-
-
 @pytest.mark.parametrize('onednn', [True, False])
-def test_no_grad_mlp_chunks_are_exact(monkeypatch, onednn):
-    """Many token chunks, on oneDNN's fused kernels and on the aten fallback."""
-    if onednn and fast_mod.ONEDNN_LINEAR is None:
+def test_no_grad_mlp_chunks_are_exact(onednn):
+    """Many token chunks, on oneDNN's fused kernels (``kernels='auto'``) and on aten GEMMs
+    (``kernels='aten'``)."""
+    if onednn and not ops.available('onednn_linear'):
         pytest.skip('this torch build has no oneDNN linear kernels')
-    monkeypatch.setattr(fast_mod, 'HIDDEN_CHUNK_ELEMENTS', 1000)
-    monkeypatch.setattr(fast_mod, 'ONEDNN_HIDDEN_CHUNK_ELEMENTS', 1000)
-    if not onednn:
-        monkeypatch.setattr(fast_mod, 'ONEDNN_LINEAR', None)
     for name in ('poolformer', 'poolformerv2', 'smlpnet'):
-        model = _build(name).eval()
+        model = _build(name, kernels='auto' if onednn else 'aten').eval()
         x = torch.randn(2, 3, 64, 72)
-        with torch.no_grad(), _ops_seen() as seen:
+        with torch.no_grad(), chunk_sizes(aten_mlp=1000, onednn_mlp=1000), \
+                _ops_seen() as seen:
             out = model(x)
         with torch.no_grad():
             _assert_rel(out, reference_forward(model, x), what=name)
@@ -325,7 +317,7 @@ def test_default_path_under_bfloat16_autocast_and_nchw_blocks():
     t = torch.randn(2, 16, 9, 11)
     before = t.clone()
     with torch.no_grad():
-        _assert_rel(block(t), deploy_mod.reference_block(block, t))
+        _assert_rel(block(t), reference_block(block, t))
     assert torch.equal(t, before)
 
 
@@ -408,26 +400,62 @@ def test_activation_layout_per_family():
     assert _build('smlpnet').memory_format() == torch.contiguous_format
 
 
-def test_chunk_moments_stay_exact_for_a_large_mean():
-    """The deploy path's per-chunk statistics, merged, against float64 (mean 1000x the std)."""
-    x = torch.randn(5000, dtype=torch.float64) * 0.5 + 500.0
-    moments = deploy_mod._Moments(torch.empty(5000))
-    flat = x.float()
-    for start in range(0, 5000, 777):
-        moments.add(flat[start:start + 777])
-    mean, var = moments.result()
-    ref_var = flat.double().var(unbiased=False)
-    assert abs(mean.item() - flat.double().mean().item()) < 1e-5 * ref_var.sqrt().item() * 100
-    assert abs(var.item() - ref_var.item()) / ref_var.item() < 1e-4
-
-
-@pytest.mark.parametrize('affine', [False, True])
-def test_slabwise_nchw_copy_equals_contiguous(monkeypatch, affine):
-    """The output maps' channels-last -> NCHW copy (and fused output-norm affine) by slabs."""
-    monkeypatch.setattr(fast_mod, 'TRANSPOSE_CHUNK_ELEMENTS', 50)
+def test_slabwise_nchw_copy_equals_contiguous():
+    """The output maps' channels-last -> NCHW copy by slabs of rows."""
     x = torch.randn(2, 5, 13, 7).contiguous(memory_format=torch.channels_last)
-    scale, shift = torch.randn(2, 5, 1, 1), torch.randn(2, 5, 1, 1)
-    out = fast_mod.contiguous_nchw(x, scale, shift) if affine else fast_mod.contiguous_nchw(x)
-    ref = shift + x * scale if affine else x
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    with chunk_sizes(nchw_copy=50):
+        out = contiguous_nchw(x)
+    assert out.is_contiguous() and torch.equal(out, x)
+
+
+# ------------------------------------------------------------------------- the switches
+def test_kernels_argument_selects_the_formulation_and_is_validated():
+    model = _build('poolformer', kernels='reference').eval()
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        ref = reference_forward(model, x)
+        assert all(torch.equal(a, b) for a, b in zip(model(x), ref))  # the same code, exactly
+        model.set_kernels('auto')
+        fast = model(x)
+        assert not all(torch.equal(a, b) for a, b in zip(fast, ref))  # another formulation
+        _assert_rel(fast, ref)
+    assert KERNELS == ('auto', 'aten', 'reference', 'deploy')
+    with pytest.raises(ValueError, match=r"kernels must be one of \['auto', 'aten', "
+                                         r"'reference', 'deploy'\], got 'fast'"):
+        _build('poolformer', kernels='fast')
+    with pytest.raises(ValueError, match='kernels must be one of'):
+        model.set_kernels('onednn')
+
+
+def test_use_kernels_switches_every_backbone_of_a_model_and_restores():
+    holder = nn.ModuleDict(dict(a=_build('poolformer'), b=_build('caformer', kernels='aten')))
+    with use_kernels(holder, 'reference'):
+        assert [m.kernels for m in holder.values()] == ['reference', 'reference']
+        assert all(blk.kernels == 'reference' for s in holder['b'].stages for blk in s.blocks)
+    assert [m.kernels for m in holder.values()] == ['auto', 'aten']
+    with pytest.raises(ValueError, match='holds no MetaFormer'):
+        with use_kernels(nn.Linear(2, 2), 'reference'):
+            pass
+    with pytest.raises(ValueError, match='chunk_sizes takes positive ints'):
+        with chunk_sizes(hidden=10):
+            pass
+
+
+def test_private_ops_are_feature_tested_and_activation_table_forms_agree():
+    """Each activation's in-place, out=, backward and fused forms against autograd on the
+    plain op (the fused oneDNN form through a whole linear)."""
+    assert ops.available('aten_gelu') and isinstance(ops.available('onednn_linear'), bool)
+    h = torch.randn(40, 24)
+    for kind, act in ACTS.items():
+        ref = act.plain(h)
+        assert torch.allclose(act.inplace(h.clone()), ref, atol=1e-6), kind
+        assert torch.allclose(act.out(h, torch.empty_like(h)), ref, atol=1e-6), kind
+        if act.backward is not None:
+            g = torch.randn_like(h)
+            hg = h.clone().requires_grad_()
+            (expected,) = torch.autograd.grad(act.plain(hg), hg, g)
+            assert torch.allclose(act.backward(g.clone(), h), expected, atol=1e-6), kind
+        if act.onednn is not None and ops.available('onednn_linear'):
+            w, b = torch.randn(8, 24), torch.randn(8)
+            torch.testing.assert_close(ops.onednn_linear(h, w, b, *act.onednn),
+                                       act.plain(h @ w.t() + b), rtol=1e-5, atol=1e-5)

@@ -112,8 +112,8 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.drop, nn.Identity):
-            # The 1x1 convs as GEMMs on the channels-last view (see models/fast.py).
-            from .fast import mlp_forward
+            # The 1x1 convs as GEMMs on the channels-last view (see models/kernels/mlp.py).
+            from .kernels.mlp import mlp_forward
             return mlp_forward(self, x)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 

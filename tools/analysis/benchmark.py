@@ -7,10 +7,11 @@
 ``--suite backbones`` (default) times each backbone in up to four ways, on one input:
 
 * ``eager``: the plain formulation of the original code (NCHW, GroupNorm, ``AvgPool2d - x``,
-  1x1 convs, separate layer-scale multiplies; ``metaformer_mm.models.deploy.reference_forward``),
-  and the same code on a channels-last input (``eager, channels-last``);
-* ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run;
-* ``deploy``: after ``model.switch_to_deploy()`` (the fused inference path);
+  1x1 convs, separate layer-scale multiplies; ``kernels='reference'``), and the same code on
+  a channels-last input (``eager, channels-last``);
+* ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run
+  (``kernels='auto'``);
+* ``deploy``: ``kernels='deploy'`` (``switch_to_deploy()``, the folded formulation);
 * ``onnxruntime``: the deploy path exported to ONNX, run by onnxruntime (if installed);
 
 beside mmdet's ResNet-50 and ResNet-18 backbones, and (``--train-models``) a training step
@@ -255,36 +256,17 @@ def build_backbone(name: str) -> nn.Module:
     return model
 
 
-def load_any_config(path: str):
-    """A config from a file or a packaged ``mmdet::``/``mmseg::`` name."""
-    from mmengine.config import Config
-    if '::' in path:
-        with tempfile.TemporaryDirectory() as tmp:
-            wrapper = osp.join(tmp, 'wrapper.py')
-            with open(wrapper, 'w') as f:
-                f.write(f'_base_ = [{path!r}]\n')
-            return Config.fromfile(wrapper)
-    full = path if osp.isabs(path) or osp.exists(path) else osp.join(REPO, path)
-    if not osp.isfile(full):
-        raise SystemExit(f'config file not found: {path}')
-    return Config.fromfile(full)
-
-
 def build_whole_model(path: str) -> Tuple[nn.Module, str]:
-    """A detector/segmentor from a config, random weights, in eval mode; and its scope."""
-    import metaformer_mm  # noqa: F401
-    from mmengine.registry import init_default_scope
-    cfg = load_any_config(path)
-    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in cfg.model else 'mmdet')
-    init_default_scope(scope)
-    if scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmdet.registry import MODELS
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone.init_cfg = None  # timing needs no weights (and no download)
-    model_cfg.pop('pretrained', None)
-    return MODELS.build(model_cfg).eval(), scope
+    """A detector/segmentor from a config file or ``mmdet::``/``mmseg::`` name, random
+    weights, in eval mode; and its scope."""
+    from metaformer_mm.cli.models import build_model_from_config
+    if '::' not in path and not osp.exists(path):
+        path = osp.join(REPO, path)
+    try:
+        model = build_model_from_config(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err))
+    return model, model.cfg.default_scope
 
 
 def data_samples(scope: str, shape: Tuple[int, int], batch: int) -> list:
@@ -297,16 +279,11 @@ def data_samples(scope: str, shape: Tuple[int, int], batch: int) -> list:
     return [Sample(metainfo=meta) for _ in range(batch)]
 
 
-@contextlib.contextmanager
-def eager_backbone(model: nn.Module):
-    """Makes ``model.backbone`` run the plain formulation while the context lasts."""
-    from metaformer_mm.models.deploy import reference_forward
-    backbone = model.backbone
-    backbone.forward = lambda x: reference_forward(backbone, x)
-    try:
-        yield
-    finally:
-        del backbone.forward
+def run_with(model: nn.Module, kernels: str, *args, **kwargs):
+    """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels``."""
+    from metaformer_mm.models.kernels import use_kernels
+    with use_kernels(model, kernels):
+        return model(*args, **kwargs)
 
 
 def is_metaformer(module: nn.Module) -> bool:
@@ -361,7 +338,8 @@ class Table:
 
 def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     """eager / default / deploy / onnxruntime rows of one backbone."""
-    from metaformer_mm.models.deploy import reference_forward
+    from metaformer_mm.models.kernels import reference_forward
+    from metaformer_mm.models.kernels.folded import stage_is_foldable
     device = args.device
     model = build_backbone(name).to(device)
     model.eval()  # (mmdet's ResNet.train() returns None, so no chaining)
@@ -371,7 +349,7 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     metaformer = is_metaformer(model)
     macs_model = model
     if metaformer:
-        cases['eager'] = lambda: reference_forward(model, x)
+        cases['eager'] = lambda: run_with(model, 'reference', x)
         # The same plain code on a channels-last input: what the layout alone gives.
         cases['eager, channels-last'] = lambda: reference_forward(model, x, channels_last=True)
         macs_run = cases['eager']
@@ -379,14 +357,12 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
         macs_run = lambda: model(x)  # noqa: E731
     all_macs, pw_macs = conv_macs(macs_model, macs_run)
     cases['default'] = lambda: model(x)
-    deployed = None
-    if metaformer and any(s is not None for s in
-                          copy.deepcopy(model).switch_to_deploy()._deploy_plan.stages):
-        deployed = copy.deepcopy(model).switch_to_deploy()
-        cases['deploy'] = lambda: deployed(x)
+    deploy = metaformer and any(stage_is_foldable(s.blocks) for s in model.stages)
+    if deploy:
+        cases['deploy'] = lambda: run_with(model, 'deploy', x)
     ort_path = ort_session = skipped = None
     if metaformer and not args.no_onnx and device == 'cpu':
-        ort_session, ort_path = _ort_case(deployed or model, (h, w), args)
+        ort_session, ort_path = _ort_case(model, (h, w), args, deploy)
         if ort_session is None:
             skipped = ort_path
         else:
@@ -419,18 +395,17 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     return table
 
 
-def _ort_case(model: nn.Module, shape: Tuple[int, int], args):
+def _ort_case(model: nn.Module, shape: Tuple[int, int], args, deploy: bool):
     try:
         import onnxruntime as ort
-        from metaformer_mm.models.deploy import export_onnx
+        from metaformer_mm.cli.onnx import export_onnx
     except ImportError:
         return None, None
     tmp = tempfile.mkdtemp(prefix='metaformer_bench_')
     path = osp.join(tmp, 'backbone.onnx')
     export_model = copy.deepcopy(model)
     try:
-        export_onnx(export_model, path, shape=shape,
-                    deploy=getattr(model, '_deploy_plan', None) is not None)
+        export_onnx(export_model, path, shape=shape, deploy=deploy)
     except Exception as err:  # e.g. an operator ONNX lacks: report and go on
         return None, f'no onnxruntime row: export failed ({str(err).splitlines()[0][:120]})'
     return ort.InferenceSession(path, ort_options(args.threads),
@@ -453,7 +428,6 @@ def ort_options(threads: int):
 
 def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     """Training step (forward + backward) rows: eager, default, default with with_cp."""
-    from metaformer_mm.models.deploy import reference_forward
     device = args.device
     model = build_backbone(name).to(device).train()
     if not is_metaformer(model):
@@ -474,9 +448,9 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
         finally:
             model.with_cp = False
 
-    cases = dict(eager=step(lambda t: reference_forward(model, t)), default=step(model),
+    cases = dict(eager=step(lambda t: run_with(model, 'reference', t)), default=step(model),
                  with_cp=step(with_cp))
-    all_macs, _ = conv_macs(model, lambda: reference_forward(model, x[:1]))
+    all_macs, _ = conv_macs(model, lambda: run_with(model, 'reference', x[:1]))
     gemm_fn, gemm_flops = gemm
     times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.train_repeats,
                              device)
@@ -512,18 +486,15 @@ def model_inference(path: str, args, gemm: Tuple[Callable, float]) -> Table:
     cases: Dict[str, Callable] = {}
     if metaformer:
         def eager():
-            with eager_backbone(model):
-                return predict()
+            return run_with(model, 'reference', x, copy.deepcopy(samples), mode='predict')
         cases['eager'] = eager
         all_macs, _ = conv_macs(model, eager)
     else:
         all_macs, _ = conv_macs(model, predict)
     cases['default'] = predict
     if metaformer:
-        # A copy with the folded path built once, outside the timed calls.
-        deployed_model = copy.deepcopy(model)
-        deployed_model.backbone.switch_to_deploy()
-        cases['deploy'] = lambda: deployed_model(x, copy.deepcopy(samples), mode='predict')
+        cases['deploy'] = lambda: run_with(model, 'deploy', x, copy.deepcopy(samples),
+                                           mode='predict')
     gemm_fn, gemm_flops = gemm
     with torch.no_grad():
         times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.repeats, device)

@@ -9,7 +9,6 @@ and element-wise ops are not counted, as in the papers' tables. ``--paper`` adds
 ImageNet classifier at 224x224 (params and MACs), and the whole model's parameters.
 """
 import argparse
-import copy
 import logging
 import sys
 import warnings
@@ -135,22 +134,12 @@ class TensorForward:
 def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
             paper: bool = False) -> Dict[str, object]:
     """Builds the config's model (random weights) and counts; returns the figures as a dict."""
-    import metaformer_mm  # noqa: F401  (registers the backbones)
-    from mmengine.registry import init_default_scope
-    from metaformer_mm.cli.config import load_config
+    from metaformer_mm.cli.models import build_model_from_config, model_registry
 
-    cfg = load_config(config)
+    model = build_model_from_config(config)  # random weights: counting needs none
+    cfg, model_cfg = model.cfg, model.cfg.model
     scope = cfg.default_scope
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
     shape = tuple(shape) if shape else ((800, 1280) if scope == 'mmdet' else (512, 512))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.backbone.init_cfg = None  # counting needs no weights (and no download)
-    model_cfg.pop('pretrained', None)
-    model = MODELS.build(model_cfg).eval()
     params, macs = complexity(TensorForward.wrap(model, scope, shape), shape)
     bb_params, bb_macs = complexity(model.backbone, shape)
     out = dict(config=config, model=model_cfg.type, shape=shape, params=params, macs=macs,
@@ -163,7 +152,7 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
         for key in ('image_size', 'resize_mode'):
             if key in cfg.model.backbone:
                 classifier_cfg[key] = cfg.model.backbone[key]
-        classifier = MODELS.build(classifier_cfg).eval()
+        classifier = model_registry(scope).build(classifier_cfg).eval()
         out['classifier_params'], out['classifier_macs'] = complexity(classifier, (224, 224))
         out['paper_backbone'] = PAPER_BACKBONES.get(name)
         family = model_family(cfg.model)
@@ -198,13 +187,12 @@ def report(r: Dict[str, object]) -> str:
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = parse_args(argv)
     from mmengine.logging import MMLogger
-    from metaformer_mm.cli.config import ToolError
     if not args.verbose:
         # "Unsupported operator aten::gelu ..." is the documented convention, not a problem.
         MMLogger.get_current_instance().setLevel(logging.ERROR)
     try:
         result = analyse(args.config, args.shape, args.paper)
-    except ToolError as err:
+    except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     print(report(result))
     return result

@@ -11,7 +11,6 @@ backbone file in any supported layout (e.g. the ImageNet releases); without it t
 keeps random weights.
 """
 import argparse
-import copy
 import os
 import os.path as osp
 import sys
@@ -40,33 +39,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def build_backbone(config: str, checkpoint: Optional[str]):
     """The config's backbone with all four outputs, weights from ``checkpoint`` if given."""
-    import metaformer_mm  # noqa: F401  (registers the backbones)
-    from mmengine.registry import init_default_scope
-    from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
-    from metaformer_mm.cli.config import ToolError, load_config
+    from metaformer_mm.cli.models import (build_model_from_config, load_backbone_weights,
+                                          load_model_config)
+    from metaformer_mm.models import MetaFormer
+    from metaformer_mm.cli.config import ToolError
 
-    cfg = load_config(config)
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    backbone_cfg = copy.deepcopy(cfg.model.backbone)
+    cfg = load_model_config(config)
+    backbone_cfg = cfg.model.backbone
     if not backbone_cfg.get('fork_feat', True):
         raise ToolError('the backbone has fork_feat=False: it returns no feature maps')
-    backbone_cfg.update(out_indices=(0, 1, 2, 3), init_cfg=None)
-    backbone = MODELS.build(backbone_cfg)
-    if not hasattr(backbone, 'out_norms'):
+    backbone = build_model_from_config(cfg, part='backbone',
+                                       backbone_overrides=dict(out_indices=(0, 1, 2, 3)))
+    if not isinstance(backbone, MetaFormer):
         raise ToolError(f'{backbone_cfg.type} is not a MetaFormer backbone of this project')
-    backbone.init_weights()
-    report = None
-    if checkpoint:
-        state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
-        if prefix and any(k.startswith('backbone.patch_embed.') for k in state) and \
-                any(k.startswith('head.fc.') for k in state):
-            prefix = None  # an mmpretrain classifier: its loader handles the prefix
-        report = load_pretrained(backbone, checkpoint, prefix=prefix)
+    report = load_backbone_weights(backbone, checkpoint) if checkpoint else None
     return backbone.eval(), cfg, report
 
 
@@ -137,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     try:
         backbone, cfg, report = build_backbone(args.config, args.checkpoint)
         image, x = preprocess(args.image, cfg, args.size)
-    except (ToolError, CheckpointError, FileNotFoundError) as err:
+    except (ToolError, CheckpointError, FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     with torch.no_grad():
         feats = backbone(x)

@@ -7,12 +7,11 @@ CONFIG is a detection or segmentation config (its ``model.backbone`` is exported
 config whose ``model`` (or ``backbone``) is a backbone. CHECKPOINT, optional, is a whole
 detector/segmentor checkpoint (its ``backbone.`` keys are used) or backbone weights in any
 layout ``metaformer_mm.checkpoint`` reads; without it the weights are random (for timing).
-``--deploy`` exports the fused inference path (norms and layer scales folded into the 1x1
-convs). ``--verify`` runs onnxruntime on the export at the given size and at a second size
+``--deploy`` exports the folded formulation (``kernels='deploy'``: norms and layer scales
+folded into the 1x1 convs). ``--verify`` runs onnxruntime on the export at the given size and at a second size
 and prints the largest difference from PyTorch, relative to the output's magnitude.
 """
 import argparse
-import copy
 import os
 import os.path as osp
 import sys
@@ -31,7 +30,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', default=None,
                         help='output file (default: <config name>_backbone[_deploy].onnx)')
     parser.add_argument('--deploy', action='store_true',
-                        help='export the fused inference path (switch_to_deploy)')
+                        help="export the folded formulation (kernels='deploy')")
     parser.add_argument('--opset', type=int, default=17)
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with PyTorch at two sizes')
@@ -47,58 +46,26 @@ def _parse_options(options: List[str]) -> Dict:
     return parser.parse_args(['--o', *options]).o if options else {}
 
 
-def backbone_config(cfg) -> Dict:
-    """The backbone part of a config: ``model.backbone``, or a backbone ``model``/``backbone``."""
-    model = cfg.get('model')
-    if isinstance(model, dict) and isinstance(model.get('backbone'), dict):
-        return copy.deepcopy(model.backbone)
-    for candidate in (model, cfg.get('backbone')):
-        if isinstance(candidate, dict) and 'type' in candidate:
-            return copy.deepcopy(candidate)
-    raise SystemExit(f'{cfg.filename}: no model.backbone, model or backbone entry to export')
-
-
 def build_backbone(config: str, checkpoint: Optional[str] = None,
                    cfg_options: Optional[Dict] = None) -> torch.nn.Module:
     """Builds the config's backbone (random weights, or ``checkpoint``'s), in eval mode."""
-    import metaformer_mm  # noqa: F401  (registers the backbones)
-    from mmengine.config import Config
-    if not osp.isfile(config):
-        raise SystemExit(f'config file not found: {config}')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    bb_cfg = backbone_config(cfg)
-    bb_cfg['init_cfg'] = None  # weights come from CHECKPOINT (or stay random): no download
-    model = _build_registered(bb_cfg, cfg.get('default_scope'))
+    from metaformer_mm.cli.models import build_model_from_config
     from metaformer_mm.models import MetaFormer
+    try:
+        model = build_model_from_config(config, checkpoint, cfg_options=cfg_options,
+                                        part='backbone')
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(str(err))
     if not isinstance(model, MetaFormer):
         raise SystemExit(f'{config}: the backbone is a {type(model).__name__}; this tool '
                          f'exports MetaFormer backbones (PoolFormer, sMLPNet, ...)')
-    if checkpoint:
-        from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
-        state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
-        load_pretrained(model, checkpoint, prefix=prefix)
-    return model.eval()
-
-
-def _build_registered(bb_cfg: Dict, scope: Optional[str]) -> torch.nn.Module:
-    # Our backbones are in mmdet's and mmseg's registries; use the config's, else either.
-    if scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        try:
-            from mmdet.registry import MODELS
-        except ImportError:
-            from mmseg.registry import MODELS
-    return MODELS.build(bb_cfg)
+    return model
 
 
 def export(model: torch.nn.Module, out: str, shape: Tuple[int, int], deploy: bool,
            opset: int = 17) -> List[str]:
     """Exports ``model`` (a MetaFormer) to ``out``; returns the output names."""
-    from metaformer_mm.models.deploy import export_onnx
+    from metaformer_mm.cli.onnx import export_onnx
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     return export_onnx(model, out, shape=shape, opset=opset, deploy=deploy)
 
@@ -127,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                        ('_deploy' if args.deploy else '') + '.onnx')
     names = export(model, out, tuple(args.shape), args.deploy, args.opset)
     print(f'wrote {out}: input (N, 3, H, W) -> {", ".join(names)} '
-          f'({"fused deploy path" if args.deploy else "default path"}; dynamic N, H, W)')
+          f'({"folded deploy path" if args.deploy else "default path"}; dynamic N, H, W)')
     if args.verify:
         h, w = args.shape
         shapes = [(h, w), (h + 37, w - 19 if w > 64 else w + 19)]

@@ -19,9 +19,11 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_backbone
-from ..deploy import deploy_active, deploy_forward, switch_to_deploy
-from ..fast import (contiguous_nchw, drop_path_factor, fused_residual, is_plain_mlp, mlp_forward,
-                    scale_vector)
+from ..kernels import check_kernels, reference_block, reference_forward
+from ..kernels.elementwise import contiguous_nchw, drop_path_factor, fused_residual, scale_vector
+from ..kernels.folded import run_folded_stage
+from ..kernels.mlp import is_plain_mlp, mlp_forward
+from ..kernels.ops import autocast_enabled
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, Pooling, build_mixer
 from ..norms import build_norm
@@ -42,6 +44,8 @@ def _per_stage(value, name: str) -> List:
 
 class MetaFormerBlock(nn.Module):
     """One MetaFormer block: token mixing and channel MLP, each in a scaled residual branch."""
+
+    kernels = 'auto'  # set by ``MetaFormer.set_kernels``; see ``metaformer_mm.models.kernels``
 
     def __init__(self, dim: int, token_mixer: nn.Module, mlp: nn.Module, norm_cfg: Dict,
                  drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
@@ -64,8 +68,10 @@ class MetaFormerBlock(nn.Module):
         return Scale(dim, init_value) if init_value is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The plain formulation is ``deploy.reference_block``; this one computes the same
-        # with fused residual updates and channels-last GEMMs (see ``models/fast.py``).
+        if self.kernels == 'reference':
+            return reference_block(self, x)
+        # The same as ``reference_block``, with fused residual updates and channels-last
+        # GEMMs (see ``models/kernels``).
         branch = self.token_mixer(self.norm1(x))
         # Pooling returns a fresh buffer no backward saved, which may take the result.
         x = fused_residual(x, branch, scale_vector(self.layer_scale1),
@@ -77,11 +83,13 @@ class MetaFormerBlock(nn.Module):
             return fused_residual(x, self.mlp(z), ls2, rs2, drop_path_factor(self.drop_path2, x),
                                   branch_is_temporary=False)
         factor = drop_path_factor(self.drop_path2, x)
+        onednn = self.kernels != 'aten'
         if factor is not None:
-            return fused_residual(x, mlp_forward(self.mlp, z, out_scale=ls2), None, rs2, factor,
-                                  branch_is_temporary=True)
+            return fused_residual(x, mlp_forward(self.mlp, z, out_scale=ls2, onednn=onednn),
+                                  None, rs2, factor, branch_is_temporary=True)
         # Without autograd the result is added in place onto ``x``, a tensor this block made.
-        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2, out=x)
+        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2, out=x,
+                           onednn=onednn)
 
 
 class MetaFormerStage(nn.Module):
@@ -148,6 +156,10 @@ class MetaFormer(BaseModule):
             ``init_detector``, ...) converts known foreign layouts and raises
             ``CheckpointError`` when backbone tensors would be missing, unexpected or of
             another shape; False allows deliberate partial loads (logged as a warning).
+        kernels: how blocks are computed (``metaformer_mm.models.kernels``): ``'auto'`` the
+            fast default path, ``'aten'`` the same on aten GEMMs only, ``'reference'`` the
+            plain formulation of the original code, ``'deploy'`` the folded formulation in
+            ``eval()`` without autograd. Same results within 1e-4; ``set_kernels`` changes it.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             weights in any supported layout (see ``metaformer_mm.checkpoint``).
         **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
@@ -161,7 +173,7 @@ class MetaFormer(BaseModule):
     def __init__(self, arch: Union[str, Dict, None] = None, in_channels: int = 3,
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
-                 drop_path_rate: float = 0.0, num_classes: int = 1000,
+                 drop_path_rate: float = 0.0, num_classes: int = 1000, kernels: str = 'auto',
                  strict_load: bool = True,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None, **arch_overrides) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -229,6 +241,7 @@ class MetaFormer(BaseModule):
             head = dict(settings['head'])
             self.head = ClassifierHead(dims[-1], num_classes, **head)
         self._freeze_stages()
+        self.set_kernels(kernels)
 
     @classmethod
     def _resolve_arch(cls, arch: Union[str, Dict], overrides: Dict) -> Dict:
@@ -251,6 +264,9 @@ class MetaFormer(BaseModule):
 
     # ---------------------------------------------------------------- forward
     def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if (self.kernels == 'deploy' and not self.training and not torch.is_grad_enabled()
+                and not autocast_enabled()):
+            return run_folded_stage(blocks, x)
         if self.with_cp and self.training and torch.is_grad_enabled():
             for block in blocks:
                 x = cp.checkpoint(block, x, use_reentrant=False)
@@ -282,8 +298,8 @@ class MetaFormer(BaseModule):
         return torch.channels_last
 
     def forward(self, x: torch.Tensor) -> Union[Tuple[torch.Tensor, ...], torch.Tensor]:
-        if deploy_active(self):
-            return deploy_forward(self, x)
+        if self.kernels == 'reference':
+            return reference_forward(self, x)
         if not self.fork_feat:
             return self.head(self.forward_stages(x)[-1])
         stage_outs = self.forward_stages(x, last=max(self.out_indices))
@@ -291,17 +307,18 @@ class MetaFormer(BaseModule):
         return tuple(contiguous_nchw(self.out_norms[str(i)](stage_outs[i]))
                      for i in self.out_indices)
 
-    def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
-        """Builds the fused inference path (or drops it with ``enable=False``); returns self.
+    def set_kernels(self, kernels: str) -> 'MetaFormer':
+        """Chooses how blocks are computed (see the ``kernels`` argument); returns self."""
+        self.kernels = check_kernels(kernels)
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.kernels = kernels
+        return self
 
-        Blocks with pooling/identity mixers and GroupNorm(1) norms (PoolFormer, PoolFormerV2,
-        IdentityFormer) get their norms and layer scales folded into the 1x1 convs and run
-        chunk by chunk in cache (see ``metaformer_mm.models.deploy``); other stages keep the
-        default path. Reversible: parameters and state-dict keys are untouched, the folded
-        weights are a cache rebuilt when a parameter changes. Used in ``eval()`` without
-        autograd only; training takes the default path.
-        """
-        return switch_to_deploy(self, enable)
+    def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
+        """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), kept for mmcv-style
+        code: pooling/identity stages run folded (``models.kernels.folded``); returns self."""
+        return self.set_kernels('deploy' if enable else 'auto')
 
     # ---------------------------------------------------------------- training state
     def _frozen_modules(self) -> List[nn.Module]:

@@ -1,0 +1,106 @@
+"""Building a model from a config: the one way the tools (benchmark, get_flops, export_onnx,
+visualize_features) do it."""
+import copy
+import os.path as osp
+import tempfile
+from typing import Dict, Optional, Union
+
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.registry import Registry, init_default_scope
+
+SCOPES = ('mmdet', 'mmseg')
+
+
+def load_model_config(config: Union[str, Config], cfg_options: Optional[Dict] = None) -> Config:
+    """A config from a file or a packaged ``mmdet::``/``mmseg::`` name, ``cfg_options`` merged,
+    with ``default_scope`` set: the config's, else guessed from the model."""
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif '::' in config:
+        with tempfile.TemporaryDirectory() as tmp:
+            wrapper = osp.join(tmp, 'wrapper.py')
+            with open(wrapper, 'w') as f:
+                f.write(f'_base_ = [{config!r}]\n')
+            cfg = Config.fromfile(wrapper)
+    elif not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config}')
+    else:
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    model = cfg.get('model') or {}
+    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in model else 'mmdet')
+    if scope not in SCOPES:
+        raise ValueError(f'{config}: default_scope {scope!r} is not supported; expected one '
+                         f'of {SCOPES}')
+    cfg.default_scope = scope
+    return cfg
+
+
+def model_registry(scope: str) -> Registry:
+    """mmdet's or mmseg's ``MODELS`` (this project's backbones are in both), scope initialised."""
+    import metaformer_mm  # noqa: F401  (registers the backbones)
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    return MODELS
+
+
+def backbone_config(cfg: Config) -> Dict:
+    """The backbone part of a config: ``model.backbone``, or a backbone ``model``/``backbone``."""
+    model = cfg.get('model')
+    if isinstance(model, dict) and isinstance(model.get('backbone'), dict):
+        return copy.deepcopy(model.backbone)
+    for candidate in (model, cfg.get('backbone')):
+        if isinstance(candidate, dict) and 'type' in candidate:
+            return copy.deepcopy(candidate)
+    raise ValueError(f'{cfg.filename}: no model.backbone, model or backbone entry')
+
+
+def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> Dict:
+    """Loads a whole-model checkpoint's ``backbone.*`` or backbone weights in any layout
+    ``metaformer_mm.checkpoint`` reads into ``backbone``; returns the loading report."""
+    from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
+    state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
+    prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
+    if prefix and any(k.startswith('backbone.patch_embed.') for k in state) and \
+            any(k.startswith('head.fc.') for k in state):
+        prefix = None  # an mmpretrain classifier: its loader handles the prefix
+    return load_pretrained(backbone, checkpoint, prefix=prefix)
+
+
+def build_model_from_config(config: Union[str, Config], checkpoint: Optional[str] = None,
+                            device: str = 'cpu', cfg_options: Optional[Dict] = None,
+                            part: str = 'model',
+                            backbone_overrides: Optional[Dict] = None) -> nn.Module:
+    """The config's model (``part='model'``) or its backbone (``part='backbone'``), in eval mode.
+
+    ``init_cfg`` weights are never downloaded: the weights are ``checkpoint``'s (a whole
+    model's for ``'model'``; a whole model's or backbone weights in any supported layout for
+    ``'backbone'``), else random. ``backbone_overrides`` update the backbone's config (e.g.
+    ``out_indices``). The loaded config is ``model.cfg``, as mmdet's ``init_detector`` does.
+    """
+    if part not in ('model', 'backbone'):
+        raise ValueError(f"part must be 'model' or 'backbone', got {part!r}")
+    cfg = load_model_config(config, cfg_options)
+    registry = model_registry(cfg.default_scope)
+    if part == 'backbone':
+        model_cfg = backbone_config(cfg)
+        model_cfg.update(backbone_overrides or {}, init_cfg=None)
+    else:
+        model_cfg = copy.deepcopy(cfg.model)
+        model_cfg.backbone.update(backbone_overrides or {}, init_cfg=None)
+        model_cfg.pop('pretrained', None)
+    model = registry.build(model_cfg)
+    if part == 'backbone':
+        model.init_weights()
+        if checkpoint:
+            load_backbone_weights(model, checkpoint)
+    elif checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    model.cfg = cfg
+    return model.to(device).eval()

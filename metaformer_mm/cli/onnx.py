@@ -1,0 +1,40 @@
+"""ONNX export of a MetaFormer backbone (tools/deploy/export_onnx.py and the benchmark)."""
+import inspect
+import warnings
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..models.kernels import use_kernels
+
+
+def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int] = (224, 224),
+                batch: int = 1, opset: int = 17, deploy: bool = False) -> List[str]:
+    """Exports a MetaFormer backbone to ONNX with dynamic batch, height and width.
+
+    ``deploy=True`` exports the folded formulation (``kernels='deploy'``), otherwise the
+    default path (traced, it is plain whole-tensor ops). The model is put in ``eval()`` mode
+    and keeps its ``kernels``. Returns the output names.
+    """
+    model.eval()
+    x = torch.randn(batch, model.stem.conv.in_channels, *shape)
+    names = [f'stage{i}' for i in model.out_indices] if model.fork_feat else ['logits']
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    for name in names:
+        axes[name] = {0: 'batch', 2: f'{name}_height', 3: f'{name}_width'} \
+            if model.fork_feat else {0: 'batch'}
+    # The TorchScript-based exporter: it needs no onnxscript and keeps dynamic axes. The
+    # folded weights are computed in the graph from the parameters; the exporter's constant
+    # folding mis-orders them when parameters repeat (fresh norms), so onnxruntime folds them
+    # when it loads the model instead.
+    extra = {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters \
+        else {}
+    with use_kernels(model, 'deploy' if deploy else 'auto'), warnings.catch_warnings(), \
+            torch.no_grad():
+        # The tracer warns about Python-level shape checks; they hold for every input size.
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (x,), path, input_names=['input'], output_names=names,
+                          dynamic_axes=axes, opset_version=opset, do_constant_folding=not deploy,
+                          **extra)
+    return names

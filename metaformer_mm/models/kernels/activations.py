@@ -1,0 +1,78 @@
+"""One table of the MLP activations: module type -> fused, in-place, out= and backward forms.
+
+An activation module maps to a kind (``act_kind``); each kind's ``ActKernel`` says how the
+chunked MLP applies it: fused into oneDNN's GEMM epilogue (``onednn``, or None where oneDNN
+has no such epilogue), in place on a hidden chunk, into a buffer (the training forward, which
+keeps the pre-activation), its backward (the training MLP recomputes it chunk by chunk), and
+out of place (the folded path, traceable). StarReLU (``s * relu(h)^2 + b``) is ``relu_square``
+with its scalars folded into the next linear (``fold_into_fc2``). Modules of other types have
+no kind: the MLP then calls them as they are.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import SquaredReLU, StarReLU
+from . import ops
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ActKernel:
+    """The forms of one activation kind."""
+    onednn: Optional[Tuple[str, str]]              # oneDNN epilogue (name, algorithm)
+    inplace: Callable[[Tensor], Tensor]            # act(h), written into h
+    out: Callable[[Tensor, Tensor], Tensor]        # act(h), written into out (h kept)
+    backward: Optional[Callable[[Tensor, Tensor], Tensor]]  # (grad, h) -> grad * act'(h), into grad
+    plain: Callable[[Tensor], Tensor]              # act(h), out of place
+
+
+def _identity(h: Tensor) -> Tensor:
+    return h
+
+
+def _gelu(approximate: str) -> ActKernel:
+    return ActKernel(('gelu', approximate), lambda h: ops.gelu_into(h, approximate, h),
+                     lambda h, out: ops.gelu_into(h, approximate, out),
+                     lambda g, h: ops.gelu_backward_(g, h, approximate),
+                     lambda h: F.gelu(h, approximate=approximate))
+
+
+ACTS: Dict[str, ActKernel] = {
+    'gelu': _gelu('none'),
+    'gelu_tanh': _gelu('tanh'),
+    'relu': ActKernel(('relu', ''), torch.relu_, lambda h, out: torch.clamp_min(h, 0, out=out),
+                      lambda g, h: g.mul_(h > 0), F.relu),
+    'relu_square': ActKernel(None, lambda h: h.relu_().square_(),
+                             lambda h, out: torch.clamp_min(h, 0, out=out).square_(), None,
+                             lambda h: F.relu(h).square()),
+    'none': ActKernel(('none', ''), _identity, lambda h, out: h, lambda g, h: g, _identity),
+}
+
+_KIND_OF_TYPE: Dict[type, Callable[[nn.Module], str]] = {
+    nn.GELU: lambda act: 'gelu' if act.approximate == 'none' else 'gelu_tanh',
+    nn.ReLU: lambda act: 'relu',
+    nn.Identity: lambda act: 'none',
+    StarReLU: lambda act: 'relu_square',
+    SquaredReLU: lambda act: 'relu_square',
+}
+
+
+def act_kind(act: nn.Module) -> Optional[str]:
+    """The ``ACTS`` key of an activation module, None for types the table lacks."""
+    kind = _KIND_OF_TYPE.get(type(act))
+    return None if kind is None else kind(act)
+
+
+def fold_into_fc2(act: nn.Module, w2: Tensor, b2: Optional[Tensor]
+                  ) -> Tuple[Tensor, Optional[Tensor]]:
+    """fc2's weight and bias with StarReLU's scale and bias folded in (``W2 (s r + b) + b2``);
+    the same tensors for every other activation."""
+    if not isinstance(act, StarReLU):
+        return w2, b2
+    shift = act.bias * w2.sum(1)
+    return w2 * act.scale, shift if b2 is None else b2 + shift

@@ -1,0 +1,188 @@
+"""The channel MLP on channels-last token rows: one chunked loop for inference and training.
+
+``fc2(act(fc1(x)))`` of a 1x1-conv MLP runs as GEMMs on the ``(N*H*W, C)`` view of a
+channels-last map, with the layer scale folded into fc2's weight (one GEMM instead of a GEMM
+and a multiply). On the CPU the rows go in chunks (``chunked_mlp``), so that the 4x-wide
+hidden activation never leaves the cache, on oneDNN's linear with fused epilogues (fc1 +
+bias + activation, fc2 + bias + residual) where ``activations.ACTS`` names one, else on aten
+GEMMs. In training (``_ChunkedMlp``) the same loop keeps only the pre-activation, and
+backward recomputes the activation chunk by chunk: the activation, its gradient and the
+pre-activation's gradient (three 4C-per-token tensors per block) are never allocated in full.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import Mlp
+from . import chunking, ops
+from .activations import ACTS, ActKernel, act_kind, fold_into_fc2
+from .elementwise import fused_residual
+
+Tensor = torch.Tensor
+
+
+def is_plain_mlp(mlp: nn.Module) -> bool:
+    """True for a ``layers.Mlp`` (1x1 convs) without dropout (what every preset uses)."""
+    return isinstance(mlp, Mlp) and isinstance(mlp.drop, nn.Identity)
+
+
+def _gemm_into(x: Tensor, wt: Tensor, bias: Optional[Tensor], out: Tensor) -> Tensor:
+    """``out = x @ wt [+ bias]``, written into ``out`` (a chunk of a preallocated buffer)."""
+    return torch.mm(x, wt, out=out) if bias is None else torch.addmm(bias, x, wt, out=out)
+
+
+def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                b2: Optional[Tensor], dst: Tensor, act: Union[ActKernel, nn.Module],
+                epilogue: Optional[Tuple[str, str]] = None, base: Optional[Tensor] = None,
+                res_scale: Optional[Tensor] = None, pre: Optional[Tensor] = None) -> None:
+    """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of token rows.
+
+    ``epilogue`` (oneDNN's name and algorithm of ``act``) selects oneDNN's fused kernels;
+    without it the GEMMs are aten's and ``act`` (a table entry, or a module called as it is)
+    runs in place, or, when ``pre`` is given (training), fc1's output is kept in ``pre`` and
+    the activation goes to a scratch chunk. ``dst`` may alias ``rows`` or ``base``: each
+    chunk is written after the last read of its rows.
+    """
+    n, hidden = rows.shape[0], w1.shape[0]
+    step = max(64, chunking.SIZES['onednn_mlp' if epilogue else 'aten_mlp'] // hidden)
+    buf = None if epilogue else rows.new_empty((min(step, n), hidden))
+    w1t, w2t = w1.t(), w2.t()
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        target, res = dst[start:stop], None if base is None else base[start:stop]
+        if epilogue:
+            h = ops.onednn_linear(rows[start:stop], w1, b1, *epilogue)
+            if res is None:
+                target.copy_(ops.onednn_linear(h, w2, b2, 'none', ''))
+            else:
+                res = res if res_scale is None else res * res_scale
+                target.copy_(ops.onednn_linear_add(h, res, w2, b2))
+            continue
+        h = _gemm_into(rows[start:stop], w1t, b1,
+                       buf[:stop - start] if pre is None else pre[start:stop])
+        if pre is not None:
+            h = act.out(h, buf[:stop - start])
+        else:
+            h = act.inplace(h) if isinstance(act, ActKernel) else act(h)
+        if res is None:
+            _gemm_into(h, w2t, b2, target)
+            continue
+        if res_scale is not None:
+            torch.mul(res, res_scale, out=target)
+        elif target.data_ptr() != res.data_ptr():
+            target.copy_(res)
+        if b2 is not None:
+            target.add_(b2)
+        target.addmm_(h, w2t)
+
+
+def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
+                residual: Optional[Tensor] = None, res_scale: Optional[Tensor] = None,
+                out: Optional[Tensor] = None, onednn: bool = True) -> Tensor:
+    """``[residual * res_scale +] out_scale * fc2(act(fc1(x)))`` of a plain MLP on NCHW ``x``.
+
+    The result is channels-last. ``out`` (no-grad only) is an NCHW buffer of ``residual``'s
+    shape that may receive the result, e.g. ``x`` itself when nothing else reads it
+    afterwards. ``onednn=False`` keeps the aten GEMMs even where oneDNN's would run.
+    """
+    tokens = x.permute(0, 2, 3, 1)
+    if not tokens.is_contiguous():
+        # An NCHW model (e.g. sMLPNet, whose axial mixing wants NCHW): the 1x1 convs as
+        # convs, the layer scale in the fused residual update.
+        o = mlp.fc2(mlp.act(mlp.fc1(x)))
+        if residual is None:
+            return o if out_scale is None else o * out_scale.view(1, -1, 1, 1)
+        return fused_residual(residual, o, out_scale, res_scale, None, branch_is_temporary=True)
+    w1, b1 = mlp.fc1.weight.flatten(1), mlp.fc1.bias
+    w2, b2 = mlp.fc2.weight.flatten(1), mlp.fc2.bias
+    if out_scale is not None:
+        w2 = w2 * out_scale.view(-1, 1)
+        b2 = None if b2 is None else b2 * out_scale
+    grad = torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad)
+    chunkable = x.device.type == 'cpu' and not ops.autocast_enabled() and not ops.exporting()
+    kernel = ACTS.get(act_kind(mlp.act))
+    n, h, w, c = tokens.shape
+    out_channels = w2.shape[0]
+    if chunkable and not grad:
+        base = None
+        if residual is not None:  # (a copy only for an odd layout)
+            base = residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)
+        if not (out is not None and out.permute(0, 2, 3, 1).is_contiguous()
+                and out.shape == (n, out_channels, h, w) and out.dtype == tokens.dtype):
+            out = tokens.new_empty((n, h, w, out_channels)).permute(0, 3, 1, 2)
+        act, epilogue = mlp.act, None
+        if kernel is not None:
+            w2, b2 = fold_into_fc2(act, w2, b2)
+            act = kernel
+            if (onednn and kernel.onednn is not None and tokens.dtype == torch.float32
+                    and w1.dtype == w2.dtype == torch.float32 and ops.available('onednn_linear')):
+                epilogue = kernel.onednn
+        chunked_mlp(tokens.reshape(-1, c), w1, b1, w2, b2,
+                    out.permute(0, 2, 3, 1).view(-1, out_channels), act, epilogue, base,
+                    res_scale)
+        return out
+    base = residual if res_scale is None or residual is None else \
+        residual * res_scale.view(1, -1, 1, 1)
+    if (chunkable and kernel is not None and kernel.backward is not None
+            and tokens.dtype == w1.dtype and (base is None or base.dtype == tokens.dtype)):
+        if base is not None:
+            base = base.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)
+        rows = _ChunkedMlp.apply(tokens.reshape(-1, c), base, w1, b1, w2, b2, kernel)
+        return rows.view(n, h, w, out_channels).permute(0, 3, 1, 2)
+    o = F.linear(mlp.act(F.linear(tokens, w1, b1)), w2, b2).permute(0, 3, 1, 2)
+    if residual is None:
+        return o
+    return fused_residual(residual, o, None, res_scale, None, branch_is_temporary=True)
+
+
+class _ChunkedMlp(torch.autograd.Function):
+    """``residual + fc2(act(fc1(z)))`` on token rows, chunk by chunk, for training.
+
+    Forward is ``chunked_mlp`` on aten GEMMs keeping the pre-activation ``fc1(z)``; backward
+    recomputes the activation chunk by chunk while the chunk is in cache. Weight gradients
+    accumulate over the chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, residual: Optional[Tensor], w1: Tensor, b1: Optional[Tensor],
+                w2: Tensor, b2: Optional[Tensor], kernel: ActKernel) -> Tensor:
+        pre = z.new_empty((z.shape[0], w1.shape[0]))
+        out = z.new_empty((z.shape[0], w2.shape[0]))
+        chunked_mlp(z, w1, b1, w2, b2, out, kernel, base=residual, pre=pre)
+        ctx.kernel, ctx.has_b1, ctx.has_b2 = kernel, b1 is not None, b2 is not None
+        ctx.has_residual = residual is not None
+        ctx.save_for_backward(z, pre, w1, w2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        z, pre, w1, w2 = ctx.saved_tensors
+        kernel = ctx.kernel
+        need_z, _, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
+        grad_out = grad_out.contiguous()
+        rows, hidden = pre.shape
+        step = max(64, chunking.SIZES['aten_mlp'] // hidden)
+        grad_z = z.new_empty(z.shape) if need_z else None
+        grad_w1 = w1.new_zeros(w1.shape) if need_w1 else None
+        grad_w2 = w2.new_zeros(w2.shape) if need_w2 else None
+        grad_b1 = w1.new_zeros(hidden) if need_b1 and ctx.has_b1 else None
+        grad_b2 = grad_out.sum(0) if need_b2 and ctx.has_b2 else None
+        act_buf = z.new_empty((min(step, rows), hidden))
+        grad_buf = z.new_empty((min(step, rows), hidden))
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            h, g = pre[start:stop], grad_out[start:stop]
+            if grad_w2 is not None:
+                grad_w2.addmm_(g.t(), kernel.out(h, act_buf[:stop - start]))
+            grad_h = kernel.backward(torch.mm(g, w2, out=grad_buf[:stop - start]), h)
+            if grad_b1 is not None:
+                grad_b1 += grad_h.sum(0)
+            if grad_w1 is not None:
+                grad_w1.addmm_(grad_h.t(), z[start:stop])
+            if grad_z is not None:
+                torch.mm(grad_h, w1, out=grad_z[start:stop])
+        grad_res = grad_out if ctx.has_residual and ctx.needs_input_grad[1] else None
+        return grad_z, grad_res, grad_w1, grad_b1, grad_w2, grad_b2, None

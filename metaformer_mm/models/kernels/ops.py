@@ -1,0 +1,84 @@
+"""The private torch operators the fast path uses, each tested once before use, with fallbacks.
+
+oneDNN's linear with fused epilogues (what inductor emits on x86 CPUs) and aten's in-place
+/ ``out=`` GELU kernels are not public API: a torch build may lack them or change them.
+Each is called once on a tiny tensor and compared with the plain op; where that fails the
+public formulation runs instead (for oneDNN: the aten GEMMs of ``mlp.py``).
+"""
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+_ATEN = torch.ops.aten
+
+
+def _probe_onednn() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    x, w, b, other = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5), torch.randn(3, 5)
+    fused = torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [], 'none')
+    added = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, 'add')
+    return (torch.allclose(fused, F.gelu(F.linear(x, w, b)), atol=1e-5)
+            and torch.allclose(added, F.linear(x, w, b) + other, atol=1e-5))
+
+
+def _probe_gelu() -> bool:
+    h, g = torch.randn(7), torch.randn(7)
+    ref = torch.func.vjp(F.gelu, h)[1](g)[0]
+    out = _ATEN.gelu.out(h.clone(), approximate='none', out=torch.empty(7))
+    inplace = h.clone()
+    grad = _ATEN.gelu_backward.grad_input(g, h, approximate='none', grad_input=torch.empty(7))
+    _ATEN.gelu.out(inplace, approximate='none', out=inplace)
+    return (torch.allclose(inplace, F.gelu(h)) and torch.allclose(out, F.gelu(h))
+            and torch.allclose(grad, ref, atol=1e-6))
+
+
+_PROBES = {'onednn_linear': _probe_onednn, 'aten_gelu': _probe_gelu}
+
+
+@functools.lru_cache(maxsize=None)
+def available(name: str) -> bool:
+    """Whether the private operator ``name`` (a key of ``_PROBES``) works in this build."""
+    try:
+        return bool(_PROBES[name]())
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  act: str, algorithm: str) -> torch.Tensor:
+    """``act(x @ weight.T + bias)`` with the activation fused in oneDNN's GEMM epilogue."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], algorithm)
+
+
+def onednn_linear_add(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x @ weight.T + bias + other`` with the residual add fused in oneDNN's epilogue."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, 'add')
+
+
+def gelu_into(h: torch.Tensor, approximate: str, out: torch.Tensor) -> torch.Tensor:
+    """GELU of ``h`` written into ``out`` (``out`` may be ``h``)."""
+    if available('aten_gelu'):
+        return _ATEN.gelu.out(h, approximate=approximate, out=out)
+    return out.copy_(F.gelu(h, approximate=approximate))
+
+
+def gelu_backward_(grad: torch.Tensor, h: torch.Tensor, approximate: str) -> torch.Tensor:
+    """The gradient of GELU at ``h`` times ``grad``, written into ``grad``."""
+    if available('aten_gelu'):
+        return _ATEN.gelu_backward.grad_input(grad, h, approximate=approximate, grad_input=grad)
+    vjp = torch.func.vjp(lambda t: F.gelu(t, approximate=approximate), h)[1]
+    return grad.copy_(vjp(grad)[0])
+
+
+def autocast_enabled() -> bool:
+    """Whether any autocast context is active (the chunked kernels use explicit dtypes)."""
+    return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
+
+
+def exporting() -> bool:
+    """Whether the model is being traced, scripted or exported (no Python-level chunking)."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
