@@ -76,7 +76,10 @@ def gelu_backward_(grad: torch.Tensor, h: torch.Tensor, approximate: str) -> tor
 
 def autocast_enabled() -> bool:
     """Whether any autocast context is active (the chunked kernels use explicit dtypes)."""
-    return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
+    try:
+        return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
+    except TypeError:  # torch < 2.4 takes no device argument (the floor is 2.1)
+        return torch.is_autocast_cpu_enabled() or torch.is_autocast_enabled()
 
 
 def exporting() -> bool:
