@@ -239,3 +239,58 @@ def register_package_configs() -> None:
     """
     from mmengine.config import utils
     utils.MODULE2PACKAGE.setdefault('metaformer_mm', __name__)
+
+
+# --------------------------------------------------------------------------- README tables
+# The README's model-zoo tables are generated from the index between these markers, and a
+# test checks that they are up to date (``python tools/model_zoo.py readme --write``).
+README_BLOCK = re.compile(r'(<!-- model-index:(\w+) .*?-->\n)(.*?)(<!-- /model-index -->)', re.S)
+
+
+def _metric(entry: dict, key: str) -> str:
+    for result in entry.get('Results') or []:
+        if key in result.get('Metrics', {}):
+            return f'{result["Metrics"][key]:.1f}'
+    return '–'
+
+
+def _released(entry: dict) -> str:
+    cells = []
+    if entry.get('Weights'):
+        metrics = entry.get('Weights Results') or {}
+        score = ', '.join(f'{k} {v}' for k, v in metrics.items() if isinstance(v, float))
+        cells.append(f'[mmseg{f" ({score})" if score else ""}]({entry["Weights"]})')
+    if entry.get('Download Page'):
+        cells.append(f'[sail-sg, Google Drive]({entry["Download Page"]}) (by hand)')
+    return ', '.join(cells) or '–'
+
+
+def markdown_table(kind: str, index: Optional[Dict[str, dict]] = None) -> str:
+    """The README table of ``kind`` ('detection' or 'segmentation') from the index."""
+    index = index if index is not None else model_index()
+    data = {'detection': 'COCO', 'segmentation': 'ADE20K'}[kind]
+    rows = [e for e in index.values() if e['Metadata'].get('Training Data') == data]
+    if kind == 'detection':
+        lines = ['| Model name | Method | Backbone | Params | box AP | mask AP | Config '
+                 '| Released checkpoint |', '|---|---|---|---|---|---|---|---|']
+    else:
+        lines = ['| Model name | Backbone | Params | mIoU (paper) | Config | Released checkpoint |',
+                 '|---|---|---|---|---|---|']
+    for e in rows:
+        arch = e['Metadata']['Architecture']
+        params = e['Metadata'].get('Parameters (M)')
+        params = f'{params:.2f}M' if params else '–'
+        config = f'[{osp.basename(e["Config"])}]({e["Config"]})'
+        if kind == 'detection':
+            cells = [arch[1], arch[0], params, _metric(e, 'box AP'), _metric(e, 'mask AP')]
+        else:
+            cells = [arch[0], params, _metric(e, 'mIoU')]
+        lines.append('| ' + ' | '.join([f'`{e["Name"]}`', *cells, config, _released(e)]) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def render_readme(text: str, index: Optional[Dict[str, dict]] = None) -> str:
+    """``text`` with every generated model-index block replaced by the index's table."""
+    return README_BLOCK.sub(lambda m: m.group(1) + markdown_table(m.group(2), index)
+                            + m.group(4), text)
+
