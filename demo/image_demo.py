@@ -245,6 +245,11 @@ def main(argv: Optional[List[str]] = None) -> str:
 
     if not osp.isfile(args.image):
         sys.exit(f'error: image file not found: {args.image}')
+    import cv2
+    # header check only (no decoding): an empty or non-image file would otherwise end in a
+    # cv2 error deep in the pipeline that does not name the file
+    if osp.getsize(args.image) == 0 or not cv2.haveImageReader(args.image):
+        sys.exit(f'error: cannot read image {args.image}: empty or not an image file')
     if args.gt_ann and not osp.isfile(args.gt_ann):
         sys.exit(f'error: --gt-ann file not found: {args.gt_ann}')
     if args.max_side < 16:

@@ -181,6 +181,13 @@ def test_image_demo_reports_missing_files(tmp_path):
     message = exits_with(tool('demo/image_demo.py').main,
                          [str(tmp_path / 'none.jpg'), RETINA_S12, str(tmp_path / 'none.pth')])
     assert 'image file not found' in message
+    empty = tmp_path / 'empty.jpg'
+    empty.write_bytes(b'')
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image')
+    for bad in (empty, text):
+        message = exits_with(tool('demo/image_demo.py').main, [str(bad), RETINA_S12, 'x.pth'])
+        assert f'cannot read image {bad}' in message
 
 
 def test_image_demo_names_and_unknown_names(tmp_path, data_dir):
