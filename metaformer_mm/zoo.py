@@ -101,11 +101,14 @@ def _read_mapping(path: str) -> Dict[str, str]:
         raise FileNotFoundError(f'{WEIGHTS_ENV}={path}: file not found')
     with open(path) as f:
         text = f.read()
-    if path.endswith('.json'):
-        data = json.loads(text)
-    else:
-        import yaml
-        data = yaml.safe_load(text)
+    try:
+        if path.endswith('.json'):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as err:  # JSON/YAML syntax errors do not name the file
+        raise ValueError(f'{WEIGHTS_ENV}={path}: cannot parse it: {err}') from None
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f'{WEIGHTS_ENV}={path}: expected a mapping of names to URLs or paths')

@@ -177,6 +177,11 @@ def test_weights_table_overrides(tmp_path, monkeypatch):
     mapping.write_text('- not a mapping\n')
     with pytest.raises(ValueError, match='expected a mapping'):
         zoo.resolve_weights('poolformer_s12')
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"poolformer_s12": ')
+    monkeypatch.setenv(zoo.WEIGHTS_ENV, str(broken))
+    with pytest.raises(ValueError, match='broken.json: cannot parse it'):
+        zoo.resolve_weights('poolformer_s12')
     monkeypatch.setenv(zoo.WEIGHTS_ENV, str(tmp_path / 'none.json'))
     with pytest.raises(FileNotFoundError, match='none.json'):
         zoo.resolve_weights('poolformer_s12')
