@@ -9,7 +9,8 @@ It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes),
 of local and http(s) checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
 (errors that name the file and the problem; embedded configs that would run code are refused).
 ``enable_bf16_inference(model)`` / ``apply_bf16(cfg)``: bf16 inference with fp32
-post-processing (:mod:`metaformer_mm.inference`).
+post-processing (:mod:`metaformer_mm.inference`). mmengine finds this package's configs as
+``metaformer_mm::detection/...`` in ``_base_`` (see ``metaformer_mm.zoo``).
 """
 import torch
 
@@ -22,8 +23,10 @@ from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
 from .engine import install_checkpoint_loader  # noqa: E402
 from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
+from .zoo import register_package_configs  # noqa: E402
 
 allow_mmengine_checkpoint_types()
 install_checkpoint_loader()
+register_package_configs()
 
 __all__ = ['__version__', 'apply_bf16', 'enable_bf16_inference']

@@ -93,7 +93,8 @@ def test_demo_runs_end_to_end(short_demo):
     # Files written where the demo says.
     assert osp.basename(summary['checkpoint']) == 'iter_6.pth' and osp.isfile(summary['checkpoint'])
     assert summary['prediction'] == osp.join(work_dir, 'prediction.jpg')
-    assert _png_size(summary['prediction']) == (480, 480)  # drawn 3x: 160 px is too small to read
+    # ground truth | prediction, each drawn 3x (160 px is too small to read), under a title strip
+    assert _png_size(summary['prediction']) == (24 + 480, 2 * 480)
     assert f'prediction written to {summary["prediction"]}' in out
     h, w = _png_size(summary['curves'])
     assert w > 2 * h
@@ -180,6 +181,95 @@ def test_image_demo_reports_missing_files(tmp_path):
     message = exits_with(tool('demo/image_demo.py').main,
                          [str(tmp_path / 'none.jpg'), RETINA_S12, str(tmp_path / 'none.pth')])
     assert 'image file not found' in message
+    empty = tmp_path / 'empty.jpg'
+    empty.write_bytes(b'')
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image')
+    for bad in (empty, text):
+        message = exits_with(tool('demo/image_demo.py').main, [str(bad), RETINA_S12, 'x.pth'])
+        assert f'cannot read image {bad}' in message
+
+
+def test_image_demo_names_and_unknown_names(tmp_path, data_dir):
+    main = tool('demo/image_demo.py').main
+    image = osp.join(data_dir, 'demo', 'demo.jpg')
+    message = exits_with(main, [image, 'retinanet_poolformer_s13', str(tmp_path / 'x.pth')])
+    assert 'closest' in message and 'retinanet_poolformer_s12' in message
+    # A name without a checkpoint: the index has only a Google Drive page for this one.
+    message = exits_with(main, [image, 'retinanet_poolformer_s12'])
+    assert 'download it by hand from https://drive.google.com/' in message
+    message = exits_with(main, [image, 'retinanet_poolformer_s12', str(tmp_path / 'none.pth')])
+    assert 'checkpoint file not found' in message
+
+
+@pytest.fixture(scope='module')
+def random_demo_detector(tmp_path_factory):
+    """A random-weight checkpoint of the demo config (3 shape classes), saved as training
+    would: with the dataset's class names."""
+    import metaformer_mm  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(DEMO_CONFIG)
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    path = str(tmp_path_factory.mktemp('random_detector') / 'retina_random.pth')
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': {'classes': ('square', 'circle', 'triangle')}}}, path)
+    return path
+
+
+def test_image_demo_draws_a_large_image_at_a_bounded_size(random_demo_detector, tmp_path):
+    """A 6000x4000 photo: inference on the full image, the picture at --max-side pixels, and
+    the process's peak memory far below what drawing at full size takes (measured: 0.9 GB at
+    the default 2048 px, 3.5 GB at --max-side 6000)."""
+    import cv2
+    import numpy as np
+    image = str(tmp_path / 'large.jpg')
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
+    cv2.imwrite(image, cv2.resize(small, (6000, 4000), interpolation=cv2.INTER_NEAREST))
+    out_file = str(tmp_path / 'large_pred.jpg')
+    script = ('import resource, runpy, sys\n'
+              f'sys.argv = {["image_demo.py", image, DEMO_CONFIG, random_demo_detector, "--out-file", out_file, "--score-thr", "0"]!r}\n'
+              "runpy.run_path('demo/image_demo.py', run_name='__main__')\n"
+              "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    result = run('-c', script)
+    assert _png_size(out_file) == (1365, 2048)  # the default --max-side
+    assert re.search(r'100 objects with score >= 0.0', result.stdout)
+    peak_mb = int(re.search(r'peak_kb (\d+)', result.stdout).group(1)) / 1024
+    assert peak_mb < 1500, f'image_demo peaked at {peak_mb:.0f} MB'
+
+
+def test_image_demo_ground_truth_beside_predictions(random_demo_detector, tmp_path):
+    """--gt-ann: the annotated boxes in a left panel, the predictions (highest score last,
+    i.e. on top) in the right one, each titled; the summary lists the highest score first."""
+    import numpy as np
+    from metaformer_mm.datasets.shapes import make_shapes_dataset
+    root = str(tmp_path / 'shapes')
+    make_shapes_dataset(root, num_train=1, num_val=2, seed=0)
+    image = osp.join(root, 'val', '000000.jpg')
+    ann = osp.join(root, 'annotations', 'instances_val.json')
+    out_file = str(tmp_path / 'gt_pred.jpg')
+    result = run(osp.join('demo', 'image_demo.py'), image, DEMO_CONFIG, random_demo_detector,
+                 '--out-file', out_file, '--score-thr', '0.0', '--gt-ann', ann)
+    assert _png_size(out_file) == (24 + 480, 2 * 480)
+    scores = [float(x) for x in re.findall(r'(?:square|circle|triangle) (\d\.\d\d)',
+                                           result.stdout)]
+    assert len(scores) == 100 and scores == sorted(scores, reverse=True)
+    import cv2
+    picture = cv2.imread(out_file)
+    # the title strip is white with dark text; the left (ground-truth) panel has boxes drawn
+    assert picture[:24].mean() > 200 and (picture[:24] < 100).any()
+    plain = cv2.resize(cv2.imread(image), (480, 480), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(picture[24:, :480].astype(int) - plain.astype(int)).mean() > 1
+    other = str(tmp_path / 'other.jpg')  # an image the annotation file does not hold
+    cv2.imwrite(other, cv2.imread(image))
+    message = exits_with(tool('demo/image_demo.py').main,
+                         [other, DEMO_CONFIG, random_demo_detector, '--gt-ann', ann,
+                          '--out-file', str(tmp_path / 'x.jpg')])
+    assert 'instances_val.json: no image named other.jpg' in message
 
 
 # =========================================================================== get_flops

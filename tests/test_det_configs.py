@@ -8,7 +8,8 @@ from mmengine.registry import init_default_scope
 
 import metaformer_mm  # noqa: F401
 
-URL = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_{}.pth.tar'
+# ImageNet weights by name (metaformer_mm.zoo.IMAGENET_WEIGHTS holds the URLs).
+URL = 'poolformer_{}'
 ARCHS = ('s12', 's24', 's36', 'm36', 'm48')
 WIDTHS = {'s': [64, 128, 320, 512], 'm': [96, 192, 384, 768]}
 # /work/shared/reference/README.md: original backbones inside mmdet 3.3's detectors (M params).

@@ -21,8 +21,8 @@ import torch
 
 import metaformer_mm  # noqa: F401  (registers the backbones)
 
-HF = 'https://huggingface.co/sail/dl/resolve/main/'
-# config -> (task, backbone type, arch, PoolFormer config it inherits, checkpoint URL or None)
+# config -> (task, backbone type, arch, PoolFormer config it inherits, ImageNet weights name
+# (metaformer_mm.zoo.IMAGENET_WEIGHTS) or None)
 CONFIGS = {
     'detection/retinanet_smlpnet_tiny': ('det', 'SMLPNet', 'tiny', 'retinanet_poolformer_s12',
                                          None),
@@ -30,24 +30,24 @@ CONFIGS = {
                                          None),
     'segmentation/fpn_smlpnet_tiny': ('seg', 'SMLPNet', 'tiny', 'fpn_poolformer_s12', None),
     'detection/retinanet_caformer_s18': ('det', 'CAFormer', 's18', 'retinanet_poolformer_s12',
-                                         HF + 'caformer/caformer_s18.pth'),
+                                         'caformer_s18'),
     'detection/mask_rcnn_caformer_s18': ('det', 'CAFormer', 's18', 'mask_rcnn_poolformer_s12',
-                                         HF + 'caformer/caformer_s18.pth'),
+                                         'caformer_s18'),
     'detection/mask_rcnn_convformer_s18': ('det', 'ConvFormer', 's18',
                                            'mask_rcnn_poolformer_s12',
-                                           HF + 'convformer/convformer_s18.pth'),
+                                           'convformer_s18'),
     'segmentation/fpn_caformer_s18': ('seg', 'CAFormer', 's18', 'fpn_poolformer_s12',
-                                      HF + 'caformer/caformer_s18.pth'),
+                                      'caformer_s18'),
     'segmentation/fpn_convformer_s18': ('seg', 'ConvFormer', 's18', 'fpn_poolformer_s12',
-                                        HF + 'convformer/convformer_s18.pth'),
+                                        'convformer_s18'),
     'detection/retinanet_randformer_s12': ('det', 'RandFormer', 's12',
                                            'retinanet_poolformer_s12',
-                                           HF + 'randformer/randformer_s12.pth'),
+                                           'randformer_s12'),
     'detection/mask_rcnn_randformer_s12': ('det', 'RandFormer', 's12',
                                            'mask_rcnn_poolformer_s12',
-                                           HF + 'randformer/randformer_s12.pth'),
+                                           'randformer_s12'),
     'segmentation/fpn_randformer_s12': ('seg', 'RandFormer', 's12', 'fpn_poolformer_s12',
-                                        HF + 'randformer/randformer_s12.pth'),
+                                        'randformer_s12'),
 }
 # What may differ from the inherited PoolFormer config: the backbone and the neck's inputs.
 SWAPPED = {'model.backbone', 'model.neck.in_channels'}

@@ -13,7 +13,8 @@ WIDTHS = {'s12': [64, 128, 320, 512], 's24': [64, 128, 320, 512], 's36': [64, 12
           'm36': [96, 192, 384, 768], 'm48': [96, 192, 384, 768]}
 # Whole-segmentor parameters of the originals in mmseg's Semantic FPN (reference README, in M).
 PARAMS_M = {'s12': 15.67, 's24': 25.14, 's36': 34.62, 'm36': 59.78, 'm48': 77.08}
-RELEASE = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_{}.pth.tar'
+# ImageNet weights by name (metaformer_mm.zoo.IMAGENET_WEIGHTS holds the URLs).
+RELEASE = 'poolformer_{}'
 MMSEG_BASES = ['mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
                'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py']
 

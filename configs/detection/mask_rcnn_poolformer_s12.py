@@ -9,9 +9,8 @@ model = dict(
         arch='s12',
         fork_feat=True,
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='https://github.com/sail-sg/poolformer/releases/'
-                                 'download/v1.0/poolformer_s12.pth.tar')),
+        # ImageNet weights by name (metaformer_mm.zoo.IMAGENET_WEIGHTS); a path or URL works too.
+        init_cfg=dict(type='Pretrained', checkpoint='poolformer_s12')),
     neck=dict(in_channels=[64, 128, 320, 512]))
 
 # The base keeps mmdet's 1x schedule (12 epochs, 500-iter linear warm-up from 0.001,

@@ -19,7 +19,7 @@ model = dict(
         # point this at your own ImageNet checkpoint (SPACH layout or ours), e.g.
         # init_cfg=dict(type='Pretrained', checkpoint='checkpoints/smlp_t.pth').
         # Trained from scratch, set norm_eval=False. For released weights use arch='small',
-        # checkpoint='https://github.com/microsoft/SPACH/releases/download/v1.0/smlp_s.pth'
+        # checkpoint='smlp_s'
         # and neck in_channels=[96, 192, 384, 768].
         init_cfg=None),
     neck=dict(in_channels=[80, 160, 320, 640]))

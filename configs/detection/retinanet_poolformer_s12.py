@@ -11,9 +11,8 @@ model = dict(
         # Stages 1..3 only (strides 8/16/32): RetinaNet's FPN starts at stride 8, and an
         # output norm for the stride-4 map would be a parameter without gradient under DDP.
         out_indices=(1, 2, 3),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='https://github.com/sail-sg/poolformer/releases/'
-                                 'download/v1.0/poolformer_s12.pth.tar')),
+        # ImageNet weights by name (metaformer_mm.zoo.IMAGENET_WEIGHTS); a path or URL works too.
+        init_cfg=dict(type='Pretrained', checkpoint='poolformer_s12')),
     neck=dict(in_channels=[128, 320, 512], start_level=0, add_extra_convs='on_input',
               num_outs=5))
 

@@ -10,6 +10,5 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='https://huggingface.co/sail/dl/resolve/main/'
-            'caformer/caformer_s18.pth')),
+            checkpoint='caformer_s18')),
     neck=dict(in_channels=[64, 128, 320, 512]))

@@ -6,5 +6,4 @@ model = dict(
     backbone=dict(
         arch='s24',
         init_cfg=dict(
-            checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/'
-            'poolformer_s24.pth.tar')))
+            checkpoint='poolformer_s24')))

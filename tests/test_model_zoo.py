@@ -1,0 +1,308 @@
+"""The model zoo: the index covers every config, names resolve (or fail with the closest
+names), ``metaformer_mm::`` configs work from any directory, ImageNet weights by name download
+end to end from a local HTTP server, and the README's tables are the index's."""
+import functools
+import glob
+import http.server
+import json
+import os
+import os.path as osp
+import subprocess
+import threading
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import metaformer_mm  # noqa: F401  (lets mmengine resolve metaformer_mm:: bases)
+from metaformer_mm import zoo
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
+
+
+def _configs():
+    return sorted(osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                                                          recursive=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(path: str) -> Config:
+    return Config.fromfile(path)
+
+
+# --------------------------------------------------------------------------- the index
+def test_index_covers_every_config_and_every_entry_exists():
+    index = zoo.model_index()
+    listed = sorted(entry['Config'] for entry in index.values())
+    assert len(listed) == len(set(listed)), 'a config is listed twice'
+    assert listed == _configs()
+    for entry in index.values():
+        assert osp.isfile(zoo.resolve_config(entry['Name']))
+        # the link in the package leads to the same file as configs/
+        assert osp.samefile(zoo.resolve_config(entry['Name']), osp.join(ROOT, entry['Config']))
+
+
+def test_metafiles_follow_mmdets_format():
+    import yaml
+    with open(osp.join(ROOT, 'model-index.yml')) as f:
+        imports = yaml.safe_load(f)['Import']
+    aliases = {}
+    for meta in imports:
+        with open(osp.join(ROOT, meta)) as f:
+            data = yaml.safe_load(f)
+        collections = {c['Name'] for c in data['Collections']}
+        for entry in data['Models']:
+            assert entry['In Collection'] in collections
+            meta_data = entry['Metadata']
+            assert meta_data['Training Data'] and meta_data['Architecture']
+            for result in entry.get('Results', []):
+                assert set(result) == {'Task', 'Dataset', 'Metrics'} and result['Metrics']
+            if 'Weights' in entry:  # direct downloads only
+                assert entry['Weights'].startswith('https://download.openmmlab.com/')
+            if 'Download Page' in entry:
+                assert entry['Download Page'].startswith('https://drive.google.com/file/d/')
+            for name in [entry['Name'], *entry.get('Alias', [])]:
+                assert name.lower() not in aliases, f'{name} names two models'
+                aliases[name.lower()] = entry['Name']
+    # The paper's numbers and the released files (sail-sg's Google Drive pages, mmseg's URLs).
+    index = zoo.model_index()
+    assert index['mask_rcnn_poolformer_s12']['Results'][1]['Metrics'] == {'mask AP': 34.6}
+    assert index['fpn_poolformer_m48']['Results'][0]['Metrics'] == {'mIoU': 42.7}
+    assert sum('Download Page' in e for e in index.values()) == 11
+    assert sum('Weights' in e for e in index.values()) == 5
+
+
+def _declared_weights(path: str):
+    """The ``init_cfg`` checkpoint a config file writes (``None`` for ``init_cfg=None``),
+    else that of its relative ``_base_``: read from the source, no mmdet/mmseg parsing."""
+    import ast
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        for kw in getattr(node, 'keywords', []):
+            if kw.arg == 'init_cfg':
+                if isinstance(kw.value, ast.Constant) and kw.value.value is None:
+                    return None
+                for inner in kw.value.keywords:
+                    if inner.arg == 'checkpoint':
+                        return ast.literal_eval(inner.value)
+    base = next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and n.targets[0].id == '_base_')
+    base = base[0] if isinstance(base, list) else base
+    return _declared_weights(osp.join(osp.dirname(path), base))
+
+
+def test_pretrained_weights_of_each_config_are_the_indexed_name():
+    """Configs name their ImageNet weights; the index records the same name, and it resolves
+    (tests/test_*_configs.py check the parsed configs' init_cfg)."""
+    for entry in zoo.model_index().values():
+        declared = _declared_weights(osp.join(ROOT, entry['Config']))
+        name = entry['Metadata']['Pretrained']
+        assert declared == name, entry['Name']
+        if name is not None:
+            assert zoo.resolve_weights(name) == zoo.IMAGENET_WEIGHTS[name]
+
+
+def test_each_imagenet_url_is_written_once_in_the_repository():
+    files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    text = ''
+    for name in files:
+        path = osp.join(ROOT, name)
+        if osp.isfile(path) and not osp.islink(path) and name.endswith(
+                ('.py', '.md', '.yml', '.yaml', '.txt', '.sh', '.cfg', '.in', 'Makefile')):
+            with open(path, errors='ignore') as f:
+                text += f.read()
+    for name, url in zoo.IMAGENET_WEIGHTS.items():
+        assert text.count(url) == 1, f'{name}: {url} is written {text.count(url)} times'
+
+
+# --------------------------------------------------------------------------- names -> configs
+def test_resolve_config_by_name_alias_package_path_and_path(tmp_path):
+    path = zoo.resolve_config('retinanet_poolformer_s12')
+    assert osp.isabs(path) and path.startswith(zoo.MIM_DIR)
+    assert path.endswith(osp.join('configs', 'detection', 'retinanet_poolformer_s12.py'))
+    assert zoo.resolve_config('RetinaNet_PoolFormer_S12_fpn_1x_coco') == path  # alias, any case
+    assert zoo.resolve_config('fpn_poolformer_s12_8xb4-40k_ade20k-512x512') == \
+        zoo.resolve_config('fpn_poolformer_s12')  # mmseg's name of the same model
+    assert zoo.resolve_config('metaformer_mm::detection/retinanet_poolformer_s12.py') == path
+    own = tmp_path / 'mine.py'
+    own.write_text('x = 1\n')
+    assert zoo.resolve_config(str(own)) == str(own)
+
+
+def test_unknown_config_names_list_the_closest():
+    with pytest.raises(ValueError) as info:
+        zoo.resolve_config('retinanet_poolformer_s13')
+    assert 'retinanet_poolformer_s12' in str(info.value) and 'closest' in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.resolve_config('configs/detection/retinanet_poolfomer_s12.py')
+    assert 'config file not found' in str(info.value)
+    assert 'retinanet_poolformer_s12' in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        zoo.resolve_config('metaformer_mm::detection/mask_rcnn_poolformer_s13.py')
+    assert 'detection/mask_rcnn_poolformer_s12.py' in str(info.value)
+
+
+def test_model_weights_from_the_index():
+    assert zoo.model_weights('fpn_poolformer_s12').startswith(
+        'https://download.openmmlab.com/mmsegmentation/v0.5/poolformer/fpn_poolformer_s12_')
+    # sail-sg's detectors are on Google Drive only: no direct URL, the page is recorded.
+    assert zoo.model_weights('retinanet_poolformer_s12') is None
+    assert zoo.model_info('retinanet_poolformer_s12')['Download Page'].startswith(
+        'https://drive.google.com/')
+    with pytest.raises(ValueError, match='fpn_poolformer_s12'):
+        zoo.model_weights('fpn_poolformer_s21')
+
+
+# --------------------------------------------------------------------------- names -> weights
+def test_resolve_weights_names_paths_and_urls(tmp_path):
+    assert zoo.resolve_weights('poolformer_s12').endswith('/v1.0/poolformer_s12.pth.tar')
+    assert zoo.resolve_weights('https://example.org/x.pth') == 'https://example.org/x.pth'
+    assert zoo.resolve_weights('checkpoints/missing.pth') == 'checkpoints/missing.pth'
+    local = tmp_path / 'caformer_s18'  # an existing file wins over the name
+    local.write_bytes(b'')
+    assert zoo.resolve_weights(str(local)) == str(local)
+    with pytest.raises(ValueError) as info:
+        zoo.resolve_weights('caformer_s19')
+    assert 'closest' in str(info.value) and 'caformer_s18' in str(info.value)
+
+
+def test_weights_table_overrides(tmp_path, monkeypatch):
+    assert zoo.resolve_weights('mine', table={'mine': '/data/mine.pth'}) == '/data/mine.pth'
+    mapping = tmp_path / 'mirror.yml'
+    mapping.write_text('poolformer_s12: http://mirror.local/poolformer_s12.pth.tar\n')
+    monkeypatch.setenv(zoo.WEIGHTS_ENV, str(mapping))
+    assert zoo.resolve_weights('poolformer_s12') == 'http://mirror.local/poolformer_s12.pth.tar'
+    mapping.write_text('- not a mapping\n')
+    with pytest.raises(ValueError, match='expected a mapping'):
+        zoo.resolve_weights('poolformer_s12')
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"poolformer_s12": ')
+    monkeypatch.setenv(zoo.WEIGHTS_ENV, str(broken))
+    with pytest.raises(ValueError, match='broken.json: cannot parse it'):
+        zoo.resolve_weights('poolformer_s12')
+    monkeypatch.setenv(zoo.WEIGHTS_ENV, str(tmp_path / 'none.json'))
+    with pytest.raises(FileNotFoundError, match='none.json'):
+        zoo.resolve_weights('poolformer_s12')
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serves ``tmp_path/www`` on 127.0.0.1 (a free port); yields (base URL, request log)."""
+    www = tmp_path / 'www'
+    www.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, fmt, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}', www, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_weights_by_name_download_from_a_local_server(http_server, reference_dir, tmp_path,
+                                                      monkeypatch):
+    """A name in init_cfg -> its URL (a mirror table) -> downloaded -> the backbone's weights."""
+    import shutil
+
+    from metaformer_mm.models.backbones.metaformer import MetaFormer
+    base, www, requests = http_server
+    source = osp.join(reference_dir, 'poolformer_tiny', 'official.pth')
+    shutil.copy(source, www / 'poolformer_tiny.pth.tar')
+    table = tmp_path / 'weights.json'
+    table.write_text(json.dumps({'poolformer_tiny': f'{base}/poolformer_tiny.pth.tar'}))
+    monkeypatch.setenv(zoo.WEIGHTS_ENV, str(table))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # a fresh download cache
+
+    url = zoo.resolve_weights('poolformer_tiny')
+    assert url == f'{base}/poolformer_tiny.pth.tar'
+    model = MetaFormer(arch=TINY, fork_feat=True,
+                       init_cfg=dict(type='Pretrained', checkpoint=url))
+    model.init_weights()
+    assert requests == ['/poolformer_tiny.pth.tar']
+    by_path = MetaFormer(arch=TINY, fork_feat=True,
+                         init_cfg=dict(type='Pretrained', checkpoint=source))
+    by_path.init_weights()
+    for key, value in by_path.state_dict().items():
+        if not key.startswith('out_norms.'):  # output norms keep their initial values
+            assert torch.equal(model.state_dict()[key], value), key
+    # A misspelt name never reaches the network and lists the mirror's name too.
+    with pytest.raises(ValueError, match='poolformer_tiny'):
+        zoo.resolve_weights('poolformer_tini')
+    assert requests == ['/poolformer_tiny.pth.tar']
+
+
+# --------------------------------------------------------------------------- metaformer_mm::
+@pytest.mark.parametrize('base, task', [
+    ('detection/retinanet_poolformer_s12.py', 'det'),
+    ('segmentation/fpn_poolformer_s12.py', 'seg')])
+def test_user_config_inherits_a_package_config(tmp_path, monkeypatch, base, task):
+    """``_base_ = ['metaformer_mm::...']`` in a config of one's own, outside the checkout;
+    the result equals the repository config plus the user's change, and builds."""
+    user = tmp_path / 'elsewhere' / 'my_config.py'
+    user.parent.mkdir()
+    user.write_text(f"_base_ = ['metaformer_mm::{base}']\n"
+                    "model = dict(backbone=dict(init_cfg=None))\n")
+    monkeypatch.chdir(user.parent)
+    cfg = Config.fromfile(str(user))
+    repo = _parse(osp.join(ROOT, 'configs', base))
+    assert cfg.model.backbone.init_cfg is None
+    assert {k: v for k, v in cfg.model.backbone.items() if k != 'init_cfg'} == \
+        {k: v for k, v in repo.model.backbone.items() if k != 'init_cfg'}
+    assert cfg.default_scope == repo.default_scope
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.default_scope)
+    if task == 'det':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    model = MODELS.build(cfg.model)
+    assert type(model.backbone).__name__ == 'PoolFormer'
+
+
+def test_mmengine_hub_get_config_finds_package_configs():
+    from mmengine.hub import get_config
+    cfg = get_config('metaformer_mm::segmentation/fpn_poolformer_s12.py', pretrained=True)
+    assert cfg.model.backbone.arch == 's12'
+    assert cfg.model_path == zoo.model_weights('fpn_poolformer_s12')
+
+
+# --------------------------------------------------------------------------- README
+def test_readme_model_zoo_tables_are_the_index():
+    with open(osp.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    blocks = zoo.README_BLOCK.findall(text)
+    assert [kind for _, kind, _, _ in blocks] == ['detection', 'segmentation']
+    assert zoo.render_readme(text) == text, \
+        'README model-zoo tables are stale: python tools/model_zoo.py readme --write'
+    tables = ''.join(table for _, _, table, _ in blocks)
+    for entry in zoo.model_index().values():
+        if entry['Metadata']['Training Data'] in ('COCO', 'ADE20K'):
+            assert f'| `{entry["Name"]}` |' in tables
+        else:  # the demo model: its config is named where the demo is described
+            assert entry['Config'] in text
+
+
+def test_model_zoo_tool(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('model_zoo_tool',
+                                                  osp.join(ROOT, 'tools', 'model_zoo.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(['show', 'fpn_poolformer_s12_ade20k_40k']) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown['Name'] == 'fpn_poolformer_s12' and osp.isfile(shown['config_path'])
+    assert tool.main(['show', 'fpn_poolformer_s13']) == 2
+    assert 'fpn_poolformer_s12' in capsys.readouterr().err
+    assert tool.main(['readme', osp.join(ROOT, 'README.md')]) == 0
