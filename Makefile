@@ -26,6 +26,7 @@ test: setup
 
 bench: setup
 	$(PY) tools/analysis/benchmark.py --suite all
+	$(PY) tools/analysis/bf16_bench.py --models retinanet_poolformer_s12 mask_rcnn_poolformer_s12 fpn_poolformer_s12
 
 clean-venv:
 	rm -rf $(VENV)

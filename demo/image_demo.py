@@ -47,26 +47,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--gt-ann', default=None,
                         help='detection: COCO annotation file holding the image; its boxes are '
                              'drawn beside the predictions')
+    parser.add_argument('--bf16', action='store_true',
+                        help='network in bf16 (CPUs with bf16 units, CUDA), post-processing in '
+                             'fp32 (metaformer_mm.enable_bf16_inference)')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='segmentation: opacity of the class map over the image')
     return parser.parse_args(argv)
-
-
-def _checkpoint_for(path: str, scope: str, tmp_dir: str) -> str:
-    """``path``, or a converted copy when it is a released mmdet 2.x / mmseg 0.x file."""
-    from metaformer_mm.checkpoint import (atomic_save, convert_detector_checkpoint,
-                                          detector_backbone_layout, detector_dataset_meta,
-                                          extract_state_dict, read_checkpoint)
-    raw = read_checkpoint(path)
-    state = extract_state_dict(raw, path)
-    if detector_backbone_layout(state) in (None, 'metaformer_mm'):
-        return path  # ours (or not a MetaFormer model): mmengine loads it as it is
-    kind = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}[scope]
-    out = osp.join(tmp_dir, 'converted.pth')
-    atomic_save({'state_dict': convert_detector_checkpoint(state, kind),
-                 'meta': {'dataset_meta': detector_dataset_meta(raw)}}, out)
-    print(f'{path}: a {kind} release, converted to this project\'s keys')
-    return out
 
 
 def _drawing_scale(height: int, width: int, min_side: int, max_side: int) -> float:
@@ -148,6 +134,9 @@ def detect(args: argparse.Namespace, config: str, checkpoint: str) -> str:
     from mmdet.registry import VISUALIZERS
 
     model = init_detector(config, checkpoint, device=args.device)
+    if args.bf16:
+        from metaformer_mm.inference import enable_bf16_inference
+        enable_bf16_inference(model)
     result = inference_detector(model, args.image).cpu()
     classes = model.dataset_meta.get('classes') or []
     pred = result.pred_instances
@@ -192,6 +181,9 @@ def segment(args: argparse.Namespace, config: str, checkpoint: str) -> str:
     from mmseg.apis import inference_model, init_model, show_result_pyplot
 
     model = init_model(config, checkpoint, device=args.device)
+    if args.bf16:
+        from metaformer_mm.inference import enable_bf16_inference
+        enable_bf16_inference(model)
     result = inference_model(model, args.image)
     labels, counts = torch.unique(result.pred_sem_seg.data, return_counts=True)
     image = mmcv.imread(args.image, channel_order='rgb')
@@ -237,8 +229,6 @@ def _resolve(args: argparse.Namespace) -> tuple:
 
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
-    import tempfile
-
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
     from metaformer_mm.cli.config import ToolError, load_config
@@ -263,11 +253,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     out_dir = osp.dirname(osp.abspath(args.out_file))
     os.makedirs(out_dir, exist_ok=True)
     try:
+        # Released mmdet 2.x / mmseg 0.x files load as they are: the backbone converts them.
         scope = load_config(config).default_scope
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            checkpoint = _checkpoint_for(checkpoint, scope, tmp_dir)
-            summary = (detect(args, config, checkpoint) if scope == 'mmdet'
-                       else segment(args, config, checkpoint))
+        summary = (detect(args, config, checkpoint) if scope == 'mmdet'
+                   else segment(args, config, checkpoint))
     except (ToolError, CheckpointError, ValueError) as err:
         sys.exit(f'error: {err}')
     print(summary)

@@ -306,3 +306,24 @@ def test_model_zoo_tool(capsys):
     assert tool.main(['show', 'fpn_poolformer_s13']) == 2
     assert 'fpn_poolformer_s12' in capsys.readouterr().err
     assert tool.main(['readme', osp.join(ROOT, 'README.md')]) == 0
+
+
+def test_tools_take_model_names(repo_root, tmp_path):
+    """Model names work wherever the tools take a config; a wrong one gets the closest names."""
+    import subprocess
+    import sys
+
+    from metaformer_mm.cli.config import load_config
+    cfg = load_config('fpn_randformer_s12')
+    assert cfg.default_scope == 'mmseg' and cfg.model.backbone.type == 'RandFormer'
+    assert load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py').default_scope == 'mmdet'
+    for tool in ('tools/train.py', 'tools/test.py'):
+        extra = [str(tmp_path / 'x.pth')] if tool.endswith('test.py') else []
+        proc = subprocess.run(
+            [sys.executable, tool, 'retinanet_poolformer_s13', *extra,
+             '--work-dir', str(tmp_path / 'w')],
+            capture_output=True, text=True, timeout=300, cwd=repo_root)
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith('error:') and 'retinanet_poolformer_s13' in last, last
+        assert 'closest: ' in last and 'retinanet_poolformer_s12' in last, last

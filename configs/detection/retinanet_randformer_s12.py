@@ -13,6 +13,5 @@ model = dict(
         out_indices=(1, 2, 3),  # RetinaNet's FPN starts at stride 8
         init_cfg=dict(
             type='Pretrained',
-            checkpoint='https://huggingface.co/sail/dl/resolve/main/'
-            'randformer/randformer_s12.pth')),
+            checkpoint='randformer_s12')),
     neck=dict(in_channels=[128, 320, 512]))

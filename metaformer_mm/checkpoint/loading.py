@@ -150,9 +150,13 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
 
 # --------------------------------------------------------------------------- Pretrained
 def resolve_weights(path: str) -> str:
-    """The file or URL that ``path`` names. Identity for now: the one place where
-    ImageNet weight names (``'poolformer_s12'``, see ``metaformer_mm.zoo``) get resolved."""
-    return path
+    """The file or URL that ``path`` names: an ImageNet weight name (``'poolformer_s12'``)
+    through ``metaformer_mm.zoo``'s table; a path or URL as it is."""
+    from ..zoo import resolve_weights as zoo_resolve
+    try:
+        return zoo_resolve(path)
+    except ValueError as err:  # an unknown name: the loader's own error type, same words
+        raise CheckpointError(str(err)) from None
 
 
 def _depths(keys) -> List[int]:

@@ -3,9 +3,11 @@ the backbone/neck wiring check.
 
 Also :class:`ToolError`, the tools' user-facing error (printed as one ``error:`` line).
 """
+import copy
 import inspect
 import os.path as osp
-from typing import Any, Dict, Optional
+import tempfile
+from typing import Any, Dict, Optional, Union
 
 from mmengine.config import Config
 
@@ -16,11 +18,34 @@ class ToolError(RuntimeError):
     """A user-facing error of the tools (bad checkpoint path, unknown scope, ...)."""
 
 
-def load_config(path: str, cfg_options: Optional[Dict] = None) -> Config:
-    """Reads a config, merges ``--cfg-options`` and makes sure it names its default scope."""
-    if not osp.isfile(path):
-        raise ToolError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+class ConfigNotFoundError(ToolError, FileNotFoundError):
+    """Neither a config file nor a model name; the message lists the closest names."""
+
+
+def read_config(config: Union[str, Config]) -> Config:
+    """The config a tool was given: a file, a model name or alias of the model index
+    (``retinanet_poolformer_s12``), ``metaformer_mm::REL_PATH``, or a packaged
+    ``mmdet::``/``mmseg::`` config."""
+    from ..zoo import PACKAGE_PREFIX, resolve_config
+    if isinstance(config, Config):
+        return copy.deepcopy(config)
+    if '::' in config and not config.startswith(PACKAGE_PREFIX):
+        # mmengine's Config.fromfile takes other packages' configs only as a _base_.
+        with tempfile.TemporaryDirectory() as tmp:
+            wrapper = osp.join(tmp, 'wrapper.py')
+            with open(wrapper, 'w') as f:
+                f.write(f'_base_ = [{config!r}]\n')
+            return Config.fromfile(wrapper)
+    try:
+        return Config.fromfile(resolve_config(config))
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigNotFoundError(str(err).replace('config: ', 'config ', 1)) from None
+
+
+def load_config(config: Union[str, Config], cfg_options: Optional[Dict] = None) -> Config:
+    """Reads a config (see :func:`read_config`), merges ``--cfg-options`` and makes sure it
+    names its default scope."""
+    cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.default_scope = default_scope(cfg)

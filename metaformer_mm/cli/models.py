@@ -1,41 +1,19 @@
 """Building a model from a config: the one way the tools (benchmark, get_flops, export_onnx,
 visualize_features) do it."""
 import copy
-import os.path as osp
-import tempfile
 from typing import Dict, Optional, Union
 
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import Registry, init_default_scope
 
-SCOPES = ('mmdet', 'mmseg')
+from .config import load_config
 
 
 def load_model_config(config: Union[str, Config], cfg_options: Optional[Dict] = None) -> Config:
-    """A config from a file or a packaged ``mmdet::``/``mmseg::`` name, ``cfg_options`` merged,
-    with ``default_scope`` set: the config's, else guessed from the model."""
-    if isinstance(config, Config):
-        cfg = copy.deepcopy(config)
-    elif '::' in config:
-        with tempfile.TemporaryDirectory() as tmp:
-            wrapper = osp.join(tmp, 'wrapper.py')
-            with open(wrapper, 'w') as f:
-                f.write(f'_base_ = [{config!r}]\n')
-            cfg = Config.fromfile(wrapper)
-    elif not osp.isfile(config):
-        raise FileNotFoundError(f'config file not found: {config}')
-    else:
-        cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    model = cfg.get('model') or {}
-    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in model else 'mmdet')
-    if scope not in SCOPES:
-        raise ValueError(f'{config}: default_scope {scope!r} is not supported; expected one '
-                         f'of {SCOPES}')
-    cfg.default_scope = scope
-    return cfg
+    """A config from a file, a model name or a packaged ``pkg::`` config, ``cfg_options``
+    merged, with ``default_scope`` set (see :func:`metaformer_mm.cli.config.load_config`)."""
+    return load_config(config, cfg_options)
 
 
 def model_registry(scope: str) -> Registry:
