@@ -5,41 +5,35 @@ Each takes its short names (``PoolFormer(arch='s12')``) and refuses another fami
 """
 from ...registry import register_backbone
 from .metaformer import MetaFormer
-from .presets import FAMILIES
 
 
 @register_backbone
-class PoolFormer(MetaFormer):
+class PoolFormer(MetaFormer, family='poolformer'):
     """PoolFormer S12/S24/S36/M36/M48 (https://arxiv.org/abs/2111.11418): pooling mixer,
     GroupNorm(1), layer scale."""
-    arch_prefix, default_arch = 'poolformer_', 's12'
-    arch_settings = FAMILIES['poolformer']
+    default_arch = 's12'
 
 
 @register_backbone
-class PoolFormerV2(MetaFormer):
+class PoolFormerV2(MetaFormer, family='poolformerv2'):
     """PoolFormerV2 S12..M48 of the MetaFormer baselines (https://arxiv.org/abs/2210.13452):
     StarReLU, bias-free norms."""
-    arch_prefix, default_arch = 'poolformerv2_', 's12'
-    arch_settings = FAMILIES['poolformerv2']
+    default_arch = 's12'
 
 
 @register_backbone
-class IdentityFormer(MetaFormer):
+class IdentityFormer(MetaFormer, family='identityformer'):
     """IdentityFormer S12..M48 of the MetaFormer baselines (no token mixing at all)."""
-    arch_prefix, default_arch = 'identityformer_', 's12'
-    arch_settings = FAMILIES['identityformer']
+    default_arch = 's12'
 
 
 @register_backbone
-class ConvFormer(MetaFormer):
+class ConvFormer(MetaFormer, family='convformer'):
     """ConvFormer S18/S36/M36/B36: separable-conv mixer in every stage."""
-    arch_prefix, default_arch = 'convformer_', 's18'
-    arch_settings = FAMILIES['convformer']
+    default_arch = 's18'
 
 
 @register_backbone
-class CAFormer(MetaFormer):
+class CAFormer(MetaFormer, family='caformer'):
     """CAFormer S18/S36/M36/B36: separable convs in stages 0-1, attention in stages 2-3."""
-    arch_prefix, default_arch = 'caformer_', 's18'
-    arch_settings = FAMILIES['caformer']
+    default_arch = 's18'

@@ -28,7 +28,7 @@ from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, Pooling, build_mixer
 from ..norms import build_norm
 from .arch import resolve_arch
-from .presets import ARCH_SETTINGS
+from .presets import ARCH_SETTINGS, FAMILIES
 
 NUM_STAGES = 4
 
@@ -169,6 +169,13 @@ class MetaFormer(BaseModule):
     # Subclasses resolve short names such as 's12' to f'{arch_prefix}s12'.
     arch_prefix, default_arch = '', 'poolformer_s12'
     arch_settings = ARCH_SETTINGS
+
+    def __init_subclass__(cls, family: Optional[str] = None, **kwargs) -> None:
+        """``class PoolFormer(MetaFormer, family='poolformer')`` builds that family's presets
+        only (``presets.FAMILIES``) and takes their short names."""
+        super().__init_subclass__(**kwargs)
+        if family is not None:
+            cls.arch_prefix, cls.arch_settings = f'{family}_', FAMILIES[family]
 
     def __init__(self, arch: Union[str, Dict, None] = None, in_channels: int = 3,
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),

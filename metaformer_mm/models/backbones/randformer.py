@@ -13,11 +13,10 @@ import torch
 from ...registry import register_backbone
 from ..random_mixing import parse_image_size
 from .metaformer import NUM_STAGES, MetaFormer
-from .presets import FAMILIES
 
 
 @register_backbone
-class RandFormer(MetaFormer):
+class RandFormer(MetaFormer, family='randformer'):
     """RandFormer S12/S24/S36/M36/M48 (ImageNet top-1 76.6/78.2/79.5/81.2/81.4) at any size.
 
     Args:
@@ -34,8 +33,7 @@ class RandFormer(MetaFormer):
     as trainable (no gradient, so no update and no weight decay).
     """
 
-    arch_prefix, default_arch = 'randformer_', 's12'
-    arch_settings = FAMILIES['randformer']
+    default_arch = 's12'
 
     def __init__(self, arch: Union[str, Dict, None] = None,
                  image_size: Union[int, Sequence[int]] = 224, max_matrix_mb: float = 1024,

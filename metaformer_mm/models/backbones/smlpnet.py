@@ -10,11 +10,10 @@ from typing import Dict, Union
 
 from ...registry import register_backbone
 from .metaformer import MetaFormer
-from .presets import FAMILIES
 
 
 @register_backbone
-class SMLPNet(MetaFormer):
+class SMLPNet(MetaFormer, family='smlpnet'):
     """sMLPNet tiny/small/base (ImageNet top-1 81.9/83.1/83.4) at any input size.
 
     ``image_size`` is the training resolution the axial weights belong to (224 for the
@@ -24,8 +23,7 @@ class SMLPNet(MetaFormer):
     under small per-GPU batches.
     """
 
-    arch_prefix, default_arch = 'smlpnet_', 'tiny'
-    arch_settings = FAMILIES['smlpnet']
+    default_arch = 'tiny'
 
     def __init__(self, arch: Union[str, Dict, None] = None, image_size: int = 224,
                  resize_mode: str = 'interpolate', **kwargs) -> None:
