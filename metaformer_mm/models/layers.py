@@ -1,13 +1,11 @@
 """Small building blocks shared by every MetaFormer: activations, scales, MLP, stem/downsampling."""
-import difflib
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.registry import MODELS
 
-from .norms import NormCfg, build_norm, registered_class
+from .norms import NormCfg, build_norm, register_own, registered_class, split_cfg
 
 
 class StarReLU(nn.Module):
@@ -30,42 +28,23 @@ class SquaredReLU(nn.Module):
         return F.relu(x).square()
 
 
-# This project's activations, in mmengine's ``MODELS`` too (so mmcv's
-# ``build_activation_layer`` finds them); ``build_act`` takes ours directly, so a class of the
-# same name registered by another package never replaces them in a MetaFormer.
+# Registered for mmcv's ``build_activation_layer`` too; ``build_act`` takes ours directly, so
+# another package's class of the same name never replaces them in a MetaFormer.
 _OWN_ACTS = {'StarReLU': StarReLU, 'SquaredReLU': SquaredReLU, 'Identity': nn.Identity}
-if 'StarReLU' not in MODELS.module_dict:
-    MODELS.register_module('StarReLU', module=StarReLU)
-if 'SquaredReLU' not in MODELS.module_dict:
-    MODELS.register_module('SquaredReLU', module=SquaredReLU)
+register_own(dict(StarReLU=StarReLU, SquaredReLU=SquaredReLU))
 
 
 def build_act(cfg: Optional[Dict]) -> nn.Module:
-    """Builds an activation from an mmcv-style ``act_cfg``; ``None`` gives identity.
-
-    ``StarReLU``, ``SquaredReLU`` and ``Identity`` are this project's; any other type is
-    built from mmengine's ``MODELS`` registry as mmcv's ``build_activation_layer`` does
-    (``GELU``, ``ReLU``, ``SiLU``, ``LeakyReLU``, ... or one a user registered there or in
-    the default scope's registry).
-    """
+    """Builds an activation from an mmcv-style ``act_cfg`` (None: identity): ours by name,
+    any other type from mmengine's ``MODELS`` as mmcv's ``build_activation_layer`` does."""
     if cfg is None:
         return nn.Identity()
-    if not isinstance(cfg, dict) or 'type' not in cfg:
-        raise TypeError(f'act_cfg must be a dict with a "type" key or None, got {cfg!r}')
-    cfg = dict(cfg)
-    act_type = cfg['type']
-    if act_type in _OWN_ACTS:
-        cfg.pop('type')
-        return _OWN_ACTS[act_type](**cfg)
-    act_cls = registered_class(act_type) if isinstance(act_type, str) else None
+    act_type, cfg = split_cfg(cfg, 'act_cfg')
+    act_cls = _OWN_ACTS.get(act_type) if isinstance(act_type, str) else None
     if act_cls is None:
-        known = sorted(set(_OWN_ACTS) | {'GELU', 'ReLU', 'SiLU', 'LeakyReLU', 'ReLU6', 'ELU',
-                                         'PReLU', 'Sigmoid', 'Tanh', 'Swish', 'HSwish'})
-        close = difflib.get_close_matches(str(act_type), known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ''
-        raise ValueError(f'unknown activation {act_type!r} in act_cfg (not registered in '
-                         f'mmengine/mmcv MODELS; e.g. {known}){hint}')
-    cfg.pop('type')
+        act_cls = registered_class(act_type, [*_OWN_ACTS, 'GELU', 'ReLU', 'SiLU', 'LeakyReLU',
+                                              'ReLU6', 'ELU', 'PReLU', 'Sigmoid', 'Tanh',
+                                              'Swish', 'HSwish'], 'activation', 'act_cfg')
     return act_cls(**cfg)
 
 
@@ -88,14 +67,21 @@ class DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        factor = drop_path_factor(self, x)
+        return x if factor is None else x * factor
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
+
+
+def drop_path_factor(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-sample factor ``mask / keep`` of an active DropPath, None when it is inactive (one
+    draw for the plain and the fused path, so that both drop the same samples)."""
+    prob = getattr(drop_path, 'drop_prob', 0.0)
+    if not drop_path.training or prob == 0.0:
+        return None
+    keep = 1.0 - prob
+    return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
 
 
 class Mlp(nn.Module):
@@ -131,12 +117,8 @@ class Downsample(nn.Module):
             raise ValueError('Downsample takes pre_norm or post_norm, not both')
         self.pre_norm = pre_norm is not None
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        if pre_norm is not None:
-            self.norm = build_norm(pre_norm, in_channels)
-        elif post_norm is not None:
-            self.norm = build_norm(post_norm, out_channels)
-        else:
-            self.norm = nn.Identity()
+        self.norm = (build_norm(pre_norm, in_channels) if self.pre_norm
+                     else build_norm(post_norm, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:

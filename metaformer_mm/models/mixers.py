@@ -1,9 +1,8 @@
 """Token mixers: the one part of a MetaFormer block that differs between family members.
 
-Every mixer has the same constructor signature, ``Mixer(dim, token_stride, **options)``:
-``dim`` is the stage width and ``token_stride`` the stage's stride relative to the image
-(4, 8, 16, 32), which only mixers with resolution-bound weights (sMLP, random) use. All take and
-return NCHW tensors of the same shape.
+Every mixer is built as ``Mixer(dim, token_stride, **options)`` (stage width; the stage's stride,
+4 to 32, used by the mixers with resolution-bound weights, sMLP and random) and maps an NCHW
+tensor to one of the same shape.
 """
 import math
 from typing import Dict, Optional, Union
@@ -43,10 +42,8 @@ class IdentityMixer(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all tokens of the stage (any H x W).
-
-    Keys ``qkv``/``proj`` are ``nn.Linear`` as in the originals, so checkpoints load as they are.
-    """
+    """Multi-head self-attention over all tokens of the stage (any H x W); ``qkv``/``proj`` are
+    ``nn.Linear`` as in the originals, so checkpoints load as they are."""
 
     def __init__(self, dim: int, token_stride: int = 4, head_dim: int = 32,
                  num_heads: Optional[int] = None, qkv_bias: bool = False,
@@ -90,64 +87,37 @@ class SepConv(nn.Module):
         return self.pwconv2(self.act2(self.dwconv(self.act1(self.pwconv1(x)))))
 
 
-def _axial_operator(weight: torch.Tensor, bias: torch.Tensor, length: int,
-                    mode: str) -> Union[tuple, None]:
-    """Adapts an n x n axial mixing matrix and its bias to ``length`` tokens.
-
-    ``interpolate``: resample the matrix bilinearly to length x length and scale it by
-    n / length, so that a constant input is mixed to the same magnitude as at the native
-    size (each row of the resampled matrix sums to what a row of the original sums to);
-    the bias is resampled the same way. Shrinking uses an antialiasing filter: plain
-    bilinear sampling would skip most trained entries below n / 2 tokens (and break the
-    gain). Exact at the native length, smooth in the length, and every token still sees
-    the whole row or column.
-    """
-    n = weight.shape[0]
-    if length == n or mode == 'window':
-        return weight, bias
+def _mix_last_axis(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   mode: str) -> torch.Tensor:
+    """Applies ``out[..., i] = sum_j weight[i, j] * x[..., j] + bias[i]`` along the last axis,
+    the n x n ``weight`` adapted to the axis length as ``SMLP``'s ``resize_mode`` says."""
+    length, n = x.shape[-1], weight.shape[0]
+    if length == n:
+        return torch.matmul(x, weight.t()) + bias
+    if mode == 'window':
+        # Non-overlapping windows of the native length; the tail window is zero-padded.
+        padded = math.ceil(length / n) * n
+        xw = F.pad(x, (0, padded - length)).unflatten(-1, (padded // n, n))
+        return (torch.matmul(xw, weight.t()) + bias).flatten(-2)[..., :length]
+    # Scaled by n / length so that each row keeps its sum (the mixing's gain); shrinking is
+    # antialiased, as plain bilinear sampling would skip most trained entries below n / 2.
     w = F.interpolate(weight[None, None], size=(length, length), mode='bilinear',
                       align_corners=False, antialias=length < n)[0, 0] * (n / length)
     b = F.interpolate(bias[None, None, None], size=(1, length), mode='bilinear',
                       align_corners=False, antialias=length < n)[0, 0, 0]
-    return w, b
-
-
-def _mix_last_axis(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   mode: str) -> torch.Tensor:
-    """Applies ``out[..., i] = sum_j weight[i, j] * x[..., j] + bias[i]`` along the last axis."""
-    length = x.shape[-1]
-    n = weight.shape[0]
-    if mode == 'window' and length != n:
-        # Non-overlapping windows of the native length; the tail window is zero-padded.
-        padded = math.ceil(length / n) * n
-        xw = F.pad(x, (0, padded - length)).unflatten(-1, (padded // n, n))
-        out = torch.matmul(xw, weight.t()) + bias
-        return out.flatten(-2)[..., :length]
-    w, b = _axial_operator(weight, bias, length, mode)
     return torch.matmul(x, w.t()) + b
 
 
 class SMLP(nn.Module):
     """sMLPNet's token mixer: depthwise 3x3 conv block, then the sparse (axial) MLP.
 
-    ``BN, GELU, depthwise conv`` followed by ``BN, GELU`` and three branches, identity,
-    a linear map along W shared by all rows and channels, one along H shared by all
-    columns and channels, concatenated and fused by a 1x1 conv.
-
-    The axial weights are n x n with n = ``image_size // token_stride`` (the training
-    resolution). ``resize_mode`` says how they apply to other lengths:
-
-    * ``'interpolate'`` (default): the n x n matrix and its bias are resampled to the
-      runtime length and the matrix is scaled by n / L, which keeps the mixing's gain.
-      It keeps the global axial receptive field that defines sMLP, is exact at the
-      native size, and features change smoothly with image size.
-    * ``'window'``: the original matrix is applied within non-overlapping windows of n
-      tokens (the last one zero-padded). Exactly the trained operator, but tokens in
-      different windows no longer interact in that layer.
-
-    In the original code ``proj_h`` is applied to ``x.permute(0, 3, 1, 2)``, whose
-    channel axis is W, so it mixes along W; ``proh_w`` mixes along H. Here they are named
-    for what they mix: ``mix_w`` (original ``proj_h``) and ``mix_h`` (original ``proh_w``).
+    ``BN, GELU, dwconv, BN, GELU``, then identity, a linear map along W and one along H
+    (each shared by all rows/columns and channels), concatenated and fused by a 1x1 conv.
+    The n x n axial weights (n = ``image_size // token_stride``) meet other lengths by
+    ``resize_mode``: ``'interpolate'`` (default) resamples them, keeping the global axial field
+    and features smooth in the image size; ``'window'`` applies them within windows of n tokens
+    (exact, but the windows do not interact). The original's ``proj_h`` acts on W (the channel
+    axis of ``x.permute(0, 3, 1, 2)``) and is ``mix_w`` here; its ``proh_w`` is ``mix_h``.
     """
 
     resize_modes = ('interpolate', 'window')
@@ -161,8 +131,7 @@ class SMLP(nn.Module):
             raise ValueError(f'image_size {image_size} is not a multiple of the token stride '
                              f'{token_stride}')
         norm_cfg = norm_cfg or dict(type='BN')
-        n = image_size // token_stride
-        self.native_size = n
+        self.native_size = n = image_size // token_stride
         self.resize_mode = resize_mode
         self.dw_norm = build_norm(norm_cfg, dim)
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
@@ -173,15 +142,11 @@ class SMLP(nn.Module):
         self.mix_h_weight = nn.Parameter(torch.empty(n, n))
         self.mix_h_bias = nn.Parameter(torch.empty(n))
         self.fuse = nn.Conv2d(3 * dim, dim, 1, bias=False)
-        self.reset_axial_parameters()
-
-    def reset_axial_parameters(self) -> None:
-        """Initialises the axial maps as ``nn.Conv2d(n, n, 1)`` would (the original's layers)."""
-        bound = 1 / math.sqrt(self.native_size)
+        # Initialised as the original's ``nn.Conv2d(n, n, 1)`` layers are.
         for p in (self.mix_w_weight, self.mix_h_weight):
             nn.init.kaiming_uniform_(p, a=math.sqrt(5))
         for p in (self.mix_w_bias, self.mix_h_bias):
-            nn.init.uniform_(p, -bound, bound)
+            nn.init.uniform_(p, -1 / math.sqrt(n), 1 / math.sqrt(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv(self.act(self.dw_norm(x)))
@@ -195,20 +160,13 @@ class SMLP(nn.Module):
         return f'native_size={self.native_size}, resize_mode={self.resize_mode!r}'
 
 
-MIXERS = {
-    'pooling': Pooling,
-    'identity': IdentityMixer,
-    'attention': Attention,
-    'sepconv': SepConv,
-    'smlp': SMLP,
-    'random': RandomMixing,  # RandFormer; its own module (random_mixing.py)
-}
+MIXERS = {'pooling': Pooling, 'identity': IdentityMixer, 'attention': Attention,
+          'sepconv': SepConv, 'smlp': SMLP, 'random': RandomMixing}
 
 
 def build_mixer(cfg: Union[str, Dict], dim: int, token_stride: int) -> nn.Module:
-    """Builds a token mixer from a name (``'pooling'``) or a dict (``dict(type='pooling', pool_size=5)``)."""
-    if isinstance(cfg, str):
-        cfg = dict(type=cfg)
+    """Builds a token mixer from a name (``'pooling'``) or a dict (``dict(type='pooling')``)."""
+    cfg = dict(type=cfg) if isinstance(cfg, str) else cfg
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f'a token mixer is a name or a dict with "type", got {cfg!r}')
     cfg = dict(cfg)

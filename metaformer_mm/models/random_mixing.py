@@ -1,23 +1,10 @@
 """RandFormer's token mixer: a frozen random token-to-token matrix, at any input size.
 
 "MetaFormer Baselines for Vision" (https://arxiv.org/abs/2210.13452, sail-sg/metaformer
-``RandomMixing``) mixes the N tokens of a stage with a fixed N x N matrix, drawn at random,
-row-softmaxed and never trained: ``out[m] = sum_n M[m, n] x[n]`` over the row-major H x W
-tokens. The original is tied to its training grid (14x14 and 7x7 at 224x224). Here the
-matrix of the native grid is the parameter ``random_matrix`` (so the released checkpoints
-load unchanged), and another grid gets a resampled copy:
-
-* the matrix is seen as a 4-D kernel (out_h, out_w, in_h, in_w) and resampled bilinearly
-  to the runtime grid along all four axes (antialiased when shrinking);
-* each row is renormalised to sum 1, so every output token stays a convex mixture of all
-  input tokens, and features change smoothly with the image size.
-
-At the native grid the stored matrix is used as it is. Resampled matrices are cached per
-grid (a detector sees many sizes, but repeats them) outside the state dict, and rebuilt
-when the parameter changes (a load, ``.to()``). A grid of T tokens needs a T x T matrix:
-4 * T**2 bytes in fp32, 58 MB at 800x1216 (stage 3: 50 x 76 tokens); beyond
-``max_matrix_mb`` (1024 MB by default: up to about 16,000 tokens, so a 2048x2048 image, 16,384
-tokens in stage 3, is refused) it is refused with an error naming the size and the memory.
+``RandomMixing``) mixes a stage's N tokens with a fixed, row-softmaxed random N x N matrix tied
+to the training grid. Here it is the parameter ``random_matrix`` (checkpoints load unchanged);
+another grid gets a copy resampled as a 4-D kernel and renormalised per row (every output token
+stays a convex mixture of all tokens), cached per grid outside the state dict.
 """
 import math
 from collections import OrderedDict
@@ -32,23 +19,17 @@ Grid = Tuple[int, int]
 
 def parse_image_size(image_size: Union[int, Sequence[int]], name: str = 'image_size') -> Grid:
     """``image_size`` as (H, W); an int means a square image. Refuses anything else."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    if (isinstance(image_size, (list, tuple)) and len(image_size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                    for v in image_size)):
-        return int(image_size[0]), int(image_size[1])
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return int(size[0]), int(size[1])
     raise ValueError(f'{name} must be a positive int or a pair (H, W) of positive ints, '
                      f'got {image_size!r}')
 
 
 def resample_token_matrix(matrix: torch.Tensor, native: Grid, grid: Grid) -> torch.Tensor:
-    """Resamples a (h*w, h*w) token matrix of grid ``native`` to ``grid``; rows sum to 1.
-
-    Both token axes are resampled as 2-D images (bilinear, antialiased when shrinking, the
-    same rule as ``F.interpolate``), then each row is renormalised. Returns ``matrix``
-    itself at the native grid.
-    """
+    """Resamples a (h*w, h*w) token matrix of grid ``native`` to ``grid`` (both token axes as
+    2-D images, bilinear, antialiased when shrinking), rows renormalised to sum 1."""
     if tuple(grid) == tuple(native):
         return matrix
     (nh, nw), (h, w) = native, grid
@@ -69,7 +50,9 @@ class RandomMixing(nn.Module):
         token_stride: the stage's stride (16 in stage 3, 32 in stage 4).
         image_size: the input size (int or (H, W)) the matrix belongs to; the native grid is
             ``image_size // token_stride`` (224 -> 14x14 in stage 3, 7x7 in stage 4).
-        max_matrix_mb: largest resampled matrix (fp32, MB = 1e6 bytes) built for a runtime grid.
+        max_matrix_mb: largest resampled matrix (fp32, MB = 1e6 bytes) built for a runtime
+            grid: T tokens need 4 * T**2 bytes (58 MB at 800x1216, stage 3: 50 x 76 tokens);
+            the default 1024 MB allows about 16,000 tokens (a 2048x2048 image is refused).
         cache_size: resampled matrices kept (per mixer, least recently used dropped).
     """
 
@@ -94,10 +77,9 @@ class RandomMixing(nn.Module):
         self._cache: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
         self._cache_source: tuple = ()
 
-    # ------------------------------------------------------------------ the matrix of a grid
     def matrix_for(self, grid: Grid, dtype: torch.dtype = None) -> torch.Tensor:
-        """The mixing matrix of a runtime ``grid`` (H, W): the parameter at the native grid,
-        else its resampled copy (cached), in ``dtype`` (default: the parameter's)."""
+        """The mixing matrix of a runtime ``grid`` (H, W) in ``dtype`` (default: the parameter's):
+        the parameter at the native grid, else its cached resampled copy."""
         param = self.random_matrix
         dtype = dtype or param.dtype
         grid = (int(grid[0]), int(grid[1]))
@@ -122,8 +104,7 @@ class RandomMixing(nn.Module):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        with torch.no_grad():
-            matrix = resample_token_matrix(param.detach(), self.native_grid, grid).to(dtype)
+        matrix = resample_token_matrix(param.detach(), self.native_grid, grid).to(dtype)
         self._cache[key] = matrix
         while len(self._cache) > max(self.cache_size, 0):
             self._cache.popitem(last=False)
@@ -139,7 +120,6 @@ class RandomMixing(nn.Module):
         # NCHW: tokens are columns of a (B, C, N) view.
         return torch.matmul(x.reshape(b, c, h * w), matrix.t()).view(b, c, h, w)
 
-    # ------------------------------------------------------------------ checkpoints
     def _load_from_state_dict(self, state_dict: Dict, prefix: str, *args, **kwargs) -> None:
         key = prefix + 'random_matrix'
         value = state_dict.get(key)

@@ -20,11 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_backbone
 from ..kernels import check_kernels, reference_block, reference_forward
-from ..kernels.elementwise import contiguous_nchw, drop_path_factor, fused_residual, scale_vector
+from ..kernels.elementwise import contiguous_nchw, fused_residual, scale_vector
 from ..kernels.folded import run_folded_stage
 from ..kernels.mlp import is_plain_mlp, mlp_forward
 from ..kernels.ops import autocast_enabled
-from ..layers import DropPath, Downsample, Mlp, Scale, build_act
+from ..layers import DropPath, Downsample, Mlp, Scale, build_act, drop_path_factor
 from ..mixers import SMLP, Pooling, build_mixer
 from ..norms import build_norm
 from .arch import resolve_arch

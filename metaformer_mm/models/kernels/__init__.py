@@ -1,10 +1,8 @@
-"""How a MetaFormer block is computed, chosen by ``MetaFormer(kernels=...)`` (or ``set_kernels``,
-or ``use_kernels`` on any model holding MetaFormers): ``'reference'`` the plain formulation of
-the original code (``reference.py``, the oracle of every test); ``'auto'`` (default) channels-
-last maps, fused residual updates (``elementwise.py``) and the MLP as one chunked GEMM loop
-(``mlp.py``) on oneDNN's fused kernels where they apply (``activations.py``, ``ops.py``);
-``'aten'`` the same on aten GEMMs only; ``'deploy'`` pooling/identity stages folded into their
-1x1 convs (``folded.py``) in ``eval()`` without autograd, what the ONNX ``--deploy`` export traces.
+"""How a MetaFormer block is computed, chosen by ``MetaFormer(kernels=...)``, ``set_kernels`` or
+``use_kernels``: ``'reference'`` the original formulation (``reference.py``, the test oracle);
+``'auto'`` (default) channels-last maps, fused residual updates (``elementwise.py``) and a chunked
+GEMM loop for the MLP (``mlp.py``) on oneDNN where it applies; ``'aten'`` the same on aten GEMMs
+only; ``'deploy'`` pooling/identity stages folded into their 1x1 convs (``folded.py``).
 """
 import contextlib
 from typing import Iterator

@@ -1,12 +1,8 @@
 """One table of the MLP activations: module type -> fused, in-place, out= and backward forms.
 
-An activation module maps to a kind (``act_kind``); each kind's ``ActKernel`` says how the
-chunked MLP applies it: fused into oneDNN's GEMM epilogue (``onednn``, or None where oneDNN
-has no such epilogue), in place on a hidden chunk, into a buffer (the training forward, which
-keeps the pre-activation), its backward (the training MLP recomputes it chunk by chunk), and
-out of place (the folded path, traceable). StarReLU (``s * relu(h)^2 + b``) is ``relu_square``
-with its scalars folded into the next linear (``fold_into_fc2``). Modules of other types have
-no kind: the MLP then calls them as they are.
+A module's kind (``act_kind``; None for other types, which the MLP calls as they are) names
+the ``ActKernel`` the chunked and folded MLPs use. StarReLU (``s * relu(h)^2 + b``) is
+``relu_square`` with its scalars folded into the next linear (``fold_into_fc2``).
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
@@ -31,10 +27,6 @@ class ActKernel:
     plain: Callable[[Tensor], Tensor]              # act(h), out of place
 
 
-def _identity(h: Tensor) -> Tensor:
-    return h
-
-
 def _gelu(approximate: str) -> ActKernel:
     return ActKernel(('gelu', approximate), lambda h: ops.gelu_into(h, approximate, h),
                      lambda h, out: ops.gelu_into(h, approximate, out),
@@ -50,22 +42,18 @@ ACTS: Dict[str, ActKernel] = {
     'relu_square': ActKernel(None, lambda h: h.relu_().square_(),
                              lambda h, out: torch.clamp_min(h, 0, out=out).square_(), None,
                              lambda h: F.relu(h).square()),
-    'none': ActKernel(('none', ''), _identity, lambda h, out: h, lambda g, h: g, _identity),
+    'none': ActKernel(('none', ''), lambda h: h, lambda h, out: h, lambda g, h: g, lambda h: h),
 }
 
-_KIND_OF_TYPE: Dict[type, Callable[[nn.Module], str]] = {
-    nn.GELU: lambda act: 'gelu' if act.approximate == 'none' else 'gelu_tanh',
-    nn.ReLU: lambda act: 'relu',
-    nn.Identity: lambda act: 'none',
-    StarReLU: lambda act: 'relu_square',
-    SquaredReLU: lambda act: 'relu_square',
-}
+_KIND_OF_TYPE: Dict[type, str] = {nn.ReLU: 'relu', nn.Identity: 'none',
+                                   StarReLU: 'relu_square', SquaredReLU: 'relu_square'}
 
 
 def act_kind(act: nn.Module) -> Optional[str]:
     """The ``ACTS`` key of an activation module, None for types the table lacks."""
-    kind = _KIND_OF_TYPE.get(type(act))
-    return None if kind is None else kind(act)
+    if type(act) is nn.GELU:
+        return 'gelu' if act.approximate == 'none' else 'gelu_tanh'
+    return _KIND_OF_TYPE.get(type(act))
 
 
 def fold_into_fc2(act: nn.Module, w2: Tensor, b2: Optional[Tensor]

@@ -1,20 +1,16 @@
-"""Chunk sizes of the cache-blocked kernels, in float elements: one per purpose, changeable
-for tests. Tuned on the project's CI machine (2 cores of an AMD EPYC, README Performance);
-any size gives the same results."""
+"""Chunk sizes of the cache-blocked kernels in float elements, changeable for tests; tuned on
+2 cores of an AMD EPYC (README Performance), any size gives the same results."""
 import contextlib
 from typing import Dict, Iterator
 
-# MLP hidden activation per chunk on aten GEMMs (16 MiB): the chunk stays in the last-level
-# cache, the full-size activation is never allocated, and the ops stay few.
-ATEN_MLP_CHUNK = 1 << 22
-# The same on oneDNN's fused kernels, which leave less work between the GEMMs: a smaller
-# chunk (4 MiB) keeps fc2's input in L2.
-ONEDNN_MLP_CHUNK = 1 << 20
-# Slab of the channels-last -> NCHW output copy (512 KiB: source and target in L2).
-NCHW_COPY_CHUNK = 1 << 17
-
-SIZES: Dict[str, int] = dict(aten_mlp=ATEN_MLP_CHUNK, onednn_mlp=ONEDNN_MLP_CHUNK,
-                             nchw_copy=NCHW_COPY_CHUNK)
+SIZES: Dict[str, int] = dict(
+    # MLP hidden activation per chunk on aten GEMMs (16 MiB): it stays in the last-level cache,
+    # the full-size activation is never allocated, and the ops stay few.
+    aten_mlp=1 << 22,
+    # oneDNN's fused kernels leave less work between the GEMMs: 4 MiB keeps fc2's input in L2.
+    onednn_mlp=1 << 20,
+    # Slab of the channels-last -> NCHW output copy (512 KiB: source and target in L2).
+    nchw_copy=1 << 17)
 
 
 @contextlib.contextmanager

@@ -14,41 +14,21 @@ def scale_vector(module: nn.Module) -> Optional[torch.Tensor]:
     return scale if isinstance(scale, torch.Tensor) else None
 
 
-def drop_path_factor(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-sample factor ``mask / keep`` of an active DropPath, None when it is inactive.
-
-    Draws the mask exactly as ``DropPath.forward`` does (same shape, dtype and RNG call),
-    so that the fused path and the plain one drop the same samples.
-    """
-    prob = getattr(drop_path, 'drop_prob', 0.0)
-    if not drop_path.training or prob == 0.0:
-        return None
-    keep = 1.0 - prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return mask.div_(keep)
-
-
 def fused_residual(x: torch.Tensor, branch: torch.Tensor, layer_scale: Optional[torch.Tensor],
                    res_scale: Optional[torch.Tensor], factor: Optional[torch.Tensor],
                    branch_is_temporary: bool) -> torch.Tensor:
-    """``x * res_scale + factor * layer_scale * branch`` in one kernel where possible.
-
-    ``branch_is_temporary`` says that ``branch`` was created by the caller and saved by no
-    backward function, so its buffer may receive the result.
-    """
-    weight = None
-    if layer_scale is not None:
-        weight = layer_scale.view(1, -1, *([1] * (x.ndim - 2)))
+    """``x * res_scale + factor * layer_scale * branch`` in one kernel where possible; with
+    ``branch_is_temporary`` (made by the caller, saved by no backward) ``branch`` may take it."""
+    weight = None if layer_scale is None else layer_scale.view(1, -1, *([1] * (x.ndim - 2)))
     if factor is not None:
         weight = factor if weight is None else weight * factor
     base = x if res_scale is None else x * res_scale.view(1, -1, *([1] * (x.ndim - 2)))
     dtype = torch.promote_types(base.dtype, branch.dtype)
     if weight is not None:
         dtype = torch.promote_types(dtype, weight.dtype)
-    # The buffer takes the result only if it has the result's dtype and shape, never while
-    # tracing (the exported graph stays pure), and never while autograd records: writing
-    # into a branch that is a view (a permuted linear output) would make backward copy the
-    # gradient through CopySlices.
+    # The buffer takes the result only with the result's dtype and shape, never while tracing
+    # (the exported graph stays pure) nor while autograd records (writing into a view, a
+    # permuted linear output, would make backward copy the gradient through CopySlices).
     recording = torch.is_grad_enabled() and (branch.requires_grad or base.requires_grad)
     inplace = (branch_is_temporary and not recording and not exporting()
                and branch.dtype == dtype and branch.shape == base.shape)
@@ -60,12 +40,8 @@ def fused_residual(x: torch.Tensor, branch: torch.Tensor, layer_scale: Optional[
 
 
 def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
-    """``x.contiguous()``, by slabs of rows for a channels-last CPU tensor without autograd.
-
-    The whole-tensor copy walks one of the two layouts with a stride of H*W elements and
-    misses the cache on every load; slab by slab both sides stay in cache (about 3x faster
-    on a stride-4 PoolFormer map).
-    """
+    """``x.contiguous()``, by slabs of rows for a channels-last CPU tensor without autograd:
+    both sides stay in cache (the whole-tensor copy misses it on every load; ~3x faster)."""
     if (x.is_contiguous() or x.device.type != 'cpu' or x.dim() != 4 or exporting()
             or (torch.is_grad_enabled() and x.requires_grad)):
         return x.contiguous()

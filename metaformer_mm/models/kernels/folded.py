@@ -1,25 +1,24 @@
 """The folded (deploy) formulation of pooling/identity-mixer blocks, as whole-tensor ops.
 
-For blocks with a pooling or identity token mixer and ``GroupNorm(1)`` norms (PoolFormer,
-PoolFormerV2, IdentityFormer), with ``mu, rstd`` a GroupNorm's statistics:
-``pool(GN(x)) - GN(x) = g * rstd * (pool(x) - x)`` (the norm's bias and mean cancel, the
-per-channel scale commutes with pooling), so the token branch is
-``x + (ls1 * g1 * rstd) * (pool(x) - x)`` and no normalized tensor is written; GN2's affine
-goes into ``fc1`` (``W1 diag(g2)``, ``b1 + W1 be2``), the layer scale and StarReLU's scalars
-into ``fc2``. The weights are folded from the current parameters at each call (nothing is
-cached; the state dict is untouched). Selected by ``kernels='deploy'`` in ``eval()`` without
-autograd; what ``tools/deploy/export_onnx.py --deploy`` exports. On a CPU in eager mode the
-default path is faster (README, Performance).
+With ``GroupNorm(1)`` norms (PoolFormer, PoolFormerV2, IdentityFormer),
+``pool(GN(x)) - GN(x) = g * rstd * (pool(x) - x)`` (bias and mean cancel), so the token branch
+writes no normalized tensor; GN2's affine goes into ``fc1``, the layer scale and StarReLU's
+scalars into ``fc2``, folded from the current parameters at each call. Selected by
+``kernels='deploy'`` (``eval()``, no autograd): what the ONNX ``--deploy`` export traces (in
+eager mode on a CPU the default path is faster).
 """
+import functools
 from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..mixers import IdentityMixer, Pooling
 from .activations import ACTS, act_kind, fold_into_fc2
 from .elementwise import scale_vector
 from .mlp import is_plain_mlp
+from .reference import reference_scale
 
 
 def _is_gn1(norm: nn.Module) -> bool:
@@ -43,24 +42,19 @@ def _moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _channels(*vectors) -> torch.Tensor:
     """The product of the per-channel vectors that exist, as (1, C, 1, 1)."""
-    out = None
-    for v in vectors:
-        if v is not None:
-            out = v if out is None else out * v
-    return out.view(1, -1, 1, 1)
+    return functools.reduce(torch.mul, [v for v in vectors if v is not None]).view(1, -1, 1, 1)
 
 
 @torch.no_grad()
 def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One block of a foldable stage, folded (see the module docstring)."""
     n1, n2, mlp = block.norm1, block.norm2, block.mlp
-    ls1, r1, r2 = (scale_vector(m) for m in (block.layer_scale1, block.res_scale1,
-                                             block.res_scale2))
+    ls1 = scale_vector(block.layer_scale1)
     mean, var = _moments(x)
     a = torch.rsqrt(var + n1.eps)
     if ls1 is not None or n1.weight is not None:
         a = a * _channels(ls1, n1.weight)
-    y = x if r1 is None else x * r1.view(1, -1, 1, 1)
+    y = reference_scale(block.res_scale1, x)
     if isinstance(block.token_mixer, Pooling):
         y = y + a * (block.token_mixer.pool(x) - x)
     else:
@@ -78,9 +72,8 @@ def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w2, c2 = w2 * ls2.view(-1, 1), None if c2 is None else c2 * ls2
     mean, var = _moments(y)
     tokens = ((y - mean) * torch.rsqrt(var + n2.eps)).permute(0, 2, 3, 1)
-    out = torch.nn.functional.linear(ACTS[act_kind(mlp.act)].plain(
-        torch.nn.functional.linear(tokens, w1, c1)), w2, c2)
-    return (y if r2 is None else y * r2.view(1, -1, 1, 1)) + out.permute(0, 3, 1, 2)
+    out = F.linear(ACTS[act_kind(mlp.act)].plain(F.linear(tokens, w1, c1)), w2, c2)
+    return reference_scale(block.res_scale2, y) + out.permute(0, 3, 1, 2)
 
 
 def run_folded_stage(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

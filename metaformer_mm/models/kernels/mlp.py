@@ -1,13 +1,9 @@
 """The channel MLP on channels-last token rows: one chunked loop for inference and training.
 
-``fc2(act(fc1(x)))`` of a 1x1-conv MLP runs as GEMMs on the ``(N*H*W, C)`` view of a
-channels-last map, with the layer scale folded into fc2's weight (one GEMM instead of a GEMM
-and a multiply). On the CPU the rows go in chunks (``chunked_mlp``), so that the 4x-wide
-hidden activation never leaves the cache, on oneDNN's linear with fused epilogues (fc1 +
-bias + activation, fc2 + bias + residual) where ``activations.ACTS`` names one, else on aten
-GEMMs. In training (``_ChunkedMlp``) the same loop keeps only the pre-activation, and
-backward recomputes the activation chunk by chunk: the activation, its gradient and the
-pre-activation's gradient (three 4C-per-token tensors per block) are never allocated in full.
+GEMMs on the ``(N*H*W, C)`` view of a channels-last map, the layer scale folded into fc2, in
+chunks of rows on the CPU so that the 4x-wide hidden activation stays in cache (on oneDNN's
+fused epilogues where ``ACTS`` names one). Training keeps only the pre-activation: backward
+recomputes the activation chunk by chunk, and its other 4C-per-token tensors stay chunk-sized.
 """
 from typing import Optional, Tuple, Union
 
@@ -37,14 +33,9 @@ def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
                 b2: Optional[Tensor], dst: Tensor, act: Union[ActKernel, nn.Module],
                 epilogue: Optional[Tuple[str, str]] = None, base: Optional[Tensor] = None,
                 res_scale: Optional[Tensor] = None, pre: Optional[Tensor] = None) -> None:
-    """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of token rows.
-
-    ``epilogue`` (oneDNN's name and algorithm of ``act``) selects oneDNN's fused kernels;
-    without it the GEMMs are aten's and ``act`` (a table entry, or a module called as it is)
-    runs in place, or, when ``pre`` is given (training), fc1's output is kept in ``pre`` and
-    the activation goes to a scratch chunk. ``dst`` may alias ``rows`` or ``base``: each
-    chunk is written after the last read of its rows.
-    """
+    """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of token rows: on oneDNN
+    with ``epilogue`` (its name and algorithm of ``act``), else on aten GEMMs, ``pre`` (training)
+    keeping fc1's output. ``dst`` may alias ``rows`` or ``base`` (chunks are written last)."""
     n, hidden = rows.shape[0], w1.shape[0]
     step = max(64, chunking.SIZES['onednn_mlp' if epilogue else 'aten_mlp'] // hidden)
     buf = None if epilogue else rows.new_empty((min(step, n), hidden))
@@ -81,16 +72,12 @@ def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
 def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
                 residual: Optional[Tensor] = None, res_scale: Optional[Tensor] = None,
                 out: Optional[Tensor] = None, onednn: bool = True) -> Tensor:
-    """``[residual * res_scale +] out_scale * fc2(act(fc1(x)))`` of a plain MLP on NCHW ``x``.
-
-    The result is channels-last. ``out`` (no-grad only) is an NCHW buffer of ``residual``'s
-    shape that may receive the result, e.g. ``x`` itself when nothing else reads it
-    afterwards. ``onednn=False`` keeps the aten GEMMs even where oneDNN's would run.
-    """
+    """``[residual * res_scale +] out_scale * fc2(act(fc1(x)))`` of a plain MLP on NCHW ``x``,
+    as a channels-last map. ``out`` (no-grad only) is an NCHW buffer that may take the result
+    (e.g. ``x`` when nothing reads it afterwards); ``onednn=False`` keeps the aten GEMMs."""
     tokens = x.permute(0, 2, 3, 1)
     if not tokens.is_contiguous():
-        # An NCHW model (e.g. sMLPNet, whose axial mixing wants NCHW): the 1x1 convs as
-        # convs, the layer scale in the fused residual update.
+        # An NCHW model (sMLPNet): the 1x1 convs as convs, the scale in the residual update.
         o = mlp.fc2(mlp.act(mlp.fc1(x)))
         if residual is None:
             return o if out_scale is None else o * out_scale.view(1, -1, 1, 1)
@@ -106,9 +93,8 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
     n, h, w, c = tokens.shape
     out_channels = w2.shape[0]
     if chunkable and not grad:
-        base = None
-        if residual is not None:  # (a copy only for an odd layout)
-            base = residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)
+        base = None if residual is None else \
+            residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)  # copies odd layouts
         if not (out is not None and out.permute(0, 2, 3, 1).is_contiguous()
                 and out.shape == (n, out_channels, h, w) and out.dtype == tokens.dtype):
             out = tokens.new_empty((n, h, w, out_channels)).permute(0, 3, 1, 2)
@@ -138,12 +124,8 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
 
 
 class _ChunkedMlp(torch.autograd.Function):
-    """``residual + fc2(act(fc1(z)))`` on token rows, chunk by chunk, for training.
-
-    Forward is ``chunked_mlp`` on aten GEMMs keeping the pre-activation ``fc1(z)``; backward
-    recomputes the activation chunk by chunk while the chunk is in cache. Weight gradients
-    accumulate over the chunks.
-    """
+    """``residual + fc2(act(fc1(z)))`` on token rows for training: ``chunked_mlp`` keeping
+    ``fc1(z)``; backward recomputes the activation chunk by chunk while it is in cache."""
 
     @staticmethod
     def forward(ctx, z: Tensor, residual: Optional[Tensor], w1: Tensor, b1: Optional[Tensor],

@@ -1,9 +1,7 @@
 """The private torch operators the fast path uses, each tested once before use, with fallbacks.
 
-oneDNN's linear with fused epilogues (what inductor emits on x86 CPUs) and aten's in-place
-/ ``out=`` GELU kernels are not public API: a torch build may lack them or change them.
-Each is called once on a tiny tensor and compared with the plain op; where that fails the
-public formulation runs instead (for oneDNN: the aten GEMMs of ``mlp.py``).
+oneDNN's fused linear (what inductor emits on x86) and aten's ``out=`` GELU kernels are not
+public API: each is compared once with the plain op, and where that fails the public one runs.
 """
 import functools
 from typing import Optional

@@ -1,9 +1,8 @@
 """The plain formulation of a MetaFormer: the readable definition of a block and the test oracle.
 
-``reference_forward(model, x)`` computes a backbone the way the original code wrote it
-(NCHW, ``GroupNorm``, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale multiplies),
-with the model's own parameters; every faster path is tested against it. A backbone built
-with ``kernels='reference'`` (or switched with ``set_kernels('reference')``) runs it.
+``reference_forward(model, x)`` computes a backbone as the original code wrote it (NCHW,
+``GroupNorm``, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale multiplies);
+``kernels='reference'`` runs it, and every faster path is tested against it.
 """
 from typing import Tuple, Union
 
@@ -12,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import Downsample, Mlp
-from ..mixers import IdentityMixer, Pooling
+from ..mixers import Pooling
 from ..norms import LayerNorm2d
 from .elementwise import scale_vector
 
@@ -41,11 +40,7 @@ def reference_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def reference_mixer(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """PoolFormer's ``AvgPool2d(x) - x``; other mixers are called as they are."""
-    if isinstance(mixer, Pooling):
-        return mixer.pool(x) - x
-    if isinstance(mixer, IdentityMixer):
-        return x
-    return mixer(x)
+    return mixer.pool(x) - x if isinstance(mixer, Pooling) else mixer(x)
 
 
 def reference_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -76,11 +71,8 @@ def reference_downsample(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def reference_forward(model: nn.Module, x: torch.Tensor, channels_last: bool = False
                       ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-    """What ``model`` (a ``MetaFormer``) computes, in the plain eager NCHW formulation.
-
-    ``channels_last=True`` runs the same code on a channels-last input (every op then keeps
-    that layout): the benchmark's measure of what the layout alone gives.
-    """
+    """What ``model`` (a ``MetaFormer``) computes, in the plain eager NCHW formulation;
+    ``channels_last=True`` runs it in that layout (what the layout alone gives)."""
     model._check_input(x)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else
                      torch.contiguous_format)
