@@ -54,7 +54,7 @@ import torch.nn as nn  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_BACKBONES = ['poolformer_s12', 'poolformer_s24', 'poolformer_m36', 'smlpnet_tiny',
-                     'resnet50', 'resnet18']
+                     'randformer_s12', 'resnet50', 'resnet18']
 DEFAULT_CONFIGS = [
     'configs/detection/retinanet_poolformer_s12.py',
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
