@@ -459,3 +459,16 @@ def test_private_ops_are_feature_tested_and_activation_table_forms_agree():
             w, b = torch.randn(8, 24), torch.randn(8)
             torch.testing.assert_close(ops.onednn_linear(h, w, b, *act.onednn),
                                        act.plain(h @ w.t() + b), rtol=1e-5, atol=1e-5)
+
+
+def test_operator_probes_leave_the_global_rng_alone():
+    """The private-operator probes run lazily inside a forward: they must not consume the
+    global RNG, or a seeded run's drop-path masks would depend on what ran before."""
+    from metaformer_mm.models.kernels import ops
+    ops.available.cache_clear()
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    for name in ('onednn_linear', 'aten_gelu'):
+        ops.available(name)
+    assert torch.equal(torch.rand(4), expected)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import metaformer_mm  # noqa: F401  (registers the backbones)
-from metaformer_mm.checkpoint import convert_state_dict
+from metaformer_mm.checkpoint import CheckpointError, convert_state_dict
 from metaformer_mm.models.backbones import MetaFormer, PoolFormerV2, RandFormer
 from metaformer_mm.models.mixers import IdentityMixer, build_mixer
 from metaformer_mm.models.random_mixing import RandomMixing, resample_token_matrix
@@ -229,13 +229,18 @@ def test_image_size_not_a_multiple_of_the_stride():
 def test_checkpoint_of_another_grid(reference_dir):
     model = _tiny(image_size=224)
     _, state = convert_state_dict(_ref(reference_dir, 'official.pth'))
-    with pytest.raises(ValueError, match=r'checkpoint tensor stages\.2\.blocks\.0\.token_mixer'
-                                         r'\.random_matrix has shape \(24, 24\): 24 tokens.*'
-                                         r'native grid is 14x14 = 196 tokens'):
+    # The backbone's load check names the tensor, both shapes and the grid they imply.
+    with pytest.raises(CheckpointError, match=r'checkpoint tensor stages\.2\.blocks\.0\.token_mixer'
+                                              r'\.random_matrix has shape \(24, 24\): 24 tokens.*'
+                                              r'native grid is 14x14 = 196 tokens'):
         model.load_state_dict(state, strict=False)
+    # The mixer refuses it by itself too (a load that bypasses the backbone's check).
+    mixer = model.stages[2].blocks[0].token_mixer
+    with pytest.raises(ValueError, match=r'random_matrix has shape \(24, 24\).*14x14'):
+        mixer.load_state_dict({'random_matrix': state['stages.2.blocks.0.token_mixer.random_matrix']})
     # Through init_cfg the loader's shape check names the tensor and both shapes.
-    with pytest.raises((ValueError, RuntimeError), match=r'random_matrix is \(24, 24\) in the '
-                                                         r'checkpoint but \(196, 196\)'):
+    with pytest.raises(CheckpointError, match=r'random_matrix is \(24, 24\) in the '
+                                              r'checkpoint but \(196, 196\).*native grid is 14x14'):
         _tiny(reference_dir, image_size=224)
 
 

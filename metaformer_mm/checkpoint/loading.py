@@ -63,13 +63,26 @@ def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
     return value.numel() == target.numel() and squeeze(value.shape) == squeeze(target.shape)
 
 
-def _fit(name: str, value: torch.Tensor, target: torch.Tensor, path: str) -> torch.Tensor:
+def _why_shape(model: nn.Module, key: str, shape: tuple) -> str:
+    """The owning module's own explanation of a shape misfit (e.g. a RandFormer matrix of
+    another token grid: ``shape_mismatch``), or nothing."""
+    try:
+        owner = model.get_submodule(key.rsplit('.', 1)[0]) if '.' in key else model
+    except AttributeError:
+        return ''
+    explain = getattr(owner, 'shape_mismatch', None)
+    return f' ({explain(key, shape)})' if callable(explain) else ''
+
+
+def _fit(name: str, value: torch.Tensor, target: torch.Tensor, path: str,
+         model: Optional[nn.Module] = None) -> torch.Tensor:
     """Reshapes Linear <-> 1x1-conv weights; raises on a real shape mismatch."""
     if _fits(value, target):
         return value.reshape(target.shape)
     raise CheckpointError(
         f'shape mismatch loading {path}: {name} is {tuple(value.shape)} in the checkpoint but '
-        f'{tuple(target.shape)} in the model (a checkpoint of another architecture?)')
+        f'{tuple(target.shape)} in the model (a checkpoint of another architecture?)'
+        + (_why_shape(model, name, tuple(value.shape)) if model is not None else ''))
 
 
 # --------------------------------------------------------------------------- inside load_state_dict
@@ -110,7 +123,8 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
                 state_dict[prefix + key] = value.reshape(own[key].shape)
             else:
                 mismatched.append(f'{prefix}{key}: {tuple(value.shape)} in the checkpoint, '
-                                  f'{tuple(own[key].shape)} in the model')
+                                  f'{tuple(own[key].shape)} in the model'
+                                  + _why_shape(module, key, tuple(value.shape)))
     # BatchNorm's step counter is optional in old files (torch fills it in).
     missing = [prefix + k for k in own if k not in local and not k.endswith('num_batches_tracked')]
     unexpected = [prefix + k for k in local if k not in own]
@@ -208,7 +222,7 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
         if key not in own:
             unexpected.append(key)
             continue
-        loaded[key] = _fit(key, value, own[key], path).to(own[key].dtype)
+        loaded[key] = _fit(key, value, own[key], path, model).to(own[key].dtype)
     missing = [k for k in own if k not in loaded]
     if len(loaded) < min_fraction * len(own):
         raise CheckpointError(

@@ -18,6 +18,7 @@ from .random_mixing import RandomMixing
 
 class Pooling(nn.Module):
     """PoolFormer's mixer: average pooling (stride 1, padding excluded) minus the input."""
+    fresh_output = True  # its result is a new buffer no backward saves (see MetaFormerBlock)
 
     def __init__(self, dim: int, token_stride: int = 4, pool_size: int = 3) -> None:
         super().__init__()
@@ -143,10 +144,9 @@ class SMLP(nn.Module):
         self.mix_h_bias = nn.Parameter(torch.empty(n))
         self.fuse = nn.Conv2d(3 * dim, dim, 1, bias=False)
         # Initialised as the original's ``nn.Conv2d(n, n, 1)`` layers are.
-        for p in (self.mix_w_weight, self.mix_h_weight):
-            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-        for p in (self.mix_w_bias, self.mix_h_bias):
-            nn.init.uniform_(p, -1 / math.sqrt(n), 1 / math.sqrt(n))
+        for w, b in ((self.mix_w_weight, self.mix_w_bias), (self.mix_h_weight, self.mix_h_bias)):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            nn.init.uniform_(b, -1 / math.sqrt(n), 1 / math.sqrt(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv(self.act(self.dw_norm(x)))
@@ -169,8 +169,7 @@ def build_mixer(cfg: Union[str, Dict], dim: int, token_stride: int) -> nn.Module
     cfg = dict(type=cfg) if isinstance(cfg, str) else cfg
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f'a token mixer is a name or a dict with "type", got {cfg!r}')
-    cfg = dict(cfg)
-    name = cfg.pop('type')
+    name, options = cfg['type'], {k: v for k, v in cfg.items() if k != 'type'}
     if name not in MIXERS:
         raise ValueError(f'unknown token mixer {name!r}; allowed: {sorted(MIXERS)}')
-    return MIXERS[name](dim, token_stride, **cfg)
+    return MIXERS[name](dim, token_stride, **options)

@@ -55,6 +55,7 @@ class RandomMixing(nn.Module):
             the default 1024 MB allows about 16,000 tokens (a 2048x2048 image is refused).
         cache_size: resampled matrices kept (per mixer, least recently used dropped).
     """
+    fresh_output = True  # one GEMM's new result, saved by no backward (see MetaFormerBlock)
 
     def __init__(self, dim: int, token_stride: int = 16, image_size: Union[int, Grid] = 224,
                  max_matrix_mb: float = 1024, cache_size: int = 4) -> None:

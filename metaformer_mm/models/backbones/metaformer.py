@@ -25,7 +25,7 @@ from ..kernels.folded import run_folded_stage
 from ..kernels.mlp import is_plain_mlp, mlp_forward
 from ..kernels.ops import autocast_enabled
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act, drop_path_factor
-from ..mixers import SMLP, Pooling, build_mixer
+from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
 from .arch import resolve_arch
 from .presets import ARCH_SETTINGS, FAMILIES
@@ -73,10 +73,11 @@ class MetaFormerBlock(nn.Module):
         # The same as ``reference_block``, with fused residual updates and channels-last
         # GEMMs (see ``models/kernels``).
         branch = self.token_mixer(self.norm1(x))
-        # Pooling returns a fresh buffer no backward saved, which may take the result.
+        # A mixer that returns a fresh buffer no backward saved (``fresh_output``: pooling,
+        # random mixing) lets that buffer take the result.
         x = fused_residual(x, branch, scale_vector(self.layer_scale1),
                            scale_vector(self.res_scale1), drop_path_factor(self.drop_path1, x),
-                           branch_is_temporary=isinstance(self.token_mixer, Pooling))
+                           branch_is_temporary=getattr(self.token_mixer, 'fresh_output', False))
         z = self.norm2(x)
         ls2, rs2 = scale_vector(self.layer_scale2), scale_vector(self.res_scale2)
         if not is_plain_mlp(self.mlp):
