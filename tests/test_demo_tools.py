@@ -239,7 +239,9 @@ def test_image_demo_draws_a_large_image_at_a_bounded_size(random_demo_detector, 
     assert _png_size(out_file) == (1365, 2048)  # the default --max-side
     assert re.search(r'100 objects with score >= 0.0', result.stdout)
     peak_mb = int(re.search(r'peak_kb (\d+)', result.stdout).group(1)) / 1024
-    assert peak_mb < 1500, f'image_demo peaked at {peak_mb:.0f} MB'
+    # 0.9 GB on an idle machine; up to 2 GB seen under load (malloc arenas of busy threads):
+    # still far below the 3.5 GB of drawing at full size.
+    assert peak_mb < 2500, f'image_demo peaked at {peak_mb:.0f} MB'
 
 
 def test_image_demo_ground_truth_beside_predictions(random_demo_detector, tmp_path):

@@ -256,8 +256,10 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
                                  stderr=subprocess.PIPE, text=True, env=env)
              for k, args in runs.items()}
     outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
-    expected = {'other': r'the checkpoint does not fit the config\'s model: .*size mismatch '
-                         r'for backbone\.stem\.conv\.weight',
+    expected = {'other': r'.*other_config\.pth does not fit the PoolFormer at \'backbone\.\' '
+                         r'.*shapes that do not fit .*backbone\.stem\.conv\.weight: '
+                         r'\(32, 3, 7, 7\) in the checkpoint, \(8, 3, 7, 7\) in the model.*'
+                         r'Is it a checkpoint of another config\?',
                 'partial': r'the checkpoint does not fit the config\'s model: \d+ missing keys '
                            r'\[\'neck\..*\], 1 unexpected keys \[\'extra\.weight\'\]',
                 'test': r'cannot load .*truncated\.pth: it is truncated',
