@@ -12,6 +12,7 @@ import os.path as osp
 import shutil
 import subprocess
 import sys
+import uuid
 from typing import List
 
 import pytest
@@ -105,7 +106,10 @@ def _runner(work_dir, custom_hooks, max_iters: int = 6) -> Runner:
         default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook', interval=2,
                                            by_epoch=False, max_keep_ckpts=1),
                            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=custom_hooks, randomness=dict(seed=0))
+        custom_hooks=custom_hooks, randomness=dict(seed=0),
+        # mmengine names a run (and its logger, which owns the log file) by its start second:
+        # two runners started within one second would share the first one's log file.
+        experiment_name=f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex[:8]}')
 
 
 def _last_checkpoint(work_dir) -> str:
