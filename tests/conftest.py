@@ -1,6 +1,7 @@
 """Shared fixtures: paths of the reference data and small models."""
 import os
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -9,6 +10,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED = os.environ.get('METAFORMER_SHARED', osp.join(ROOT, '..', 'shared'))
 REFERENCE = osp.join(SHARED, 'reference')
 DATA = osp.join(SHARED, 'data')
+
+# Test modules import shared helpers (tiny_runner.py) from here; pytest's importlib mode
+# does not put this folder on sys.path by itself.
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 # The suite runs on 2 cores; more threads than cores only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))

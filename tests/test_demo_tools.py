@@ -126,7 +126,7 @@ def test_demo_config_changes_only_data_scale_and_schedule(repo_root):
     assert backbone == real.model.backbone
     assert demo.model.neck == real.model.neck
     assert demo.optim_wrapper.optimizer.type == 'AdamW'
-    assert demo.optim_wrapper.optimizer.lr == 1e-3
+    assert demo.optim_wrapper.optimizer.lr == 5e-4
     assert demo.optim_wrapper.optimizer.weight_decay == real.optim_wrapper.optimizer.weight_decay
     assert demo.train_dataloader.batch_size == 8
     assert demo.train_cfg.max_iters == 350

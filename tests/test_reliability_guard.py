@@ -17,12 +17,9 @@ from typing import List
 
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch.utils.data import Dataset
 
 import metaformer_mm  # noqa: F401  (registers the hooks)
 from metaformer_mm.checkpoint import read_checkpoint
@@ -30,31 +27,12 @@ from metaformer_mm.cli.checkpoints import (find_resume_checkpoint, remove_interr
                                            resolve_resume)
 from metaformer_mm.cli.config import ToolError
 from metaformer_mm.engine import NonFiniteError, NonFiniteGuardHook
-from metaformer_mm.models import PoolFormer
-
-TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+from tiny_runner import RandomImages, TinyClassifier
 
 
-class TinyClassifier(BaseModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = PoolFormer(arch=TINY, out_indices=(3,))
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, inputs, labels, mode='tensor'):
-        logits = self.head(self.backbone(inputs)[0].mean((2, 3)))
-        if mode == 'loss':
-            return dict(loss_ce=nn.functional.cross_entropy(logits, labels))
-        return logits
 
 
-class RandomImages(Dataset):
-    def __len__(self) -> int:
-        return 8
 
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(3, 32, 32, generator=g), labels=torch.tensor(i % 3))
 
 
 class Poison(Hook):
@@ -97,7 +75,7 @@ def _params(runner) -> torch.Tensor:
 
 def _runner(work_dir, custom_hooks, max_iters: int = 6) -> Runner:
     return Runner(
-        model=TinyClassifier(), work_dir=str(work_dir),
+        model=TinyClassifier(loss_name='loss_ce'), work_dir=str(work_dir),
         train_dataloader=dict(dataset=RandomImages(), batch_size=4,
                               sampler=dict(type='InfiniteSampler', shuffle=True),
                               collate_fn=dict(type='default_collate')),

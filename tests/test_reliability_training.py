@@ -26,47 +26,22 @@ from typing import Dict, List
 
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.data import Dataset
 
 import metaformer_mm  # noqa: F401  (registers SafeCheckpointHook)
 from metaformer_mm.checkpoint import read_checkpoint
 from metaformer_mm.engine import SafeCheckpointHook
 from metaformer_mm.models import PoolFormer
+from tiny_runner import RandomImages, TinyClassifier
 
-TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
 
 
 # =========================================================================== failing writes
-class TinyClassifier(BaseModel):
-    """The smallest real model a Runner trains: a tiny PoolFormer and a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = PoolFormer(arch=TINY, out_indices=(3,))
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, inputs, labels, mode='tensor'):
-        logits = self.head(self.backbone(inputs)[0].mean((2, 3)))
-        if mode == 'loss':
-            return dict(loss=nn.functional.cross_entropy(logits, labels))
-        if mode == 'predict':
-            return [dict(pred=p, label=t) for p, t in zip(logits.argmax(1), labels)]
-        return logits
 
 
-class RandomImages(Dataset):
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(3, 32, 32, generator=g), labels=torch.tensor(i % 3))
 
 
 class ImprovingScore(BaseMetric):

@@ -9,41 +9,18 @@ import threading
 
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch.utils.data import Dataset
 
 import metaformer_mm  # noqa: F401  (allow-lists mmengine's checkpoint types)
 from metaformer_mm.checkpoint import CheckpointError, read_checkpoint
 from metaformer_mm.models import PoolFormer
-
-TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
-
-
-class TinyClassifier(BaseModel):
-    """A PoolFormer with a linear head: the smallest real model an mmengine Runner trains."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = PoolFormer(arch=TINY, out_indices=(3,))
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, inputs, labels, mode='tensor'):
-        logits = self.head(self.backbone(inputs)[0].mean((2, 3)))
-        if mode == 'loss':
-            return dict(loss=nn.functional.cross_entropy(logits, labels))
-        return logits
+from tiny_runner import TINY, RandomImages, TinyClassifier
 
 
-class RandomImages(Dataset):
-    def __len__(self) -> int:
-        return 16
 
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return dict(inputs=torch.randn(3, 32, 32, generator=g), labels=torch.tensor(i % 3))
+
+
 
 
 class Snapshot(Hook):
@@ -58,7 +35,7 @@ class Snapshot(Hook):
 def _runner(work_dir, max_iters, **kwargs) -> Runner:
     return Runner(
         model=TinyClassifier(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=RandomImages(), batch_size=4,
+        train_dataloader=dict(dataset=RandomImages(16), batch_size=4,
                               sampler=dict(type='DefaultSampler', shuffle=True),
                               collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),

@@ -99,8 +99,10 @@ class NonFiniteGuardHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs: Optional[dict] = None) -> None:
         problems = []
-        bad_losses = {k: float(v) for k, v in (outputs or {}).items()
-                      if 'loss' in k and not math.isfinite(float(v))}
+        # (the summed 'loss' still carries its graph: detach before reading it)
+        losses = {k: float(v.detach() if torch.is_tensor(v) else v)
+                  for k, v in (outputs or {}).items() if 'loss' in k}
+        bad_losses = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad_losses:
             problems.append('non-finite loss ('
                             + ', '.join(f'{k}={v}' for k, v in bad_losses.items()) + ')')
