@@ -22,34 +22,12 @@ from torch.utils.data import Dataset
 from metaformer_mm.checkpoint import (CheckpointError, config_text_problem, partial_loading,
                                       read_checkpoint)
 from metaformer_mm.models import CAFormer, PoolFormer
+from legacy_layouts import to_legacy
 
 TINY_S12 = dict(base='poolformer_s12', depths=[1, 1, 1, 1])
 # A deeper model of the same widths: what an S24 config is to an S12 checkpoint.
 TINY_S24 = dict(base='poolformer_s24', depths=[2, 2, 2, 2])
 
-# Our keys -> the sail-sg (mmdet 2.x / mmseg 0.x) layout, the inverse of the loader's table.
-_TO_LEGACY = [
-    (r'backbone\.stem\.conv\.(.+)', lambda m: f'backbone.patch_embed.proj.{m[1]}'),
-    (r'backbone\.stages\.(\d)\.downsample\.conv\.(.+)',
-     lambda m: f'backbone.network.{2 * int(m[1]) - 1}.proj.{m[2]}'),
-    (r'backbone\.stages\.(\d)\.blocks\.(\d+)\.layer_scale([12])\.scale',
-     lambda m: f'backbone.network.{2 * int(m[1])}.{m[2]}.layer_scale_{m[3]}'),
-    (r'backbone\.stages\.(\d)\.blocks\.(\d+)\.(.+)',
-     lambda m: f'backbone.network.{2 * int(m[1])}.{m[2]}.{m[3]}'),
-    (r'backbone\.out_norms\.(\d)\.(.+)', lambda m: f'backbone.norm{2 * int(m[1])}.{m[2]}'),
-]
-
-
-def to_legacy(state):
-    out = OrderedDict()
-    for key, value in state.items():
-        for pattern, repl in _TO_LEGACY:
-            match = re.fullmatch(pattern, key)
-            if match:
-                key = repl(match)
-                break
-        out[key] = value.clone()
-    return out
 
 
 def legacy_checkpoint(model, kind: str, classes):

@@ -2,7 +2,6 @@
 import json
 import os.path as osp
 import pickle
-import re
 import subprocess
 import sys
 from collections import OrderedDict
@@ -12,6 +11,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from legacy_layouts import to_legacy
 from metaformer_mm.checkpoint import (CheckpointError, convert_detector_checkpoint,
                                       convert_detector_file, detector_backbone_layout)
 
@@ -37,28 +37,6 @@ def build_detector(cfg, seed=0):
             if name.startswith('backbone.') and ('norm' in name or 'layer_scale' in name):
                 param.uniform_(0.5, 1.5)
     return model.eval()
-
-
-def to_mmdet2_layout(state):
-    """Our detector state dict -> the sail-sg mmdet 2.19 layout (official PoolFormer keys)."""
-    rules = [
-        (r'backbone\.stem\.conv\.(.+)', r'backbone.patch_embed.proj.\1'),
-        (r'backbone\.stages\.(\d)\.downsample\.conv\.(.+)',
-         lambda m: f'backbone.network.{2 * int(m[1]) - 1}.proj.{m[2]}'),
-        (r'backbone\.stages\.(\d)\.blocks\.(\d+)\.layer_scale([12])\.scale',
-         lambda m: f'backbone.network.{2 * int(m[1])}.{m[2]}.layer_scale_{m[3]}'),
-        (r'backbone\.stages\.(\d)\.blocks\.(\d+)\.(.+)',
-         lambda m: f'backbone.network.{2 * int(m[1])}.{m[2]}.{m[3]}'),
-        (r'backbone\.out_norms\.(\d)\.(.+)', lambda m: f'backbone.norm{2 * int(m[1])}.{m[2]}'),
-    ]
-    out = OrderedDict()
-    for key, value in state.items():
-        for pattern, repl in rules:
-            if re.fullmatch(pattern, key):
-                key = re.sub(pattern, repl, key)
-                break
-        out[key] = value.clone()
-    return out
 
 
 # --------------------------------------------------------------------------- inference API
@@ -130,7 +108,7 @@ def test_convert_mmdet2_checkpoint(repo_root, detector):
     cfg = tiny(Config.fromfile(config_path(repo_root, f'{detector}_poolformer_s12')))
     model = build_detector(cfg, seed=1)
     ours = model.state_dict()
-    legacy = to_mmdet2_layout(ours)
+    legacy = to_legacy(ours)
     assert 'backbone.network.0.0.layer_scale_1' in legacy
     assert 'backbone.network.1.proj.weight' in legacy and 'backbone.norm6.weight' in legacy
     # RetinaNet releases have no norm0 (FORK_LAST3=1); Mask R-CNN ones have all four.
@@ -188,7 +166,7 @@ def test_convert_detector_file_keeps_classes(repo_root, tmp_path):
     classes = tuple(f'class{i}' for i in range(80))
     # mmdet 2.x checkpoints: upper-case CLASSES in meta, next to the optimizer state.
     torch.save({'meta': {'CLASSES': classes, 'mmdet_version': '2.19.0', 'epoch': 12},
-                'state_dict': to_mmdet2_layout(model.state_dict()),
+                'state_dict': to_legacy(model.state_dict()),
                 'optimizer': {'state': {}, 'param_groups': []}}, src)
     layout, count = convert_detector_file(str(src), str(dst))
     assert (layout, count) == ('official_v1', len(model.state_dict()))
@@ -208,7 +186,7 @@ def test_test_py_evaluates_a_released_checkpoint(repo_root, coco_mini_run, tmp_p
         model.bbox_head.retina_cls.bias.zero_()
     released, converted = tmp_path / 'released.pth', tmp_path / 'converted.pth'
     torch.save({'meta': {'CLASSES': coco_classes()},
-                'state_dict': to_mmdet2_layout(model.state_dict())}, released)
+                'state_dict': to_legacy(model.state_dict())}, released)
     convert_detector_file(str(released), str(converted))
 
     config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')

@@ -7,14 +7,14 @@ releases (backbone keys ``patch_embed.proj``, ``network.N``, ``norm{0,2,4,6}``).
 import os
 import os.path as osp
 import pickle
-import re
 import subprocess
 import sys
-from collections import OrderedDict
 from typing import Dict
 
 import pytest
 import torch
+
+from legacy_layouts import to_legacy
 
 ORIGINAL_SIZE = (512, 683)  # ade_demo.jpg, H x W
 NUM_CLASSES = 150
@@ -143,30 +143,6 @@ def test_mmseg_inferencer(repo_root, data_dir, checkpoint, api_result, no_downlo
 
 
 # --------------------------------------------------------------------------- mmseg 0.x files
-def _to_mmseg0_backbone_key(key: str) -> str:
-    """This project's backbone key -> the sail-sg mmseg 0.19 ``poolformer_s12_feat`` key."""
-    rules = [
-        (r'stem\.conv\.(.+)', lambda m: f'patch_embed.proj.{m[1]}'),
-        (r'stages\.(\d)\.downsample\.conv\.(.+)',
-         lambda m: f'network.{2 * int(m[1]) - 1}.proj.{m[2]}'),
-        (r'stages\.(\d)\.blocks\.(\d+)\.layer_scale(\d)\.scale',
-         lambda m: f'network.{2 * int(m[1])}.{m[2]}.layer_scale_{m[3]}'),
-        (r'stages\.(\d)\.blocks\.(\d+)\.(.+)', lambda m: f'network.{2 * int(m[1])}.{m[2]}.{m[3]}'),
-        (r'out_norms\.(\d)\.(.+)', lambda m: f'norm{2 * int(m[1])}.{m[2]}'),
-    ]
-    for pattern, build in rules:
-        match = re.fullmatch(pattern, key)
-        if match:
-            return build(match)
-    raise AssertionError(f'unmapped backbone key {key}')
-
-
-def _mmseg0_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return OrderedDict(
-        ('backbone.' + _to_mmseg0_backbone_key(k[len('backbone.'):]) if k.startswith('backbone.')
-         else k, v) for k, v in state.items())
-
-
 def _official_keys(reference_dir: str) -> Dict[str, list]:
     path = osp.join(reference_dir, 'keys', 'poolformer_s12.txt')
     keys = {}
@@ -184,7 +160,7 @@ def test_mmseg0_layout_matches_official_backbone(reference_model, reference_dir)
     for i, width in zip((0, 2, 4, 6), (64, 128, 320, 512)):
         expected.update({f'norm{i}.weight': [width], f'norm{i}.bias': [width]})
     built = {k[len('backbone.'):]: list(v.shape)
-             for k, v in _mmseg0_state(reference_model.state_dict()).items()
+             for k, v in to_legacy(reference_model.state_dict()).items()
              if k.startswith('backbone.')}
     assert built == expected
 
@@ -200,7 +176,7 @@ def test_converted_mmseg0_checkpoint_loads(reference_model, repo_root, data_dir,
     released = tmp_path / 'fpn_poolformer_s12_mmseg019.pth'
     meta = {'mmseg_version': '0.19.0', 'CLASSES': ADE20KDataset.METAINFO['classes'],
             'PALETTE': ADE20KDataset.METAINFO['palette']}
-    torch.save({'meta': meta, 'state_dict': _mmseg0_state(expected)}, released)
+    torch.save({'meta': meta, 'state_dict': to_legacy(expected)}, released)
 
     # Unconverted, no backbone tensor matches a key of ours (mmengine would load them silently
     # as missing keys); the neck and head names are the same in mmseg 0.x and 1.x.
@@ -239,7 +215,7 @@ def test_tools_test_converts_mmseg0_checkpoint(repo_root, data_dir, reference_mo
     released = tmp_path / 'fpn_poolformer_s12_mmseg019.pth'
     torch.save({'meta': {'CLASSES': ADE20KDataset.METAINFO['classes'],
                          'PALETTE': ADE20KDataset.METAINFO['palette']},
-                'state_dict': _mmseg0_state(reference_model.state_dict())}, released)
+                'state_dict': to_legacy(reference_model.state_dict())}, released)
     out = tmp_path / 'preds.pkl'
     root = osp.join(data_dir, 'ade_mini', 'ADEChallengeData2016')
     result = subprocess.run(
