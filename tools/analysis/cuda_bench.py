@@ -99,7 +99,8 @@ def backbone_rows(name: str, args) -> List[str]:
         rows.append(f'| {name} | inference {prec} | {sec * 1e3:.1f} ms | {1 / sec:.1f} | - |')
     xb = torch.randn(args.train_batch, 3, *args.train_shape, device='cuda')
     for prec, dtype in PRECISIONS.items():
-        net = copy.deepcopy(model).train()
+        net = copy.deepcopy(model)
+        net.train()  # mmdet's ResNet.train returns None: no chaining
         opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
 
@@ -165,23 +166,32 @@ def main(argv: Optional[List[str]] = None) -> str:
     from mmengine.logging import MMLogger
     MMLogger.get_instance('cuda_bench', log_level='WARNING')
     torch.backends.cudnn.benchmark = True
-    lines = [f'GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, CUDA '
-             f'{torch.version.cuda}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, bf16 '
-             f'{torch.cuda.is_bf16_supported()}',
-             f'inference batch 1 at {args.infer_shape[0]}x{args.infer_shape[1]}; training batch '
-             f'{args.train_batch} at {args.train_shape[0]}x{args.train_shape[1]}', '',
-             '| model | case | time | images/s | peak memory |', '|---|---|---:|---:|---:|']
+    header = [f'GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}, CUDA '
+              f'{torch.version.cuda}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}, bf16 '
+              f'{torch.cuda.is_bf16_supported()}',
+              f'inference batch 1 at {args.infer_shape[0]}x{args.infer_shape[1]}; training batch '
+              f'{args.train_batch} at {args.train_shape[0]}x{args.train_shape[1]}', '',
+              '| model | case | time | images/s | peak memory |', '|---|---|---:|---:|---:|']
+    lines: List[str] = []
+    out = open(args.out, 'w') if args.out else None
+
+    def emit(rows: List[str]) -> None:
+        # Row by row, so that a run cut off by its time limit keeps what it measured.
+        lines.extend(rows)
+        print('\n'.join(rows), flush=True)
+        if out is not None:
+            out.write(''.join(row + '\n' for row in rows))
+            out.flush()
+
+    emit(header)
     for name in args.backbones:
-        lines += backbone_rows(name, args)
+        emit(backbone_rows(name, args))
         torch.cuda.empty_cache()
     if not args.no_models:
-        lines += model_rows(args)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
-    return text
+        emit(model_rows(args))
+    if out is not None:
+        out.close()
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
