@@ -7,7 +7,6 @@ multiplies). Weights are randomized (norm affines, layer scales, biases) so that
 can pass by accident of an identity initialisation. Paths and chunk sizes are chosen through
 the public switches (``kernels=``, ``use_kernels``, ``chunk_sizes``), never by patching.
 """
-import contextlib
 import copy
 import json
 import os.path as osp
@@ -18,8 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from metaformer_mm.models import (CAFormer, IdentityFormer, MetaFormer, PoolFormer, PoolFormerV2,
-                                  SMLPNet)
+from metaformer_mm.models import PoolFormer
 from metaformer_mm.models.kernels import (KERNELS, chunk_sizes, reference_block,
                                           reference_forward, use_kernels)
 from metaformer_mm.models.kernels import ops
@@ -27,54 +25,7 @@ from metaformer_mm.models.kernels.activations import ACTS
 from metaformer_mm.models.kernels.elementwise import contiguous_nchw
 from metaformer_mm.models.kernels.folded import stage_is_foldable
 
-TINY_DIMS = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
-ARCHS = {
-    'poolformer': lambda **kw: PoolFormer(arch=dict(base='poolformer_s12', **TINY_DIMS), **kw),
-    'poolformerv2': lambda **kw: PoolFormerV2(arch=dict(base='poolformerv2_s12', **TINY_DIMS),
-                                              **kw),
-    'identityformer': lambda **kw: IdentityFormer(arch=dict(base='identityformer_s12',
-                                                            **TINY_DIMS), **kw),
-    'caformer': lambda **kw: CAFormer(arch=dict(base='caformer_s18', depths=[1, 1, 1, 1],
-                                                dims=[16, 32, 64, 64]), **kw),
-    'smlpnet': lambda **kw: SMLPNet(arch=dict(base='smlpnet_tiny', depths=[1, 1, 1, 1],
-                                              dims=[8, 16, 32, 64]), image_size=64, **kw),
-}
-FUSED = ['poolformer', 'poolformerv2', 'identityformer']
-
-
-def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random norm affines, layer/res scales and biases, BN statistics: no identity folds."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1 and ('scale' in name or 'norm' in name and name.endswith('weight')):
-                p.copy_(torch.rand(p.shape, generator=gen) * 1.2 + 0.3)
-            elif name.endswith('bias'):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5))
-        for name, b in model.named_buffers():
-            if name.endswith('running_var'):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith('running_mean'):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-    return model
-
-
-def _build(name: str, seed: int = 0, **kwargs) -> MetaFormer:
-    torch.manual_seed(seed)
-    return _randomized(ARCHS[name](**kwargs), seed)
-
-
-def _assert_rel(ours, ref, tol=1e-4, what=''):
-    """Max abs difference within ``tol`` of the reference's max magnitude (per tensor)."""
-    ours = ours if isinstance(ours, (tuple, list)) else (ours,)
-    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
-    assert len(ours) == len(ref), what
-    for i, (o, r) in enumerate(zip(ours, ref)):
-        assert o.shape == r.shape, (what, i, o.shape, r.shape)
-        err = (o - r).abs().max().item() / r.abs().max().item()
-        assert err <= tol, f'{what} output {i}: relative error {err:.2e}'
+from kernel_cases import ARCHS, FUSED, ONEDNN_OP, TINY_DIMS, assert_rel, build, ops_seen
 
 
 def _check_grads(model, ref_grads, tol=1e-4):
@@ -93,20 +44,20 @@ def _check_grads(model, ref_grads, tol=1e-4):
 
 @pytest.mark.parametrize('name', list(ARCHS))
 def test_default_eval_path_equals_plain_formulation(name):
-    model = _build(name).eval()
+    model = build(name).eval()
     x = torch.randn(2, 3, 67, 91)
     with torch.no_grad():
         ref = reference_forward(model, x)
         out = model(x)
-    _assert_rel(out, ref, what=name)
+    assert_rel(out, ref, what=name)
     assert all(o.is_contiguous() for o in out), 'maps leave in the usual NCHW layout'
     with torch.no_grad():  # the benchmark's channels-last run of the plain code
-        _assert_rel(reference_forward(model, x, channels_last=True), ref, what=name)
+        assert_rel(reference_forward(model, x, channels_last=True), ref, what=name)
 
 
 @pytest.mark.parametrize('name', ['poolformer', 'poolformerv2', 'caformer', 'smlpnet'])
 def test_default_training_path_equals_plain_formulation_with_gradients(name):
-    model = _build(name, drop_path_rate=0.0).train()
+    model = build(name, drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 64, 80)
     weights = [torch.randn(s, generator=torch.Generator().manual_seed(i))
                for i, s in enumerate(o.shape for o in reference_forward(model, x))]
@@ -121,8 +72,8 @@ def test_default_training_path_equals_plain_formulation_with_gradients(name):
 
     ref_out, ref_grads, ref_gx = run(lambda t: reference_forward(model, t))
     out, grads, gx = run(model)
-    _assert_rel(out, ref_out, what=name)
-    _assert_rel(gx, ref_gx, what='input gradient')
+    assert_rel(out, ref_out, what=name)
+    assert_rel(gx, ref_gx, what='input gradient')
     _check_grads(model, ref_grads)
 
 
@@ -138,7 +89,7 @@ def test_chunked_training_mlp_gradients_over_many_chunks(kwargs):
 
 
 def _check_training_against_reference(kwargs):
-    model = _build(kwargs.pop('name'), **kwargs).train()
+    model = build(kwargs.pop('name'), **kwargs).train()
     x = torch.randn(2, 3, 52, 60)
     torch.manual_seed(5)
     ref = reference_forward(model, x)
@@ -147,26 +98,26 @@ def _check_training_against_reference(kwargs):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(5)
     out = model(x)
-    _assert_rel(out, ref)
+    assert_rel(out, ref)
     sum((o * o).mean() for o in out).backward()
     _check_grads(model, ref_grads)
 
 
 def test_drop_path_draws_the_same_masks_as_the_plain_formulation():
-    model = _build('poolformer', drop_path_rate=0.5).train()
+    model = build('poolformer', drop_path_rate=0.5).train()
     x = torch.randn(4, 3, 48, 48)
     torch.manual_seed(123)
     ref = reference_forward(model, x)
     torch.manual_seed(123)
     out = model(x)
-    _assert_rel(out, ref)
+    assert_rel(out, ref)
     torch.manual_seed(124)
     other = model(x)
     assert max((a - b).abs().max() for a, b in zip(other, ref)) > 1e-3, 'masks must be random'
 
 
 def test_with_cp_training_equals_plain_formulation():
-    model = _build('poolformer', with_cp=True).train()
+    model = build('poolformer', with_cp=True).train()
     x = torch.randn(2, 3, 64, 64)
     ref = reference_forward(model, x)
     sum(o.square().mean() for o in ref).backward()
@@ -179,80 +130,68 @@ def test_with_cp_training_equals_plain_formulation():
 @pytest.mark.parametrize('name', FUSED)
 @pytest.mark.parametrize('size', [(97, 131), (64, 64)])
 def test_deploy_path_equals_plain_formulation(name, size):
-    model = _build(name).eval()
+    model = build(name).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         ref = reference_forward(model, x)
         assert all(stage_is_foldable(stage.blocks) for stage in model.stages)
         out = model.switch_to_deploy()(x)
         assert model.kernels == 'deploy'
-    _assert_rel(out, ref, what=f'{name} {size}')
-
-
-ONEDNN_OP = 'mkldnn::_linear_pointwise'
-
-
-@contextlib.contextmanager
-def _ops_seen():
-    """The names of the operators run inside the block (torch's profiler)."""
-    seen = set()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        yield seen
-    seen.update(event.name for event in prof.events())
+    assert_rel(out, ref, what=f'{name} {size}')
 
 
 @pytest.mark.parametrize('pool_size', [3, 5])
 def test_deploy_pool_sizes_and_a_large_mean(pool_size):
     """The folded norm statistics with a mean far from zero, and a wider pooling window."""
-    model = _build('poolformer', pool_size=pool_size).eval()
+    model = build('poolformer', pool_size=pool_size).eval()
     x = torch.randn(2, 3, 61, 45) + 3.0
     with torch.no_grad():
-        _assert_rel(model.switch_to_deploy()(x), reference_forward(model, x))
+        assert_rel(model.switch_to_deploy()(x), reference_forward(model, x))
 
 
 @pytest.mark.parametrize('kwargs', [dict(out_indices=(1, 3)), dict(out_indices=(0,)),
                                     dict(fork_feat=False, num_classes=7)])
 def test_deploy_keeps_out_indices_and_classifier(kwargs):
-    model = _build('poolformer', **kwargs).eval()
+    model = build('poolformer', **kwargs).eval()
     x = torch.randn(1, 3, 75, 53)
     with torch.no_grad():
         ref = reference_forward(model, x)
         out = model.switch_to_deploy()(x)
     if model.fork_feat:
         assert len(out) == len(model.out_indices)
-    _assert_rel(out, ref)
+    assert_rel(out, ref)
 
 
 def test_deploy_on_mixed_stages_keeps_default_path_for_other_mixers():
-    model = _build('poolformer', token_mixers=['pooling', 'pooling', 'sepconv', 'attention'])
+    model = build('poolformer', token_mixers=['pooling', 'pooling', 'sepconv', 'attention'])
     model.eval().switch_to_deploy()
     assert [stage_is_foldable(s.blocks) for s in model.stages] == [True, True, False, False]
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        _assert_rel(model(x), reference_forward(model, x))
-    caformer = _build('caformer').eval().switch_to_deploy()
+        assert_rel(model(x), reference_forward(model, x))
+    caformer = build('caformer').eval().switch_to_deploy()
     assert not any(stage_is_foldable(s.blocks) for s in caformer.stages)
 
 
 def test_deploy_is_reversible_keeps_state_dict_and_follows_weight_changes():
-    model = _build('poolformer').eval()
+    model = build('poolformer').eval()
     keys = list(model.state_dict())
     x = torch.randn(1, 3, 64, 64)
     model.switch_to_deploy()
     assert list(model.state_dict()) == keys
-    other = _build('poolformer', seed=1).eval()
+    other = build('poolformer', seed=1).eval()
     model.load_state_dict(other.state_dict())  # in place: the folded cache must notice
     with torch.no_grad():
-        _assert_rel(model(x), reference_forward(other, x))
+        assert_rel(model(x), reference_forward(other, x))
         model.switch_to_deploy(False)
         assert model.kernels == 'auto'
-        _assert_rel(model(x), reference_forward(other, x))
+        assert_rel(model(x), reference_forward(other, x))
 
 
 def test_deploy_path_is_not_used_with_autograd_or_in_training():
     """With autograd the default path runs: outputs carry gradients equal to the plain ones
     (the folded weights are computed without autograd, so the folded path would give none)."""
-    model = _build('poolformer').switch_to_deploy()
+    model = build('poolformer').switch_to_deploy()
     x = torch.randn(1, 3, 32, 32)
     for mode in (True, False):
         model.train(mode)
@@ -290,47 +229,37 @@ def test_no_grad_mlp_chunks_are_exact(onednn):
     if onednn and not ops.available('onednn_linear'):
         pytest.skip('this torch build has no oneDNN linear kernels')
     for name in ('poolformer', 'poolformerv2', 'smlpnet'):
-        model = _build(name, kernels='auto' if onednn else 'aten').eval()
+        model = build(name, kernels='auto' if onednn else 'aten').eval()
         x = torch.randn(2, 3, 64, 72)
         with torch.no_grad(), chunk_sizes(aten_mlp=1000, onednn_mlp=1000), \
-                _ops_seen() as seen:
+                ops_seen() as seen:
             out = model(x)
         with torch.no_grad():
-            _assert_rel(out, reference_forward(model, x), what=name)
+            assert_rel(out, reference_forward(model, x), what=name)
         # oneDNN for GELU (PoolFormer); StarReLU (V2) is no oneDNN epilogue and sMLPNet
         # runs NCHW, where the MLP stays as 1x1 convs: both take the aten kernels.
         assert (ONEDNN_OP in seen) == (onednn and name == 'poolformer'), name
 
 
-def test_default_path_under_bfloat16_autocast_and_nchw_blocks():
-    model = _build('poolformer').eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(x)
-        ref_bf16 = reference_forward(model, x)
-    ref = reference_forward(model, x)
-    for o, r, rb in zip(out, ref, ref_bf16):
-        assert o.dtype == rb.dtype  # the same dtypes as the plain formulation under autocast
-        assert (o.float() - r).abs().max() / r.abs().max() < 0.1
-    # A block called directly on a plain NCHW tensor gives the same result, not modifying it.
-    block = model.stages[0].blocks[0]
+def test_block_on_a_plain_nchw_tensor_equals_plain_formulation_and_leaves_it_alone():
+    block = build('poolformer').eval().stages[0].blocks[0]
     t = torch.randn(2, 16, 9, 11)
     before = t.clone()
     with torch.no_grad():
-        _assert_rel(block(t), reference_block(block, t))
+        assert_rel(block(t), reference_block(block, t))
     assert torch.equal(t, before)
 
 
 def test_switch_to_deploy_on_a_copied_and_retrained_model():
-    model = _build('poolformer').eval().switch_to_deploy()
+    model = build('poolformer').eval().switch_to_deploy()
     clone = copy.deepcopy(model)
     with torch.no_grad():
         for p in clone.parameters():
             p.mul_(1.01)  # an optimizer step changes weights in place
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        _assert_rel(clone(x), reference_forward(clone, x))
-        _assert_rel(model(x), reference_forward(model, x))
+        assert_rel(clone(x), reference_forward(clone, x))
+        assert_rel(model(x), reference_forward(model, x))
 
 
 # ------------------------------------------------------------------------- the benchmark
@@ -395,9 +324,9 @@ def test_benchmark_whole_models_from_configs(repo_root, tmp_path):
 
 def test_activation_layout_per_family():
     """Channels-last where the 1x1 GEMMs dominate; NCHW for sMLPNet's axial mixing."""
-    assert _build('poolformer').memory_format() == torch.channels_last
-    assert _build('caformer').memory_format() == torch.channels_last
-    assert _build('smlpnet').memory_format() == torch.contiguous_format
+    assert build('poolformer').memory_format() == torch.channels_last
+    assert build('caformer').memory_format() == torch.channels_last
+    assert build('smlpnet').memory_format() == torch.contiguous_format
 
 
 def test_slabwise_nchw_copy_equals_contiguous():
@@ -410,7 +339,7 @@ def test_slabwise_nchw_copy_equals_contiguous():
 
 # ------------------------------------------------------------------------- the switches
 def test_kernels_argument_selects_the_formulation_and_is_validated():
-    model = _build('poolformer', kernels='reference').eval()
+    model = build('poolformer', kernels='reference').eval()
     x = torch.randn(1, 3, 48, 40)
     with torch.no_grad():
         ref = reference_forward(model, x)
@@ -418,17 +347,17 @@ def test_kernels_argument_selects_the_formulation_and_is_validated():
         model.set_kernels('auto')
         fast = model(x)
         assert not all(torch.equal(a, b) for a, b in zip(fast, ref))  # another formulation
-        _assert_rel(fast, ref)
+        assert_rel(fast, ref)
     assert KERNELS == ('auto', 'aten', 'reference', 'deploy')
     with pytest.raises(ValueError, match=r"kernels must be one of \['auto', 'aten', "
                                          r"'reference', 'deploy'\], got 'fast'"):
-        _build('poolformer', kernels='fast')
+        build('poolformer', kernels='fast')
     with pytest.raises(ValueError, match='kernels must be one of'):
         model.set_kernels('onednn')
 
 
 def test_use_kernels_switches_every_backbone_of_a_model_and_restores():
-    holder = nn.ModuleDict(dict(a=_build('poolformer'), b=_build('caformer', kernels='aten')))
+    holder = nn.ModuleDict(dict(a=build('poolformer'), b=build('caformer', kernels='aten')))
     with use_kernels(holder, 'reference'):
         assert [m.kernels for m in holder.values()] == ['reference', 'reference']
         assert all(blk.kernels == 'reference' for s in holder['b'].stages for blk in s.blocks)

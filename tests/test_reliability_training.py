@@ -26,6 +26,7 @@ from typing import Dict, List
 
 import pytest
 import torch
+import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
@@ -403,16 +404,26 @@ class GroupNormInputs(TorchDispatchMode):
 @pytest.mark.parametrize('mode', ['train', 'inference'])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_group_norm_statistics_are_fp32_under_autocast(dtype, mode):
-    """PoolFormer's GroupNorms see fp32 inputs under autocast (fp16 statistics over C*H*W
-    elements overflow: sail-sg/poolformer issue 22), in training and in inference."""
+    """PoolFormer's GroupNorms compute their statistics in fp32 under autocast (fp16
+    statistics over C*H*W elements overflow: sail-sg/poolformer issue 22), in training and in
+    inference: fp16 maps are cast up; bf16 maps go to the CPU kernel, which accumulates in fp32
+    itself (no casting passes), checked against float64 on a large-offset map."""
     model = PoolFormer(arch='s12').train(mode == 'train')
     x = torch.randn(1, 3, 64, 64) * 50
     with torch.set_grad_enabled(mode == 'train'), torch.autocast('cpu', dtype=dtype), \
             GroupNormInputs() as seen:
         outs = model(x)
     assert len(seen.dtypes) == 2 * 12 + 4  # two norms per block, one per output map
-    assert set(seen.dtypes) == {torch.float32}
+    assert set(seen.dtypes) <= {torch.float32, dtype if dtype == torch.bfloat16 else None}
     assert all(torch.isfinite(o).all() for o in outs)
+    if dtype == torch.bfloat16:
+        norm = model.stages[0].blocks[0].norm1
+        z = (torch.randn(1, 64, 96, 96) * 3 + 300).bfloat16().requires_grad_(mode == 'train')
+        with torch.set_grad_enabled(mode == 'train'), torch.autocast('cpu', dtype=dtype):
+            out = norm(z)
+        ref = F.group_norm(z.detach().double(), 1, norm.weight.double(), norm.bias.double())
+        assert out.dtype == torch.bfloat16
+        assert float((out.double() - ref).abs().max()) <= 4e-3 * float(ref.max() - ref.min())
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def main(argv=None) -> None:
                                             check_dataset, check_test_metrics,
                                             explain_data_error, name_files_in_errors)
     from metaformer_mm.datasets import DataError
-    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.distributed import close_distributed, init_distributed_without_cuda
     from metaformer_mm.cli.options import (DumpPredictions, check_out_path,
                                            enable_show_dir)
     try:
@@ -93,6 +93,8 @@ def main(argv=None) -> None:
         check_test_metrics(cfg, metrics)
     except (DatasetMissingError, ToolError, CheckpointError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
+    finally:
+        close_distributed()
 
 
 if __name__ == '__main__':

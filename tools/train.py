@@ -57,7 +57,7 @@ def main(argv=None) -> None:
                                             check_dataset, explain_data_error,
                                             name_files_in_errors)
     from metaformer_mm.datasets import DataError
-    from metaformer_mm.cli.distributed import init_distributed_without_cuda
+    from metaformer_mm.cli.distributed import close_distributed, init_distributed_without_cuda
     from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
     from metaformer_mm.engine import NonFiniteError
     try:
@@ -88,6 +88,8 @@ def main(argv=None) -> None:
             raise DataError(why) from err
     except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
+    finally:
+        close_distributed()
 
 
 if __name__ == '__main__':

@@ -56,6 +56,15 @@ def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
     return True
 
 
+def close_distributed() -> None:
+    """Leaves the process group at the end of a tool. Left to the interpreter's exit, gloo's
+    threads were once torn down while still joinable ("terminate called without an active
+    exception": SIGABRT after a finished run, failing the launch)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _replace_sync_bn(node: Any) -> bool:
     """Turns every ``norm_cfg=dict(type='SyncBN')`` below ``node`` into BN; True if any."""
     found = False

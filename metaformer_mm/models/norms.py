@@ -27,8 +27,9 @@ class GroupNorm(nn.GroupNorm):
             self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in fp32 even under autocast: GroupNorm over C*H*W elements overflows in fp16.
-        if x.dtype in (torch.float16, torch.bfloat16):
+        # Statistics in fp32 even under autocast: GroupNorm over C*H*W elements overflows in
+        # fp16. The CPU kernel accumulates bf16 input in fp32 itself (no casting passes).
+        if x.dtype == torch.float16 or (x.dtype == torch.bfloat16 and x.device.type != 'cpu'):
             weight, bias = (None if p is None else p.float() for p in (self.weight, self.bias))
             return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

@@ -38,7 +38,6 @@ import copy
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ warnings.filterwarnings('ignore')
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+
+from bench_common import conv_macs, cpu_line  # noqa: E402  (this folder is on sys.path)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEFAULT_BACKBONES = ['poolformer_s12', 'poolformer_s24', 'poolformer_m36', 'smlpnet_tiny',
@@ -204,30 +205,6 @@ def ort_peak_rss(path: str, threads: int, shape: Sequence[int]) -> Optional[int]
         return int(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError, OSError, subprocess.SubprocessError):
         return None
-
-
-def conv_macs(model: nn.Module, run: Callable[[], object]) -> Tuple[int, int]:
-    """Multiply-adds of every Conv2d/Linear call during ``run()``: (all, 1x1 convs only)."""
-    totals = [0, 0]
-
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            macs = output.numel() * module.in_channels // module.groups * k
-            totals[1] += macs if k == 1 and module.groups == 1 else 0
-        else:
-            macs = output.numel() * module.in_features
-        totals[0] += macs
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return totals[0], totals[1]
 
 
 def summarize(seconds: List[float]) -> Dict[str, float]:
@@ -517,21 +494,12 @@ def model_inference(path: str, args, gemm: Tuple[Callable, float]) -> Table:
 
 
 def machine() -> str:
-    cpu = platform.processor() or 'unknown CPU'
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        cpu = f'{names[0]}, {len(names)} logical CPUs'
-    except (OSError, IndexError):
-        pass
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = 'not installed'
-    load = ' / '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
-    return (f'{cpu}; Python {platform.python_version()}, torch {torch.__version__}, '
-            f'onnxruntime {ort_version}; load average {load}')
+    return f'{cpu_line()}; onnxruntime {ort_version}'
 
 
 def main(argv: Optional[List[str]] = None) -> List[Table]:
@@ -554,7 +522,7 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
         for path in DEFAULT_CONFIGS if args.models is None else args.models:
             tables.append(model_inference(path, args, gemm))
             print(tables[-1].render() + '\n', flush=True)
-    print(f'load average at the end: {machine().rsplit("load average ", 1)[1]}')
+    print(f'load average at the end: {" / ".join(f"{v:.1f}" for v in os.getloadavg())}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump([dict(title=t.title, note=t.note, limit_s=t.limit, rows=t.rows)

@@ -1,40 +1,42 @@
 #!/usr/bin/env python
 """bf16 against fp32 on this CPU: GEMM rate, a backbone, and whole-model inference.
 
-    python tools/analysis/bf16_bench.py [--backbone poolformer_s12] [--shape 800 1216]
+    python tools/analysis/bf16_bench.py [--backbones poolformer_s12 ...] [--shape 800 1216]
         [--models retinanet_poolformer_s12 ...] [--repeats 3] [--threads 2] [--out FILE]
 
 Rows, each the median of ``--repeats`` runs timed in interleaved rounds (a busy machine slows
 every case alike, so the ratios within one table are what to read):
 
 * GEMM 2048^3 in fp32 and bf16 (TFLOP/s);
-* the backbone at ``--shape``: fp32 ``default`` (eval, no_grad), fp32 ``deploy``
+* each backbone at ``--shape``: fp32 ``default`` (eval, no_grad), fp32 ``deploy``
   (``switch_to_deploy``, if the backbone has it), the original formulation under bf16
   autocast on a channels-last input (``eager bf16 CL``), and ours under bf16 autocast on a
-  channels-last input (``bf16 CL``), with the largest error of bf16 relative to each output
-  map's range;
+  channels-last input (``bf16 CL``), each against the GEMM-bound limit of its precision
+  (the conv/linear multiply-adds at the GEMM rate above), with the largest error of bf16
+  relative to each output map's range;
 * whole models from ``configs/detection``/``configs/segmentation`` (random weights with the
   configs' own initialisation: a detector's classifier prior of 0.01 leaves few boxes above
   the score threshold, as a trained model does on most images): mmdet's
   ``inference_detector`` / mmseg's ``inference_model`` on the shared demo image (pipeline
   included), fp32 against ``enable_bf16_inference(model)``.
 
-The CPU's bf16 flags head the output; without ``avx512_bf16``/``amx_bf16`` bf16 is emulated
-and the bf16 rows say so.
+The CPU model and its bf16 flags head the output; without ``avx512_bf16``/``amx_bf16`` bf16
+is emulated. ``block_traffic.py`` beside this gives the memory-bandwidth side.
 """
 import argparse
 import os
 import os.path as osp
-import platform
 import statistics
-import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 warnings.filterwarnings('ignore')
 
 import torch  # noqa: E402
+
+from bench_common import (conv_macs, cpu_line, finish_script, metaformer_preset,  # noqa: E402
+                          start_script)  # (this folder is on sys.path)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SHARED = os.environ.get('METAFORMER_SHARED', osp.join(REPO, '..', 'shared'))
@@ -43,7 +45,8 @@ BF16 = dict(device_type='cpu', dtype=torch.bfloat16)
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--backbone', default='poolformer_s12')
+    parser.add_argument('--backbones', nargs='*', default=['poolformer_s12'],
+                        help='presets of metaformer_mm ARCH_SETTINGS (none: no backbone table)')
     parser.add_argument('--shape', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'))
     parser.add_argument('--models', nargs='*', default=['retinanet_poolformer_s12'],
                         help='config names under configs/detection or configs/segmentation')
@@ -69,32 +72,25 @@ def interleaved(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[st
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def gemm_rows(repeats: int) -> List[str]:
+def gemm_rows(repeats: int) -> Tuple[List[str], Dict[str, float]]:
+    """The 2048^3 GEMM table and the rates (FLOP/s) by precision."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     a16, b16 = a.bfloat16(), b.bfloat16()
     med = interleaved({'fp32': lambda: torch.mm(a, b), 'bf16': lambda: torch.mm(a16, b16)},
                       repeats)
-    rate = {k: 2 * n ** 3 / v / 1e12 for k, v in med.items()}
-    return ['| GEMM 2048^3 | TFLOP/s | ratio |', '|---|---:|---:|',
-            f'| fp32 | {rate["fp32"]:.3f} | 1.00 |',
-            f'| bf16 | {rate["bf16"]:.3f} | {rate["bf16"] / rate["fp32"]:.2f} |']
+    rate = {k: 2 * n ** 3 / v for k, v in med.items()}
+    return (['| GEMM 2048^3 | TFLOP/s | ratio |', '|---|---:|---:|',
+             f'| fp32 | {rate["fp32"] / 1e12:.3f} | 1.00 |',
+             f'| bf16 | {rate["bf16"] / 1e12:.3f} | {rate["bf16"] / rate["fp32"]:.2f} |'], rate)
 
 
-def backbone_rows(name: str, shape, repeats: int) -> List[str]:
+def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float]) -> List[str]:
+    """fp32 default/deploy and bf16 rows of one backbone, with the GEMM-bound limits."""
     import copy
 
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-
-    import metaformer_mm  # noqa: F401
-    init_default_scope('mmdet')
-    kind, arch = name.split('_', 1)
-    cls = {'poolformer': 'PoolFormer', 'poolformerv2': 'PoolFormerV2', 'convformer': 'ConvFormer',
-           'caformer': 'CAFormer', 'identityformer': 'IdentityFormer'}[kind]
-    torch.manual_seed(0)
-    model = MODELS.build(dict(type=cls, arch=arch, fork_feat=True,
-                              out_indices=(0, 1, 2, 3))).eval()
+    from metaformer_mm.models.kernels import reference_forward
+    model = metaformer_preset(name, '--backbones')
     x = torch.randn(1, 3, *shape)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
@@ -108,20 +104,27 @@ def backbone_rows(name: str, shape, repeats: int) -> List[str]:
     if hasattr(model, 'switch_to_deploy'):
         deployed = copy.deepcopy(model).switch_to_deploy()
         cases['fp32 deploy'] = lambda: deployed(x)
-    try:
-        from metaformer_mm.models.deploy import reference_forward
-        cases['eager bf16 CL'] = bf16(lambda: reference_forward(model, x, channels_last=True))
-    except ImportError:  # the original formulation moved or is gone: row skipped
-        pass
+    # The original formulation under autocast on a channels-last input: what autocast alone
+    # gives the original code.
+    cases['eager bf16 CL'] = bf16(lambda: reference_forward(model, x, channels_last=True))
     cases['bf16 CL'] = bf16(lambda: model(x_cl))
     med = interleaved(cases, repeats)
+    macs, _ = conv_macs(model, lambda: reference_forward(model, x))
+    limit = {p: 2.0 * macs / r for p, r in rate.items()}
     with torch.no_grad():
         ref, out = model(x), bf16(lambda: model(x_cl))()
     err = max(float((a - b.float()).abs().max() / (a.max() - a.min())) for a, b in zip(ref, out))
     base = med['fp32 default']
-    rows = [f'| {name} {shape[0]}x{shape[1]} | s | speed-up vs fp32 default |', '|---|---:|---:|']
-    rows += [f'| {case} | {sec:.3f} | {base / sec:.2f} |' for case, sec in med.items()]
-    rows.append(f'\nbf16 max error / map range: {err:.1e}')
+    rows = [f'| {name} {shape[0]}x{shape[1]} | s | speed-up vs fp32 default | time / limit |',
+            '|---|---:|---:|---:|']
+    rows += [f'| {case} | {sec:.3f} | {base / sec:.2f} | '
+             f'{sec / limit["bf16" if "bf16" in case else "fp32"]:.2f} |'
+             for case, sec in med.items()]
+    vs_eager = med['eager bf16 CL'] / med['bf16 CL']
+    rows.append(f'\nconv/linear MACs {macs / 1e9:.2f} G: GEMM-bound limit fp32 '
+                f'{limit["fp32"] * 1e3:.0f} ms, bf16 {limit["bf16"] * 1e3:.0f} ms; bf16 CL vs the '
+                f'original under autocast (eager bf16 CL): {vs_eager:.2f}x faster; bf16 max '
+                f'error / map range: {err:.1e}')
     return rows
 
 
@@ -165,28 +168,15 @@ def model_rows(names: List[str], repeats: int) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sys.path.insert(0, REPO)
-    from mmengine.logging import MMLogger
-    MMLogger.get_instance('bf16_bench', log_level='WARNING')  # no weight-init reports
-
-    from metaformer_mm.inference import cpu_bf16_flags
-    flags = cpu_bf16_flags()
-    lines = [f'CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} '
-             f'threads, bf16 flags: {" ".join(flags) or "none (bf16 emulated)"}; '
-             f'torch {torch.__version__}', '']
-    lines += gemm_rows(args.repeats) + ['']
-    if args.backbone:
-        lines += backbone_rows(args.backbone, tuple(args.shape), args.repeats) + ['']
+    start_script('bf16_bench', args.threads)
+    lines = [cpu_line(), '']
+    gemm, rate = gemm_rows(args.repeats)
+    lines += gemm + ['']
+    for name in args.backbones:
+        lines += backbone_rows(name, tuple(args.shape), args.repeats, rate) + ['']
     if args.models:
         lines += model_rows(args.models, args.repeats)
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(text + '\n')
-    return text
+    return finish_script(lines, args.out)
 
 
 if __name__ == '__main__':

@@ -118,7 +118,6 @@ def backbone_rows(name: str, args) -> List[str]:
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
         rows.append(f'| {name} | train {prec} | {sec * 1e3:.1f} ms/step | '
                     f'{args.train_batch / sec:.1f} | {peak:.0f} MiB |')
-        del net, opt
     return rows
 
 

@@ -2,9 +2,12 @@
 
 GEMMs on the ``(N*H*W, C)`` view of a channels-last map, the layer scale folded into fc2, in
 chunks of rows on the CPU so that the 4x-wide hidden activation stays in cache (on oneDNN's
-fused epilogues where ``ACTS`` names one). Training keeps only the pre-activation: backward
-recomputes the activation chunk by chunk, and its other 4C-per-token tensors stay chunk-sized.
+fused epilogues where ``ACTS`` names one). Inference under CPU autocast to bf16 runs the same
+loop on bf16 operands (oneDNN's bf16 GEMMs with the same epilogues). Training keeps only the
+pre-activation: backward recomputes the activation chunk by chunk, and its other
+4C-per-token tensors stay chunk-sized.
 """
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -35,38 +38,60 @@ def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
                 res_scale: Optional[Tensor] = None, pre: Optional[Tensor] = None) -> None:
     """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of token rows: on oneDNN
     with ``epilogue`` (its name and algorithm of ``act``), else on aten GEMMs, ``pre`` (training)
-    keeping fc1's output. ``dst`` may alias ``rows`` or ``base`` (chunks are written last)."""
-    n, hidden = rows.shape[0], w1.shape[0]
+    keeping fc1's output. ``dst`` may alias ``rows`` or ``base`` (chunks are written last).
+
+    The GEMMs run in the weights' dtype. bf16 weights take fp32 ``rows``/``base``/``dst`` too,
+    as under autocast: each chunk is cast on the fly and fc2's bf16 output is added to the
+    residual in ``dst``'s dtype."""
+    n, hidden, compute = rows.shape[0], w1.shape[0], w1.dtype
     step = max(64, chunking.SIZES['onednn_mlp' if epilogue else 'aten_mlp'] // hidden)
-    buf = None if epilogue else rows.new_empty((min(step, n), hidden))
+    buf = None if epilogue else rows.new_empty((min(step, n), hidden), dtype=compute)
     w1t, w2t = w1.t(), w2.t()
+    # fc2 writes (or adds) straight into dst where dst and the residual are in its dtype.
+    direct = all(t is None or t.dtype == compute for t in (dst, base, res_scale))
     for start in range(0, n, step):
         stop = min(start + step, n)
-        target, res = dst[start:stop], None if base is None else base[start:stop]
+        x, target = rows[start:stop].to(compute), dst[start:stop]
+        res = None if base is None else base[start:stop]
         if epilogue:
-            h = ops.onednn_linear(rows[start:stop], w1, b1, *epilogue)
-            if res is None:
-                target.copy_(ops.onednn_linear(h, w2, b2, 'none', ''))
-            else:
+            h = ops.onednn_linear(x, w1, b1, *epilogue)
+            if res is not None and direct:
                 res = res if res_scale is None else res * res_scale
                 target.copy_(ops.onednn_linear_add(h, res, w2, b2))
-            continue
-        h = _gemm_into(rows[start:stop], w1t, b1,
-                       buf[:stop - start] if pre is None else pre[start:stop])
-        if pre is not None:
-            h = act.out(h, buf[:stop - start])
+                continue
+            branch = ops.onednn_linear(h, w2, b2, 'none', '')
         else:
-            h = act.inplace(h) if isinstance(act, ActKernel) else act(h)
+            h = _gemm_into(x, w1t, b1, buf[:stop - start] if pre is None else pre[start:stop])
+            h = act.out(h, buf[:stop - start]) if pre is not None else \
+                act.inplace(h) if isinstance(act, ActKernel) else act(h)
+            if direct and res is None:
+                _gemm_into(h, w2t, b2, target)
+                continue
+            if direct:  # the residual (scaled) into dst, then fc2 accumulates onto it
+                if res_scale is not None:
+                    torch.mul(res, res_scale, out=target)
+                elif target.data_ptr() != res.data_ptr():
+                    target.copy_(res)
+                if b2 is not None:
+                    target.add_(b2)
+                target.addmm_(h, w2t)
+                continue
+            branch = torch.mm(h, w2t) if b2 is None else torch.addmm(b2, h, w2t)
         if res is None:
-            _gemm_into(h, w2t, b2, target)
-            continue
-        if res_scale is not None:
-            torch.mul(res, res_scale, out=target)
-        elif target.data_ptr() != res.data_ptr():
-            target.copy_(res)
-        if b2 is not None:
-            target.add_(b2)
-        target.addmm_(h, w2t)
+            target.copy_(branch)
+        else:
+            torch.add(res if res_scale is None else res * res_scale, branch, out=target)
+
+
+_ONEDNN_OP = {torch.float32: 'onednn_linear', torch.bfloat16: 'onednn_linear_bf16'}
+
+
+def _bf16_autocast(tokens: Tensor, residual: Optional[Tensor]) -> bool:
+    """Whether a call runs under CPU autocast to bf16, which the chunked loop then does itself:
+    bf16 GEMM operands, the residual stream in its own dtype (as autocast leaves it)."""
+    floats = (torch.float32, torch.bfloat16)
+    return (tokens.device.type == 'cpu' and ops.cpu_autocast_dtype() == torch.bfloat16
+            and tokens.dtype in floats and (residual is None or residual.dtype in floats))
 
 
 def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
@@ -88,23 +113,31 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
         w2 = w2 * out_scale.view(-1, 1)
         b2 = None if b2 is None else b2 * out_scale
     grad = torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad)
-    chunkable = x.device.type == 'cpu' and not ops.autocast_enabled() and not ops.exporting()
     kernel = ACTS.get(act_kind(mlp.act))
     n, h, w, c = tokens.shape
     out_channels = w2.shape[0]
+    bf16 = not grad and _bf16_autocast(tokens, residual)
+    chunkable = (x.device.type == 'cpu' and not ops.exporting()
+                 and (bf16 or not ops.autocast_enabled()))
     if chunkable and not grad:
         base = None if residual is None else \
             residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)  # copies odd layouts
+        # The result's dtype is autocast's: fp32 scales or residual promote a bf16 branch.
+        others = [t.dtype for t in (out_scale, residual, res_scale) if t is not None]
+        dtype = functools.reduce(torch.promote_types, others,
+                                 torch.bfloat16 if bf16 else tokens.dtype)
         if not (out is not None and out.permute(0, 2, 3, 1).is_contiguous()
-                and out.shape == (n, out_channels, h, w) and out.dtype == tokens.dtype):
-            out = tokens.new_empty((n, h, w, out_channels)).permute(0, 3, 1, 2)
+                and out.shape == (n, out_channels, h, w) and out.dtype == dtype):
+            out = tokens.new_empty((n, h, w, out_channels), dtype=dtype).permute(0, 3, 1, 2)
         act, epilogue = mlp.act, None
         if kernel is not None:
             w2, b2 = fold_into_fc2(act, w2, b2)
             act = kernel
-            if (onednn and kernel.onednn is not None and tokens.dtype == torch.float32
-                    and w1.dtype == w2.dtype == torch.float32 and ops.available('onednn_linear')):
-                epilogue = kernel.onednn
+        if bf16:  # what autocast would do to the GEMMs' operands, once per call
+            w1, b1, w2, b2 = (None if t is None else t.to(torch.bfloat16) for t in (w1, b1, w2, b2))
+        if (kernel is not None and onednn and kernel.onednn is not None
+                and w1.dtype in _ONEDNN_OP and ops.available(_ONEDNN_OP[w1.dtype])):
+            epilogue = kernel.onednn
         chunked_mlp(tokens.reshape(-1, c), w1, b1, w2, b2,
                     out.permute(0, 2, 3, 1).view(-1, out_channels), act, epilogue, base,
                     res_scale)

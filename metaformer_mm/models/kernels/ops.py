@@ -1,7 +1,8 @@
 """The private torch operators the fast path uses, each tested once before use, with fallbacks.
 
-oneDNN's fused linear (what inductor emits on x86) and aten's ``out=`` GELU kernels are not
-public API: each is compared once with the plain op, and where that fails the public one runs.
+oneDNN's fused linear (what inductor emits on x86; fp32, and bf16 where oneDNN has it) and
+aten's ``out=`` GELU kernels are not public API: each is compared once with the plain op, and
+where that fails the public one runs.
 """
 import functools
 from typing import Optional
@@ -16,14 +17,17 @@ _RNG = torch.Generator().manual_seed(0)  # probes run in a forward: leave the gl
 _sample = functools.partial(torch.randn, generator=_RNG)
 
 
-def _probe_onednn() -> bool:
+def _probe_onednn(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
-    x, w, b, other = _sample(3, 4), _sample(5, 4), _sample(5), _sample(3, 5)
+    x, w, b, other = (_sample(*shape).to(dtype) for shape in ((3, 8), (5, 8), (5,), (3, 5)))
     fused = torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [], 'none')
     added = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, 'add')
-    return (torch.allclose(fused, F.gelu(F.linear(x, w, b)), atol=1e-5)
-            and torch.allclose(added, F.linear(x, w, b) + other, atol=1e-5))
+    ref = F.linear(x.float(), w.float(), b.float())  # bf16 operands accumulate in fp32
+    tol = dict(atol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=1e-2)
+    return (fused.dtype == added.dtype == dtype
+            and torch.allclose(fused.float(), F.gelu(ref), **tol)
+            and torch.allclose(added.float(), ref + other.float(), **tol))
 
 
 def _probe_gelu() -> bool:
@@ -37,14 +41,19 @@ def _probe_gelu() -> bool:
             and torch.allclose(grad, ref, atol=1e-6))
 
 
-_PROBES = {'onednn_linear': _probe_onednn, 'aten_gelu': _probe_gelu}
+_PROBES = {'onednn_linear': functools.partial(_probe_onednn, torch.float32),
+           'onednn_linear_bf16': functools.partial(_probe_onednn, torch.bfloat16),
+           'aten_gelu': _probe_gelu}
 
 
 @functools.lru_cache(maxsize=None)
 def available(name: str) -> bool:
     """Whether the private operator ``name`` (a key of ``_PROBES``) works in this build."""
     try:
-        return bool(_PROBES[name]())
+        # The first call may come from a forward under autocast, which would change the
+        # plain ops the probe compares with.
+        with torch.autocast('cpu', enabled=False):
+            return bool(_PROBES[name]())
     except (AttributeError, RuntimeError, TypeError, NotImplementedError):
         return False
 
@@ -82,6 +91,14 @@ def autocast_enabled() -> bool:
         return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
     except TypeError:  # torch < 2.4 takes no device argument (the floor is 2.1)
         return torch.is_autocast_cpu_enabled() or torch.is_autocast_enabled()
+
+
+def cpu_autocast_dtype() -> Optional[torch.dtype]:
+    """The dtype of an active CPU autocast context, None when CPU autocast is off."""
+    try:
+        return torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else None
+    except (TypeError, AttributeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
 def exporting() -> bool:

@@ -1,0 +1,71 @@
+"""Tiny MetaFormers with randomized weights and the comparisons the kernel tests share
+(``test_fast_path.py``: fp32 paths; ``test_fast_path_bf16.py``: under bf16 autocast)."""
+import collections
+import contextlib
+from typing import Counter, Iterator
+
+import torch
+import torch.nn as nn
+
+from metaformer_mm.models import (CAFormer, IdentityFormer, MetaFormer, PoolFormer, PoolFormerV2,
+                                  SMLPNet)
+
+TINY_DIMS = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
+ARCHS = {
+    'poolformer': lambda **kw: PoolFormer(arch=dict(base='poolformer_s12', **TINY_DIMS), **kw),
+    'poolformerv2': lambda **kw: PoolFormerV2(arch=dict(base='poolformerv2_s12', **TINY_DIMS),
+                                              **kw),
+    'identityformer': lambda **kw: IdentityFormer(arch=dict(base='identityformer_s12',
+                                                            **TINY_DIMS), **kw),
+    'caformer': lambda **kw: CAFormer(arch=dict(base='caformer_s18', depths=[1, 1, 1, 1],
+                                                dims=[16, 32, 64, 64]), **kw),
+    'smlpnet': lambda **kw: SMLPNet(arch=dict(base='smlpnet_tiny', depths=[1, 1, 1, 1],
+                                              dims=[8, 16, 32, 64]), image_size=64, **kw),
+}
+FUSED = ['poolformer', 'poolformerv2', 'identityformer']
+ONEDNN_OP = 'mkldnn::_linear_pointwise'
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random norm affines, layer/res scales and biases, BN statistics: no identity folds."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ('scale' in name or 'norm' in name and name.endswith('weight')):
+                p.copy_(torch.rand(p.shape, generator=gen) * 1.2 + 0.3)
+            elif name.endswith('bias'):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 / max(1, p[0].numel()) ** 0.5))
+        for name, b in model.named_buffers():
+            if name.endswith('running_var'):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith('running_mean'):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return model
+
+
+def build(name: str, seed: int = 0, **kwargs) -> MetaFormer:
+    """The tiny model ``ARCHS[name]``, randomized with ``seed``."""
+    torch.manual_seed(seed)
+    return randomized(ARCHS[name](**kwargs), seed)
+
+
+def assert_rel(ours, ref, tol=1e-4, what=''):
+    """Max abs difference within ``tol`` of the reference's max magnitude (per tensor)."""
+    ours = ours if isinstance(ours, (tuple, list)) else (ours,)
+    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+    assert len(ours) == len(ref), what
+    for i, (o, r) in enumerate(zip(ours, ref)):
+        assert o.shape == r.shape, (what, i, o.shape, r.shape)
+        err = (o.float() - r.float()).abs().max().item() / r.float().abs().max().item()
+        assert err <= tol, f'{what} output {i}: relative error {err:.2e}'
+
+
+@contextlib.contextmanager
+def ops_seen() -> Iterator[Counter[str]]:
+    """How often each operator ran inside the block (torch's profiler)."""
+    seen: Counter[str] = collections.Counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yield seen
+    seen.update(event.name for event in prof.events())
