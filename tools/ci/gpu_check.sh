@@ -13,6 +13,13 @@
 # 4. runs tools/analysis/cuda_bench.py -> OUT_DIR/cuda_bench.md (the table for the README),
 #    written row by row so a timeout keeps what was measured.
 # Each step has its own time limit; the exit status is the tests' (the benchmark's if they pass).
+# WHEELS for a GPU image without network (e.g. CPython 3.12, its own torch/numpy/opencv),
+# fetched where pip works:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d WHEELS \
+#     mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 addict yapf termcolor terminaltables \
+#     pycocotools shapely prettytable ftfy wcwidth platformdirs setuptools==69.5.1
+#   plus mmcv's source release, mmcv-2.1.0.tar.gz, from PyPI's files (about 10 MB in all).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-gpu_check_out}
