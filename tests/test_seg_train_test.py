@@ -35,7 +35,9 @@ def _tool(repo_root: str, name: str) -> str:
 
 def _run(repo_root: str, args: List[str], cwd: str, **env: str) -> subprocess.CompletedProcess:
     """Runs a tool (``python TOOL ...``, or a shell script) and asserts it succeeded."""
-    env = dict(os.environ, **{'OMP_NUM_THREADS': '2', 'PYTHONWARNINGS': 'ignore', **env})
+    # PYTHONFAULTHANDLER: a crash of a tool (a signal) shows its Python stack in the output.
+    env = dict(os.environ, **{'OMP_NUM_THREADS': '2', 'PYTHONWARNINGS': 'ignore',
+                              'PYTHONFAULTHANDLER': '1', **env})
     command = ['bash', *args] if args[0].endswith('.sh') else [sys.executable, *args]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=600)

@@ -90,6 +90,8 @@ def main(argv=None) -> None:
             if why is None:
                 raise
             raise DataError(why) from err
+        finally:
+            runner = None  # the model (DDP holds the process group) goes before the group
         check_test_metrics(cfg, metrics)
     except (DatasetMissingError, ToolError, CheckpointError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')

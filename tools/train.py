@@ -86,6 +86,8 @@ def main(argv=None) -> None:
             if why is None:
                 raise
             raise DataError(why) from err
+        finally:
+            runner = None  # the model (DDP holds the process group) goes before the group
     except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
     finally:

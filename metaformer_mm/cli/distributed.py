@@ -1,5 +1,6 @@
 """Distributed runs of the tools on machines without CUDA (gloo via torchrun or Slurm)."""
 import datetime
+import gc
 import os
 import subprocess
 from typing import Any
@@ -57,11 +58,13 @@ def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
 
 
 def close_distributed() -> None:
-    """Leaves the process group at the end of a tool. Left to the interpreter's exit, gloo's
-    threads were once torn down while still joinable ("terminate called without an active
-    exception": SIGABRT after a finished run, failing the launch)."""
+    """Leaves the process group at the end of a tool, once the tool has dropped its runner.
+    Left to the interpreter's exit, gloo's work objects (held by DDP's reducer too) are torn
+    down during finalization: "terminate called without an active exception", SIGABRT after a
+    finished run, which fails the launch (pytorch/pytorch#190489)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # DDP modules in reference cycles
         dist.destroy_process_group()
 
 
