@@ -63,7 +63,10 @@ def test_dist_train_and_test_two_processes(repo_root, coco_mini_run, tmp_path):
                       '--work-dir', test_work, '--cfg-options', *options, *DIST_OPTIONS)
     check_ok(proc)
     with open(glob.glob(str(test_work / '*' / '*.json'))[0]) as f:
-        metrics = json.loads(f.readlines()[-1])
+        last = f.readlines()[-1]
+    # mmengine's LoggerHook dumps the test metrics on every rank into the same file (mode 'w'),
+    # so the two writes can overlap on one line: read the first record.
+    metrics = json.JSONDecoder().raw_decode(last)[0]
     assert isinstance(metrics['coco/bbox_mAP'], float)
 
 
