@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metaformer_mm.inference import cpu_bf16_flags
 from metaformer_mm.models.kernels import chunk_sizes, ops, reference_forward
 from metaformer_mm.models.kernels.reference import reference_mlp
 from metaformer_mm.models.kernels.activations import ACTS
@@ -51,9 +52,11 @@ def test_default_path_under_bf16_autocast_equals_plain_formulation(name, kernels
     assert _span_error(out, ref) <= max(2e-2, 1.5 * _span_error(ref_bf16, ref)), name
     if name in ('poolformer', 'poolformerv2', 'identityformer'):
         # The chunked loop ran (many chunks, no whole-tensor linear) and, for GELU, on
-        # oneDNN's bf16 kernels.
+        # oneDNN's bf16 kernels where this CPU has them (oneDNN has no bf16 GEMM without
+        # AVX-512: the loop then runs aten's bf16 GEMMs, and the same check holds).
         assert 'aten::linear' not in seen
-        assert (ONEDNN_OP in seen) == (kernels == 'auto' and name == 'poolformer')
+        onednn = kernels == 'auto' and name == 'poolformer' and ops.available('onednn_linear_bf16')
+        assert (ONEDNN_OP in seen) == onednn
 
 
 def test_bf16_autocast_keeps_autocast_dtypes_and_the_fp32_path_exact():
@@ -128,6 +131,7 @@ def test_bf16_bench_prints_gemm_backbone_and_model_rows(repo_root, tmp_path):
     text = _script(repo_root, 'bf16_bench.py', '--backbones', 'poolformer_s12', '--shape', '64',
                    '96', '--models', 'fpn_poolformer_s12', '--repeats', '1', '--threads', '2',
                    '--out', str(out))
+    # stdout is the tables alone (log lines, such as the no-bf16-units warning, go to stderr).
     assert text.strip() == out.read_text().strip()
     assert 'bf16 units:' in text.splitlines()[0]  # the CPU line heads the output
     gemm = {r[0]: float(r[1]) for r in _table(text, '') if r[0] in ('fp32', 'bf16')}
@@ -139,6 +143,8 @@ def test_bf16_bench_prints_gemm_backbone_and_model_rows(repo_root, tmp_path):
     assert 'GEMM-bound limit fp32' in text and 'bf16 max error / map range' in text
     (model,) = _table(text, 'fpn_poolformer_s12')
     assert float(model[1]) > 0 and float(model[2].split()[0]) > 0
+    # Without bf16 units the model runs fp32, and its row says so.
+    assert ('no bf16 units: ran fp32' in model[2]) == (not cpu_bf16_flags())
 
 
 def test_block_traffic_prints_every_step_of_every_stage(repo_root):

@@ -1,5 +1,6 @@
 """What the benchmark scripts of this folder share: the machine line every figure needs, the
 matrix-product rate and the multiply-adds of a model's convolutions and linears."""
+import logging
 import os
 import os.path as osp
 import platform
@@ -73,7 +74,12 @@ def start_script(name: str, threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
     sys.path.insert(0, REPO)
     from mmengine.logging import MMLogger
-    MMLogger.get_instance(name, log_level='WARNING')
+    logger = MMLogger.get_instance(name, log_level='WARNING')
+    # stdout carries the tables alone (they are piped and compared with --out files); log
+    # lines such as "no bf16 units" go to stderr.
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def finish_script(lines: List[str], out: Optional[str]) -> str:
