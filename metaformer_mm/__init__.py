@@ -23,6 +23,7 @@ from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
 from .engine import install_checkpoint_loader  # noqa: E402
 from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
+from . import accel  # noqa: F401,E402  (the eager kernels; registers itself with the model)
 from .zoo import register_package_configs  # noqa: E402
 
 allow_mmengine_checkpoint_types()

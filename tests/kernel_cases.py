@@ -1,5 +1,6 @@
 """Tiny MetaFormers with randomized weights and the comparisons the kernel tests share
-(``test_fast_path.py``: fp32 paths; ``test_fast_path_bf16.py``: under bf16 autocast)."""
+(``test_fast_path.py``: fp32 paths; ``test_fast_path_bf16.py``: under bf16 autocast;
+``test_compile.py``: torch.compile)."""
 import collections
 import contextlib
 from typing import Counter, Iterator
@@ -7,8 +8,9 @@ from typing import Counter, Iterator
 import torch
 import torch.nn as nn
 
+from metaformer_mm.accel import plain_forward
 from metaformer_mm.models import (CAFormer, IdentityFormer, MetaFormer, PoolFormer, PoolFormerV2,
-                                  SMLPNet)
+                                  RandFormer, SMLPNet)
 
 TINY_DIMS = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
 ARCHS = {
@@ -21,6 +23,8 @@ ARCHS = {
                                                 dims=[16, 32, 64, 64]), **kw),
     'smlpnet': lambda **kw: SMLPNet(arch=dict(base='smlpnet_tiny', depths=[1, 1, 1, 1],
                                               dims=[8, 16, 32, 64]), image_size=64, **kw),
+    'randformer': lambda **kw: RandFormer(arch=dict(base='randformer_s12', depths=[1, 1, 1, 1],
+                                                    dims=[16, 32, 48, 64]), image_size=64, **kw),
 }
 FUSED = ['poolformer', 'poolformerv2', 'identityformer']
 ONEDNN_OP = 'mkldnn::_linear_pointwise'
@@ -49,6 +53,12 @@ def build(name: str, seed: int = 0, **kwargs) -> MetaFormer:
     """The tiny model ``ARCHS[name]``, randomized with ``seed``."""
     torch.manual_seed(seed)
     return randomized(ARCHS[name](**kwargs), seed)
+
+
+def reference_forward(model: MetaFormer, x: torch.Tensor, channels_last: bool = False):
+    """``model``'s own plain forward, on NCHW activations as the original code ran it unless
+    ``channels_last``."""
+    return plain_forward(model, x, channels_last)
 
 
 def assert_rel(ours, ref, tol=1e-4, what=''):

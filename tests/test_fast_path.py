@@ -1,8 +1,9 @@
-"""The kernel choices against the plain formulation: default path (train and eval, oneDNN
-and aten GEMMs) and the folded deploy path.
+"""The eager kernels (``metaformer_mm.accel``) against the plain formulation: default path
+(train and eval, oneDNN and aten GEMMs) and the folded deploy path.
 
-Every comparison is against ``kernels.reference_forward`` on the same weights: the original
-eager formulation (NCHW, GroupNorm, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale
+Every comparison is against the model's own plain forward on the same weights
+(``kernel_cases.reference_forward``: ``kernels='reference'`` on NCHW activations, the original
+eager formulation: GroupNorm, ``AvgPool2d(x) - x``, 1x1 convs, separate layer-scale
 multiplies). Weights are randomized (norm affines, layer scales, biases) so that no fold
 can pass by accident of an identity initialisation. Paths and chunk sizes are chosen through
 the public switches (``kernels=``, ``use_kernels``, ``chunk_sizes``), never by patching.
@@ -17,15 +18,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from metaformer_mm.accel import KERNELS, AcceleratedBlock, FoldedBlocks, chunk_sizes, use_kernels
+from metaformer_mm.accel import ops
+from metaformer_mm.accel.activations import ACTS
+from metaformer_mm.accel.folded import stage_is_foldable
 from metaformer_mm.models import PoolFormer
-from metaformer_mm.models.kernels import (KERNELS, chunk_sizes, reference_block,
-                                          reference_forward, use_kernels)
-from metaformer_mm.models.kernels import ops
-from metaformer_mm.models.kernels.activations import ACTS
-from metaformer_mm.models.kernels.elementwise import contiguous_nchw
-from metaformer_mm.models.kernels.folded import stage_is_foldable
+from metaformer_mm.models.backbones.metaformer import MetaFormerBlock
 
-from kernel_cases import ARCHS, FUSED, ONEDNN_OP, TINY_DIMS, assert_rel, build, ops_seen
+from kernel_cases import (ARCHS, FUSED, ONEDNN_OP, TINY_DIMS, assert_rel, build, ops_seen,
+                          reference_forward)
 
 
 def _check_grads(model, ref_grads, tol=1e-4):
@@ -222,14 +223,13 @@ def test_deploy_matches_original_poolformer_outputs(reference_dir):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize('onednn', [True, False])
-def test_no_grad_mlp_chunks_are_exact(onednn):
-    """Many token chunks, on oneDNN's fused kernels (``kernels='auto'``) and on aten GEMMs
-    (``kernels='aten'``)."""
-    if onednn and not ops.available('onednn_linear'):
+@pytest.mark.parametrize('gemm', ['onednn', 'aten'])
+def test_no_grad_mlp_chunks_are_exact(gemm):
+    """Many token chunks, on oneDNN's fused kernels and on aten GEMMs."""
+    if gemm == 'onednn' and not ops.available('onednn_linear'):
         pytest.skip('this torch build has no oneDNN linear kernels')
     for name in ('poolformer', 'poolformerv2', 'smlpnet'):
-        model = build(name, kernels='auto' if onednn else 'aten').eval()
+        model = build(name, kernels=gemm).eval()
         x = torch.randn(2, 3, 64, 72)
         with torch.no_grad(), chunk_sizes(aten_mlp=1000, onednn_mlp=1000), \
                 ops_seen() as seen:
@@ -238,15 +238,25 @@ def test_no_grad_mlp_chunks_are_exact(onednn):
             assert_rel(out, reference_forward(model, x), what=name)
         # oneDNN for GELU (PoolFormer); StarReLU (V2) is no oneDNN epilogue and sMLPNet
         # runs NCHW, where the MLP stays as 1x1 convs: both take the aten kernels.
-        assert (ONEDNN_OP in seen) == (onednn and name == 'poolformer'), name
+        assert (ONEDNN_OP in seen) == (gemm == 'onednn' and name == 'poolformer'), name
+
+
+def test_auto_picks_onednn_where_the_cpu_has_avx512_else_aten():
+    """``'auto'`` is the fastest eager variant measured per CPU kind (README Performance)."""
+    model = build('poolformer')
+    avx512 = 'AVX512' in torch.backends.cpu.get_cpu_capability()
+    expected = 'onednn' if avx512 and ops.available('onednn_linear') else 'aten'
+    assert ops.default_gemm() == expected
+    assert {blk.gemm for s in model.stages for blk in s.blocks} == {expected}
 
 
 def test_block_on_a_plain_nchw_tensor_equals_plain_formulation_and_leaves_it_alone():
     block = build('poolformer').eval().stages[0].blocks[0]
+    assert type(block) is AcceleratedBlock
     t = torch.randn(2, 16, 9, 11)
     before = t.clone()
     with torch.no_grad():
-        assert_rel(block(t), reference_block(block, t))
+        assert_rel(block(t), MetaFormerBlock.forward(block, t))
     assert torch.equal(t, before)
 
 
@@ -324,44 +334,44 @@ def test_benchmark_whole_models_from_configs(repo_root, tmp_path):
 
 def test_activation_layout_per_family():
     """Channels-last where the 1x1 GEMMs dominate; NCHW for sMLPNet's axial mixing."""
-    assert build('poolformer').memory_format() == torch.channels_last
-    assert build('caformer').memory_format() == torch.channels_last
-    assert build('smlpnet').memory_format() == torch.contiguous_format
-
-
-def test_slabwise_nchw_copy_equals_contiguous():
-    """The output maps' channels-last -> NCHW copy by slabs of rows."""
-    x = torch.randn(2, 5, 13, 7).contiguous(memory_format=torch.channels_last)
-    with chunk_sizes(nchw_copy=50):
-        out = contiguous_nchw(x)
-    assert out.is_contiguous() and torch.equal(out, x)
+    assert build('poolformer').memory_format == torch.channels_last
+    assert build('caformer').memory_format == torch.channels_last
+    assert build('smlpnet').memory_format == torch.contiguous_format
 
 
 # ------------------------------------------------------------------------- the switches
 def test_kernels_argument_selects_the_formulation_and_is_validated():
     model = build('poolformer', kernels='reference').eval()
+    assert {type(b) for s in model.stages for b in s.blocks} == {MetaFormerBlock}
     x = torch.randn(1, 3, 48, 40)
     with torch.no_grad():
-        ref = reference_forward(model, x)
+        ref = reference_forward(model, x, channels_last=True)
         assert all(torch.equal(a, b) for a, b in zip(model(x), ref))  # the same code, exactly
         model.set_kernels('auto')
+        assert {type(b) for s in model.stages for b in s.blocks} == {AcceleratedBlock}
         fast = model(x)
         assert not all(torch.equal(a, b) for a, b in zip(fast, ref))  # another formulation
         assert_rel(fast, ref)
-    assert KERNELS == ('auto', 'aten', 'reference', 'deploy')
-    with pytest.raises(ValueError, match=r"kernels must be one of \['auto', 'aten', "
+        model.set_kernels('deploy')
+        assert {type(s.blocks) for s in model.stages} == {FoldedBlocks}
+        model.set_kernels('reference')
+        assert {type(s.blocks) for s in model.stages} == {nn.Sequential}
+        assert all(torch.equal(a, b) for a, b in zip(model(x), ref))
+    assert KERNELS == ('auto', 'aten', 'onednn', 'reference', 'deploy')
+    with pytest.raises(ValueError, match=r"kernels must be one of \['auto', 'aten', 'onednn', "
                                          r"'reference', 'deploy'\], got 'fast'"):
         build('poolformer', kernels='fast')
-    with pytest.raises(ValueError, match='kernels must be one of'):
-        model.set_kernels('onednn')
+    # The state dict is the model's, whatever the kernels.
+    assert list(model.state_dict()) == list(build('poolformer', kernels='reference').state_dict())
 
 
 def test_use_kernels_switches_every_backbone_of_a_model_and_restores():
     holder = nn.ModuleDict(dict(a=build('poolformer'), b=build('caformer', kernels='aten')))
     with use_kernels(holder, 'reference'):
         assert [m.kernels for m in holder.values()] == ['reference', 'reference']
-        assert all(blk.kernels == 'reference' for s in holder['b'].stages for blk in s.blocks)
+        assert all(type(blk) is MetaFormerBlock for s in holder['b'].stages for blk in s.blocks)
     assert [m.kernels for m in holder.values()] == ['auto', 'aten']
+    assert all(blk.gemm == 'aten' for s in holder['b'].stages for blk in s.blocks)
     with pytest.raises(ValueError, match='holds no MetaFormer'):
         with use_kernels(nn.Linear(2, 2), 'reference'):
             pass
@@ -390,14 +400,19 @@ def test_private_ops_are_feature_tested_and_activation_table_forms_agree():
                                        act.plain(h @ w.t() + b), rtol=1e-5, atol=1e-5)
 
 
-def test_operator_probes_leave_the_global_rng_alone():
-    """The private-operator probes run lazily inside a forward: they must not consume the
-    global RNG, or a seeded run's drop-path masks would depend on what ran before."""
-    from metaformer_mm.models.kernels import ops
+def test_operator_probes_run_when_kernels_are_installed_and_leave_the_rng_alone():
+    """The probes run in ``set_kernels`` (never inside a forward, which may be traced) and
+    draw no random numbers: a seeded run's drop-path masks do not depend on them."""
     ops.available.cache_clear()
     torch.manual_seed(7)
     expected = torch.rand(4)
     torch.manual_seed(7)
-    for name in ('onednn_linear', 'aten_gelu'):
-        ops.available(name)
+    model = build('poolformer', seed=3, kernels='reference')
+    torch.manual_seed(7)
+    model.set_kernels('auto')
+    assert ops.available.cache_info().currsize == 3  # every probe, once
     assert torch.equal(torch.rand(4), expected)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    assert ops.available.cache_info().currsize == 3

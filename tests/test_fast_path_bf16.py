@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from metaformer_mm.inference import cpu_bf16_flags
-from metaformer_mm.models.kernels import chunk_sizes, ops, reference_forward
-from metaformer_mm.models.kernels.reference import reference_mlp
-from metaformer_mm.models.kernels.activations import ACTS
-from metaformer_mm.models.kernels.mlp import chunked_mlp
+from metaformer_mm.accel import chunk_sizes, ops
+from metaformer_mm.accel.activations import ACTS
+from metaformer_mm.accel.mlp import chunked_mlp, mlp_forward
 
-from kernel_cases import ARCHS, ONEDNN_OP, build, ops_seen
+from kernel_cases import ARCHS, ONEDNN_OP, build, ops_seen, reference_forward
 
 BF16 = dict(device_type='cpu', dtype=torch.bfloat16)
 
@@ -72,11 +71,11 @@ def test_bf16_autocast_keeps_autocast_dtypes_and_the_fp32_path_exact():
         ref = reference_forward(model, x)
     assert [o.dtype for o in out] == [r.dtype for r in ref_bf16]
     assert _span_error(fp32, ref) < 1e-5
-    # An MLP called on its own returns what autocast gives its last 1x1 conv: bf16.
+    # The chunked MLP on its own returns what autocast gives the MLP's last 1x1 conv: bf16.
     mlp = model.stages[0].blocks[0].mlp
     z = torch.randn(1, 16, 9, 11).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(**BF16):
-        branch, plain = mlp(z), reference_mlp(mlp, z)
+        branch, plain = mlp_forward(mlp, z), mlp(z)
     assert branch.dtype == plain.dtype == torch.bfloat16
     assert _span_error(branch, plain) < 2e-2
 

@@ -139,20 +139,42 @@ def test_resampling_rule_and_rows_sum_to_one(grid):
                                torch.full((tokens, tokens), 1 / tokens))
 
 
-def test_resampled_matrices_are_cached_and_invalidated():
-    mixer = RandomMixing(8, 16, image_size=(64, 96), cache_size=2)
+def test_resampled_matrices_are_cached_within_a_byte_budget_and_invalidated():
+    # (5x7)^2 and (6x8)^2 fp32 matrices are 4.9 kB and 9.2 kB: a 15 kB budget keeps both,
+    # and a third size drops the least recently used.
+    mixer = RandomMixing(8, 16, image_size=(64, 96), max_cache_mb=0.015)
     first = mixer.matrix_for((5, 7))
     assert mixer.matrix_for((5, 7)) is first  # repeated size: no new resampling
     assert 'random_matrix' in mixer.state_dict() and len(mixer.state_dict()) == 1
-    mixer.matrix_for((6, 8)), mixer.matrix_for((7, 9))
-    assert len(mixer._cache) == 2  # bounded, least recently used dropped
-    # A load changes the parameter in place: the cached copies follow it.
+    mixer.matrix_for((6, 8))
+    assert len(mixer._cache) == 2
+    mixer.matrix_for((7, 9))  # 15.9 kB alone: bigger than the budget, so never kept
+    assert [key[0] for key in mixer._cache] == [(5, 7), (6, 8)]
+    mixer.matrix_for((4, 9)), mixer.matrix_for((5, 7))
+    assert [key[0] for key in mixer._cache] == [(4, 9), (5, 7)]  # (6, 8) was the oldest
+    assert sum(m.numel() * 4 for m in mixer._cache.values()) <= 15_000
+    # A load changes the parameter: the cached copies follow it.
     other = RandomMixing(8, 16, image_size=(64, 96))
     mixer.load_state_dict(other.state_dict())
     torch.testing.assert_close(mixer.matrix_for((5, 7)), other.matrix_for((5, 7)))
     assert not torch.equal(mixer.matrix_for((5, 7)), first)
     mixer.double()
     assert mixer.matrix_for((5, 7)).dtype == torch.float64
+    none_kept = RandomMixing(8, 16, image_size=(64, 96), max_cache_mb=0)
+    none_kept.matrix_for((5, 7))
+    assert not none_kept._cache
+
+
+def test_a_native_matrix_above_max_matrix_mb_is_refused_before_it_is_built():
+    """image_size=4096 means a 65,536-token stage-3 matrix (17 GB): refused at construction."""
+    with pytest.raises(ValueError, match=r'65536x65536 matrix, 17180 MB.*above '
+                                         r'max_matrix_mb=1024.*smaller image_size'):
+        RandFormer(arch=dict(TINY), image_size=4096)
+    for bad in (0, -1, float('nan'), float('inf'), '64', True):
+        with pytest.raises(ValueError, match='max_matrix_mb must be a positive finite'):
+            RandomMixing(8, 16, image_size=64, max_matrix_mb=bad)
+    with pytest.raises(ValueError, match='max_cache_mb must be a non-negative finite'):
+        RandomMixing(8, 16, image_size=64, max_cache_mb=-1)
 
 
 @pytest.mark.parametrize('size', [(97, 131), (33, 40)])

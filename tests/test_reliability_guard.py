@@ -73,7 +73,8 @@ def _params(runner) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in runner.model.parameters()]).clone()
 
 
-def _runner(work_dir, custom_hooks, max_iters: int = 6) -> Runner:
+def _runner(work_dir, custom_hooks, max_iters: int = 6, compile_backend=None) -> Runner:
+    """``compile_backend``: mmengine compiles the train step (``compile=dict(backend=...)``)."""
     return Runner(
         model=TinyClassifier(loss_name='loss_ce'), work_dir=str(work_dir),
         train_dataloader=dict(dataset=RandomImages(), batch_size=4,
@@ -87,7 +88,8 @@ def _runner(work_dir, custom_hooks, max_iters: int = 6) -> Runner:
         custom_hooks=custom_hooks, randomness=dict(seed=0),
         # mmengine names a run (and its logger, which owns the log file) by its start second:
         # two runners started within one second would share the first one's log file.
-        experiment_name=f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex[:8]}')
+        experiment_name=f'{osp.basename(str(work_dir))}_{uuid.uuid4().hex[:8]}',
+        cfg=dict(compile=dict(backend=compile_backend)) if compile_backend else None)
 
 
 def _last_checkpoint(work_dir) -> str:
@@ -101,10 +103,14 @@ def _all_finite(path: str) -> bool:
 
 
 # =========================================================================== the guard
-def test_guard_stops_at_the_first_nan_and_keeps_the_last_checkpoint(tmp_path):
+# In a compiled train step the guard judges gradients where autograd accumulates them (see
+# engine/guard.py); 'eager' is dynamo's tracing alone, the part that places the checks.
+@pytest.mark.parametrize('compile_backend', [None, 'eager'])
+def test_guard_stops_at_the_first_nan_and_keeps_the_last_checkpoint(tmp_path, compile_backend):
     poison = Poison([5])
     with pytest.raises(NonFiniteError) as err:
-        _runner(tmp_path, [poison, dict(type='NonFiniteGuardHook')]).train()
+        _runner(tmp_path, [poison, dict(type='NonFiniteGuardHook')],
+                compile_backend=compile_backend).train()
     message = str(err.value)
     assert 'iteration 5' in message and 'loss_ce=nan' in message
     assert 'gradient norm (nan)' in message and str(tmp_path / 'iter_4.pth') in message
@@ -115,9 +121,11 @@ def test_guard_stops_at_the_first_nan_and_keeps_the_last_checkpoint(tmp_path):
     assert _all_finite(str(tmp_path / 'iter_4.pth'))
 
 
-def test_guard_skips_up_to_max_skips_bad_steps(tmp_path):
+@pytest.mark.parametrize('compile_backend', [None, 'eager'])
+def test_guard_skips_up_to_max_skips_bad_steps(tmp_path, compile_backend):
     poison = Poison([3])
-    runner = _runner(tmp_path, [poison, dict(type='NonFiniteGuardHook', max_skips=1)])
+    runner = _runner(tmp_path, [poison, dict(type='NonFiniteGuardHook', max_skips=1)],
+                     compile_backend=compile_backend)
     runner.train()  # one bad step: skipped, training goes on
     assert runner.iter == 6
     assert torch.equal(poison.before[3], poison.after[3])
@@ -129,7 +137,8 @@ def test_guard_skips_up_to_max_skips_bad_steps(tmp_path):
 
     poison = Poison([3, 4])  # two bad steps: the second stops the run
     with pytest.raises(NonFiniteError, match='iteration 4 after 1 skipped steps'):
-        _runner(tmp_path / 'two', [poison, dict(type='NonFiniteGuardHook', max_skips=1)]).train()
+        _runner(tmp_path / 'two', [poison, dict(type='NonFiniteGuardHook', max_skips=1)],
+                compile_backend=compile_backend).train()
     assert _last_checkpoint(tmp_path / 'two') == str(tmp_path / 'two' / 'iter_2.pth')
 
 

@@ -6,7 +6,7 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.kernels import use_kernels
+from ..accel import use_kernels
 
 
 def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int] = (224, 224),

@@ -5,7 +5,13 @@ Without it a diverging run (a learning rate far too high, an fp16 overflow) trai
 one full of ``nan``. With it:
 
 * before every optimizer step (a ``torch.optim.Optimizer`` step pre-hook) the gradients
-  are checked; non-finite ones are dropped, so that step changes no parameter;
+  are checked; non-finite ones are dropped, so that step changes no parameter. Where the
+  runner compiles its train step (``compile=True``), each gradient is judged instead where
+  autograd accumulates it (a post-accumulate-grad hook, run eagerly by the autograd engine)
+  and the step pre-hook only reads that verdict: nothing of the guard reads a tensor's value
+  inside the compiled region, so it adds no graph break (under DDP the local gradients are
+  judged there: a rank whose step ran on non-finite averaged gradients stops at the
+  parameter check of the same iteration);
 * after every iteration (before ``CheckpointHook``, whose priority is lower) the loss terms
   and the parameters are checked; the first bad iteration raises :class:`NonFiniteError`
   naming the iteration, the loss terms that went bad and the last checkpoint written,
@@ -71,8 +77,15 @@ class NonFiniteGuardHook(Hook):
         self._handles: List[Any] = []
 
     def before_train(self, runner) -> None:
+        compiled = bool(runner.cfg.get('compile'))
         for w in _wrappers(runner):
-            self._handles.append(w.optimizer.register_step_pre_hook(self._check_gradients))
+            if compiled:
+                self._handles.append(w.optimizer.register_step_pre_hook(self._drop_bad_step))
+                self._handles += [p.register_post_accumulate_grad_hook(self._judge_gradient)
+                                  for group in w.optimizer.param_groups
+                                  for p in group['params'] if p.requires_grad]
+            else:
+                self._handles.append(w.optimizer.register_step_pre_hook(self._check_gradients))
 
     def after_train(self, runner) -> None:
         self._remove_hooks()
@@ -92,6 +105,20 @@ class NonFiniteGuardHook(Hook):
         # Parameters without a gradient are left alone by every torch optimizer: no step.
         for p in params:
             p.grad = None
+
+    # Called by the autograd engine, as a frame of its own: dynamo would otherwise compile
+    # it (a frame started inside a compiled train step); disabled, it just runs eagerly.
+    @torch.compiler.disable
+    def _judge_gradient(self, param: torch.Tensor) -> None:
+        if self._bad_grad_norm is None and not bool(torch.isfinite(param.grad).all()):
+            self._bad_grad_norm = float(torch.linalg.vector_norm(param.grad.detach().float()))
+
+    def _drop_bad_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        if self._bad_grad_norm is None:
+            return
+        for group in optimizer.param_groups:
+            for p in group['params']:
+                p.grad = None
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         self._bad_grad_norm = None

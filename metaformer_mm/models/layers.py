@@ -8,6 +8,14 @@ import torch.nn.functional as F
 from .norms import NormCfg, build_norm, register_own, registered_class, split_cfg
 
 
+def is_tracing() -> bool:
+    """Whether the code runs under a tracer (``torch.compile``, ``torch.export``, ONNX export,
+    TorchScript): Python-side state such as caches must then stay out of the graph."""
+    compiling = getattr(torch.compiler, 'is_compiling', None)  # torch >= 2.3
+    return bool((compiling is not None and compiling()) or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+
+
 class StarReLU(nn.Module):
     """``s * relu(x) ** 2 + b`` with learnable scalars (MetaFormer baselines)."""
 
@@ -88,20 +96,15 @@ class Mlp(nn.Module):
     """Channel MLP of a MetaFormer block: 1x1 conv, activation, 1x1 conv."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, act_cfg: Optional[Dict] = None,
-                 bias: bool = True, drop: float = 0.0) -> None:
+                 bias: bool = True) -> None:
         super().__init__()
         hidden = int(mlp_ratio * dim)
         self.fc1 = nn.Conv2d(dim, hidden, 1, bias=bias)
         self.act = build_act(act_cfg or dict(type='GELU'))
         self.fc2 = nn.Conv2d(hidden, dim, 1, bias=bias)
-        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.drop, nn.Identity):
-            # The 1x1 convs as GEMMs on the channels-last view (see models/kernels/mlp.py).
-            from .kernels.mlp import mlp_forward
-            return mlp_forward(self, x)
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Downsample(nn.Module):

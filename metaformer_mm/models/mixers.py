@@ -18,7 +18,6 @@ from .random_mixing import RandomMixing
 
 class Pooling(nn.Module):
     """PoolFormer's mixer: average pooling (stride 1, padding excluded) minus the input."""
-    fresh_output = True  # its result is a new buffer no backward saves (see MetaFormerBlock)
 
     def __init__(self, dim: int, token_stride: int = 4, pool_size: int = 3) -> None:
         super().__init__()
@@ -28,8 +27,7 @@ class Pooling(nn.Module):
         self.pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place on the pooled map: no backward saves it, and one buffer is spared.
-        return self.pool(x).sub_(x)
+        return self.pool(x) - x
 
 
 class IdentityMixer(nn.Module):

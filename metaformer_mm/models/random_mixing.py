@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import is_tracing
+
 Grid = Tuple[int, int]
 
 
@@ -42,6 +44,14 @@ def resample_token_matrix(matrix: torch.Tensor, native: Grid, grid: Grid) -> tor
     return m / m.sum(dim=1, keepdim=True)
 
 
+def _check_megabytes(name: str, value, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (0 < value if positive else 0 <= value) and value < math.inf
+    if not ok:
+        raise ValueError(f'{name} must be a {"positive" if positive else "non-negative"} '
+                         f'finite number of MB, got {value!r}')
+
+
 class RandomMixing(nn.Module):
     """Frozen random token mixing (RandFormer) over the stage's tokens, at any grid.
 
@@ -50,66 +60,83 @@ class RandomMixing(nn.Module):
         token_stride: the stage's stride (16 in stage 3, 32 in stage 4).
         image_size: the input size (int or (H, W)) the matrix belongs to; the native grid is
             ``image_size // token_stride`` (224 -> 14x14 in stage 3, 7x7 in stage 4).
-        max_matrix_mb: largest resampled matrix (fp32, MB = 1e6 bytes) built for a runtime
-            grid: T tokens need 4 * T**2 bytes (58 MB at 800x1216, stage 3: 50 x 76 tokens);
-            the default 1024 MB allows about 16,000 tokens (a 2048x2048 image is refused).
-        cache_size: resampled matrices kept (per mixer, least recently used dropped).
+        max_matrix_mb: largest matrix (fp32, MB = 1e6 bytes), native or resampled for a
+            runtime grid: T tokens need 4 * T**2 bytes (58 MB at 800x1216, stage 3: 50 x 76
+            tokens); the default 1024 MB allows about 16,000 tokens (a 2048x2048 image is
+            refused).
+        max_cache_mb: resampled matrices kept per mixer for repeated input sizes, in MB
+            (least recently used dropped; 0 keeps none).
+
+    Under a tracer (``torch.compile``, ONNX export) the resampling is part of the graph, so
+    an exported or compiled model takes any input size.
     """
-    fresh_output = True  # one GEMM's new result, saved by no backward (see MetaFormerBlock)
 
     def __init__(self, dim: int, token_stride: int = 16, image_size: Union[int, Grid] = 224,
-                 max_matrix_mb: float = 1024, cache_size: int = 4) -> None:
+                 max_matrix_mb: float = 1024, max_cache_mb: float = 256) -> None:
         super().__init__()
         size = parse_image_size(image_size)
         if any(s % token_stride for s in size):
             raise ValueError(f'image_size {size} must be a multiple of the token stride '
                              f'{token_stride} of this stage (the grid is image_size // stride)')
-        if not max_matrix_mb > 0:
-            raise ValueError(f'max_matrix_mb must be positive, got {max_matrix_mb!r}')
+        _check_megabytes('max_matrix_mb', max_matrix_mb, positive=True)
+        _check_megabytes('max_cache_mb', max_cache_mb, positive=False)
         self.image_size = size
         self.token_stride = token_stride
         self.native_grid: Grid = (size[0] // token_stride, size[1] // token_stride)
         self.max_matrix_mb = float(max_matrix_mb)
-        self.cache_size = int(cache_size)
+        self.max_cache_mb = float(max_cache_mb)
+        self._check_matrix_size(self.native_grid, 'image_size')
         n = self.native_grid[0] * self.native_grid[1]
         # As the original: softmax over each row of uniform noise, never trained.
         self.random_matrix = nn.Parameter(torch.softmax(torch.rand(n, n), dim=-1),
                                           requires_grad=False)
         self._cache: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
-        self._cache_source: tuple = ()
+
+    def _check_matrix_size(self, grid: Grid, cause: str) -> None:
+        tokens = grid[0] * grid[1]
+        megabytes = 4 * tokens ** 2 / 1e6
+        if megabytes > self.max_matrix_mb:
+            what = ('the native grid of image_size=' f'{self.image_size}' if cause == 'image_size'
+                    else f'an input of about {grid[0] * self.token_stride}x'
+                         f'{grid[1] * self.token_stride}')
+            raise ValueError(
+                f'random token mixing at a {grid[0]}x{grid[1]} token grid (stride '
+                f'{self.token_stride}, {what}) needs a {tokens}x{tokens} matrix, '
+                f'{megabytes:.0f} MB in fp32, above max_matrix_mb={self.max_matrix_mb:g}; '
+                f'use a smaller {"image_size" if cause == "image_size" else "input"} or raise '
+                f'max_matrix_mb (a token_mixers option, RandFormer(max_matrix_mb=...))')
 
     def matrix_for(self, grid: Grid, dtype: torch.dtype = None) -> torch.Tensor:
         """The mixing matrix of a runtime ``grid`` (H, W) in ``dtype`` (default: the parameter's):
-        the parameter at the native grid, else its cached resampled copy."""
+        the parameter at the native grid, else its resampled copy (cached in eager mode)."""
         param = self.random_matrix
         dtype = dtype or param.dtype
         grid = (int(grid[0]), int(grid[1]))
         if grid == self.native_grid:
             return param if param.dtype == dtype else param.to(dtype)
-        tokens = grid[0] * grid[1]
-        megabytes = 4 * tokens ** 2 / 1e6
-        if megabytes > self.max_matrix_mb:
-            raise ValueError(
-                f'random token mixing at a {grid[0]}x{grid[1]} token grid (stride '
-                f'{self.token_stride}, an input of about {grid[0] * self.token_stride}x'
-                f'{grid[1] * self.token_stride}) needs a {tokens}x{tokens} matrix, '
-                f'{megabytes:.0f} MB in fp32, above max_matrix_mb={self.max_matrix_mb:g}; '
-                f'use a smaller input or raise max_matrix_mb (a token_mixers option, '
-                f'RandFormer(max_matrix_mb=...))')
-        # A load or .to() changes the parameter's storage or version: drop stale copies.
-        source = (param.data_ptr(), param._version, param.device, param.dtype)
-        if source != self._cache_source:
-            self._cache.clear()
-            self._cache_source = source
+        self._check_matrix_size(grid, 'input')
+        if is_tracing():
+            return resample_token_matrix(param, self.native_grid, grid).to(dtype)
         key = (grid, dtype)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         matrix = resample_token_matrix(param.detach(), self.native_grid, grid).to(dtype)
-        self._cache[key] = matrix
-        while len(self._cache) > max(self.cache_size, 0):
-            self._cache.popitem(last=False)
+        budget = self.max_cache_mb * 1e6
+        if matrix.numel() * matrix.element_size() <= budget:
+            self._cache[key] = matrix
+            while sum(m.numel() * m.element_size() for m in self._cache.values()) > budget:
+                self._cache.popitem(last=False)
         return matrix
+
+    def clear_cache(self) -> None:
+        """Drops the resampled copies (done on every load and ``.to()``; call it after
+        changing ``random_matrix`` in place)."""
+        self._cache.clear()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -126,6 +153,7 @@ class RandomMixing(nn.Module):
         value = state_dict.get(key)
         if isinstance(value, torch.Tensor) and value.shape != self.random_matrix.shape:
             raise ValueError(self.shape_mismatch(key, tuple(value.shape)))
+        self.clear_cache()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def shape_mismatch(self, key: str, shape: Tuple[int, ...]) -> str:

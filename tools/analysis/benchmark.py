@@ -4,14 +4,19 @@
     python tools/analysis/benchmark.py [--suite backbones|models|all] [--models NAME|CONFIG ...]
         [--config PATH ...] [--shape H W] [--batch N] [--threads T] [--repeats R] [--warmup W]
 
-``--suite backbones`` (default) times each backbone in up to four ways, on one input:
+``--suite backbones`` (default) times each backbone in these ways, on one input:
 
-* ``eager``: the plain formulation of the original code (NCHW, GroupNorm, ``AvgPool2d - x``,
-  1x1 convs, separate layer-scale multiplies; ``kernels='reference'``), and the same code on
-  a channels-last input (``eager, channels-last``);
-* ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run
-  (``kernels='auto'``);
+* ``eager``: the model's own forward, the plain formulation of the original code (NCHW,
+  GroupNorm, ``AvgPool2d - x``, 1x1 convs, separate layer-scale multiplies), and the same code
+  on channels-last activations (``eager, channels-last``: ``kernels='reference'``);
+* the eager kernels of ``metaformer_mm.accel`` on each GEMM library (``aten``, ``onednn``) and
+  ``default``: ``model.eval()`` under ``torch.no_grad()``, what mmdet/mmseg run
+  (``kernels='auto'``, which picks one of them for this CPU);
 * ``deploy``: ``kernels='deploy'`` (``switch_to_deploy()``, the folded formulation);
+* ``compiled`` and ``compiled, freezing`` (``--compile-models``): ``torch.compile`` of the
+  model, which traces its plain forward (channels-last), without and with Inductor's
+  ``freezing``; the table's note gives each one's compile time cold (empty FX graph cache) and
+  warm (the same graph from the cache, as a second run of a job finds it);
 * ``onnxruntime``: the deploy path exported to ONNX, run by onnxruntime (if installed);
 
 beside mmdet's ResNet-50 and ResNet-18 backbones, and (``--train-models``) a training step
@@ -35,6 +40,7 @@ fresh process (marked ``rss``).
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import os.path as osp
@@ -88,6 +94,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--train-models', nargs='*', default=['poolformer_s12', 'poolformer_m36'],
                         metavar='NAME',
                         help='backbones also timed in training (backbones suite); none: skip')
+    parser.add_argument('--compile-models', nargs='*', default=['poolformer_s12'],
+                        metavar='NAME', help='backbones also timed under torch.compile '
+                                             '(backbones suite); none: skip')
     parser.add_argument('--train-batch', type=int, default=2)
     parser.add_argument('--train-repeats', type=int, default=3,
                         help='timed training steps per case (a step takes seconds)')
@@ -258,7 +267,7 @@ def data_samples(scope: str, shape: Tuple[int, int], batch: int) -> list:
 
 def run_with(model: nn.Module, kernels: str, *args, **kwargs):
     """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels``."""
-    from metaformer_mm.models.kernels import use_kernels
+    from metaformer_mm.accel import use_kernels
     with use_kernels(model, kernels):
         return model(*args, **kwargs)
 
@@ -315,8 +324,8 @@ class Table:
 
 def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     """eager / default / deploy / onnxruntime rows of one backbone."""
-    from metaformer_mm.models.kernels import reference_forward
-    from metaformer_mm.models.kernels.folded import stage_is_foldable
+    from metaformer_mm.accel import ops, plain_forward
+    from metaformer_mm.accel.folded import stage_is_foldable
     device = args.device
     model = build_backbone(name).to(device)
     model.eval()  # (mmdet's ResNet.train() returns None, so no chaining)
@@ -325,11 +334,15 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     cases: Dict[str, Callable] = {}
     metaformer = is_metaformer(model)
     macs_model = model
+    compile_note = ''
     if metaformer:
-        cases['eager'] = lambda: run_with(model, 'reference', x)
-        # The same plain code on a channels-last input: what the layout alone gives.
-        cases['eager, channels-last'] = lambda: reference_forward(model, x, channels_last=True)
+        cases['eager'] = lambda: plain_forward(model, x, channels_last=False)
+        # The same plain code on channels-last activations: what the layout alone gives.
+        cases['eager, channels-last'] = lambda: plain_forward(model, x)
         macs_run = cases['eager']
+        for gemm_lib in ('aten', 'onednn'):
+            if gemm_lib == 'aten' or ops.available('onednn_linear'):
+                cases[gemm_lib] = functools.partial(run_with, model, gemm_lib, x)
     else:
         macs_run = lambda: model(x)  # noqa: E731
     all_macs, pw_macs = conv_macs(macs_model, macs_run)
@@ -337,6 +350,12 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     deploy = metaformer and any(stage_is_foldable(s.blocks) for s in model.stages)
     if deploy:
         cases['deploy'] = lambda: run_with(model, 'deploy', x)
+    if metaformer and name in (args.compile_models or []):
+        seconds = {}
+        for label, freezing in (('compiled', False), ('compiled, freezing', True)):
+            cases[label], seconds[label] = compiled_case(model, x, freezing)
+        compile_note = '; compile s cold / warm: ' + ', '.join(
+            f'{label} {cold:.0f} / {warm:.0f}' for label, (cold, warm) in seconds.items())
     ort_path = ort_session = skipped = None
     if metaformer and not args.no_onnx and device == 'cpu':
         ort_session, ort_path = _ort_case(model, (h, w), args, deploy)
@@ -356,7 +375,8 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
         f'{label}, {args.batch}x3x{h}x{w}, fp32, {args.threads} threads, inference',
         limit, f'conv/linear MACs {all_macs / 1e9:.2f} G (1x1 convs {pw_macs / 1e9:.2f} G); '
                f'GEMM rate {rate / 1e9:.0f} GFLOP/s (2048^3, best of this table\'s rounds); '
-               f'limit {limit * 1e3:.0f} ms' + (f'; {skipped}' if skipped else ''))
+               f'limit {limit * 1e3:.0f} ms; default = {default_label(model)}' + compile_note
+        + (f'; {skipped}' if skipped else ''))
     first = next(iter(cases))
     for case, seconds in times.items():
         memory, kind = None, ''
@@ -370,6 +390,42 @@ def backbone_inference(name: str, args, gemm: Tuple[Callable, float]) -> Table:
                   baseline=first if case != first else None)
     table.rates = dict(gemm_gflops=rate / 1e9, macs=all_macs, pw_macs=pw_macs)
     return table
+
+
+def default_label(model: nn.Module) -> str:
+    """What ``kernels='auto'`` runs for ``model`` on this machine."""
+    if not is_metaformer(model):
+        return 'the module itself'
+    from metaformer_mm.accel import ops
+    return f"{ops.default_gemm()} kernels (CPU capability " \
+           f"{torch.backends.cpu.get_cpu_capability()})"
+
+
+def compiled_case(model: nn.Module, x: torch.Tensor, freezing: bool
+                  ) -> Tuple[Callable[[], object], Tuple[float, float]]:
+    """``torch.compile`` of a copy of ``model`` (its plain forward) and the seconds of its
+    first call, cold (an empty FX graph cache) and warm (after a dynamo reset, the graph
+    comes from that cache, as a rerun of a job finds it). The reset also drops earlier
+    compiled cases' code: their warm-up calls recompile them (from the cache)."""
+    cache = tempfile.mkdtemp(prefix='metaformer_inductor_')
+    saved = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
+    try:
+        times = []
+        for _ in range(2):
+            # Without the reset the second compile would reuse the first's code in memory.
+            torch._dynamo.reset()
+            compiled = torch.compile(copy.deepcopy(model), options={'freezing': freezing})
+            start = time.perf_counter()
+            with torch.no_grad():
+                compiled(x)
+            times.append(time.perf_counter() - start)
+    finally:
+        if saved is None:
+            os.environ.pop('TORCHINDUCTOR_CACHE_DIR', None)
+        else:
+            os.environ['TORCHINDUCTOR_CACHE_DIR'] = saved
+    return (lambda: compiled(x)), (times[0], times[1])
 
 
 def _ort_case(model: nn.Module, shape: Tuple[int, int], args, deploy: bool):

@@ -89,7 +89,7 @@ def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float]) -> Lis
     """fp32 default/deploy and bf16 rows of one backbone, with the GEMM-bound limits."""
     import copy
 
-    from metaformer_mm.models.kernels import reference_forward
+    from metaformer_mm.accel import plain_forward
     model = metaformer_preset(name, '--backbones')
     x = torch.randn(1, 3, *shape)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -106,10 +106,10 @@ def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float]) -> Lis
         cases['fp32 deploy'] = lambda: deployed(x)
     # The original formulation under autocast on a channels-last input: what autocast alone
     # gives the original code.
-    cases['eager bf16 CL'] = bf16(lambda: reference_forward(model, x, channels_last=True))
+    cases['eager bf16 CL'] = bf16(lambda: plain_forward(model, x, channels_last=True))
     cases['bf16 CL'] = bf16(lambda: model(x_cl))
     med = interleaved(cases, repeats)
-    macs, _ = conv_macs(model, lambda: reference_forward(model, x))
+    macs, _ = conv_macs(model, lambda: plain_forward(model, x, channels_last=False))
     limit = {p: 2.0 * macs / r for p, r in rate.items()}
     with torch.no_grad():
         ref, out = model(x), bf16(lambda: model(x_cl))()

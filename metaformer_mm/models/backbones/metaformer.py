@@ -10,7 +10,7 @@ Family members differ only in their presets (``presets.py``, one literal table p
 State-dict keys follow timm's ``metaformer.py`` (``stem``, ``stages.N.downsample``,
 ``stages.N.blocks.M``, ``head``), plus ``out_norms.N`` for the dense-prediction maps.
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -19,12 +19,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_backbone
-from ..kernels import check_kernels, reference_block, reference_forward
-from ..kernels.elementwise import contiguous_nchw, fused_residual, scale_vector
-from ..kernels.folded import run_folded_stage
-from ..kernels.mlp import is_plain_mlp, mlp_forward
-from ..kernels.ops import autocast_enabled
-from ..layers import DropPath, Downsample, Mlp, Scale, build_act, drop_path_factor
+from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
 from .arch import resolve_arch
@@ -44,8 +39,6 @@ def _per_stage(value, name: str) -> List:
 
 class MetaFormerBlock(nn.Module):
     """One MetaFormer block: token mixing and channel MLP, each in a scaled residual branch."""
-
-    kernels = 'auto'  # set by ``MetaFormer.set_kernels``; see ``metaformer_mm.models.kernels``
 
     def __init__(self, dim: int, token_mixer: nn.Module, mlp: nn.Module, norm_cfg: Dict,
                  drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
@@ -68,29 +61,9 @@ class MetaFormerBlock(nn.Module):
         return Scale(dim, init_value) if init_value is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels == 'reference':
-            return reference_block(self, x)
-        # The same as ``reference_block``, with fused residual updates and channels-last
-        # GEMMs (see ``models/kernels``).
-        branch = self.token_mixer(self.norm1(x))
-        # A mixer that returns a fresh buffer no backward saved (``fresh_output``: pooling,
-        # random mixing) lets that buffer take the result.
-        x = fused_residual(x, branch, scale_vector(self.layer_scale1),
-                           scale_vector(self.res_scale1), drop_path_factor(self.drop_path1, x),
-                           branch_is_temporary=getattr(self.token_mixer, 'fresh_output', False))
-        z = self.norm2(x)
-        ls2, rs2 = scale_vector(self.layer_scale2), scale_vector(self.res_scale2)
-        if not is_plain_mlp(self.mlp):
-            return fused_residual(x, self.mlp(z), ls2, rs2, drop_path_factor(self.drop_path2, x),
-                                  branch_is_temporary=False)
-        factor = drop_path_factor(self.drop_path2, x)
-        onednn = self.kernels != 'aten'
-        if factor is not None:
-            return fused_residual(x, mlp_forward(self.mlp, z, out_scale=ls2, onednn=onednn),
-                                  None, rs2, factor, branch_is_temporary=True)
-        # Without autograd the result is added in place onto ``x``, a tensor this block made.
-        return mlp_forward(self.mlp, z, out_scale=ls2, residual=x, res_scale=rs2, out=x,
-                           onednn=onednn)
+        x = self.res_scale1(x) + self.drop_path1(self.layer_scale1(self.token_mixer(self.norm1(x))))
+        x = self.res_scale2(x) + self.drop_path2(self.layer_scale2(self.mlp(self.norm2(x))))
+        return x
 
 
 class MetaFormerStage(nn.Module):
@@ -157,10 +130,12 @@ class MetaFormer(BaseModule):
             ``init_detector``, ...) converts known foreign layouts and raises
             ``CheckpointError`` when backbone tensors would be missing, unexpected or of
             another shape; False allows deliberate partial loads (logged as a warning).
-        kernels: how blocks are computed (``metaformer_mm.models.kernels``): ``'auto'`` the
-            fast default path, ``'aten'`` the same on aten GEMMs only, ``'reference'`` the
-            plain formulation of the original code, ``'deploy'`` the folded formulation in
-            ``eval()`` without autograd. Same results within 1e-4; ``set_kernels`` changes it.
+        kernels: how blocks are computed: ``'reference'`` this module's plain forward (the
+            formulation of the paper), ``'auto'`` (default) the fastest eager kernels for this
+            CPU, ``'aten'``/``'onednn'`` those kernels on one GEMM library, ``'deploy'`` the
+            folded formulation in ``eval()`` without autograd. The kernels live beside the
+            model (``metaformer_mm.accel``) and step aside for the plain forward wherever it
+            is traced (``torch.compile``, ONNX export); ``set_kernels`` changes the choice.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             weights in any supported layout (see ``metaformer_mm.checkpoint``).
         **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
@@ -170,6 +145,10 @@ class MetaFormer(BaseModule):
     # Subclasses resolve short names such as 's12' to f'{arch_prefix}s12'.
     arch_prefix, default_arch = '', 'poolformer_s12'
     arch_settings = ARCH_SETTINGS
+    # Installs a ``kernels`` choice on a model: registered by the acceleration layer
+    # (``metaformer_mm.accel``, imported with the package), which imports this module; the
+    # model itself only has its plain forward.
+    kernel_installer: Optional[Callable[['MetaFormer', str], None]] = None
 
     def __init_subclass__(cls, family: Optional[str] = None, **kwargs) -> None:
         """``class PoolFormer(MetaFormer, family='poolformer')`` builds that family's presets
@@ -186,7 +165,8 @@ class MetaFormer(BaseModule):
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None, **arch_overrides) -> None:
         super().__init__(init_cfg=init_cfg)
         self.strict_load = strict_load
-        settings = self._resolve_arch(self.default_arch if arch is None else arch, arch_overrides)
+        settings = resolve_arch(type(self), self.default_arch if arch is None else arch,
+                                arch_overrides)
         depths, dims = list(settings['depths']), list(settings['dims'])
         if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
             raise ValueError(f'depths and dims must have {NUM_STAGES} entries, got '
@@ -198,7 +178,6 @@ class MetaFormer(BaseModule):
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         if not -1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f'frozen_stages must be in -1..{NUM_STAGES}, got {frozen_stages}')
-        self.arch_settings_used = settings
         self.depths, self.dims = depths, dims
         self.fork_feat = fork_feat
         self.out_indices = self._check_out_indices(out_indices)
@@ -241,6 +220,11 @@ class MetaFormer(BaseModule):
             cursor += depths[i]
             stages.append(MetaFormerStage(down, blocks))
         self.stages = nn.ModuleList(stages)
+        # The activations' layout: channels-last makes each 1x1 conv one GEMM on the
+        # (N*H*W, C) view; a mixer working along H and W (sMLP) keeps NCHW.
+        self.memory_format = (torch.contiguous_format
+                              if any(isinstance(m, SMLP) for m in self.stages.modules())
+                              else torch.channels_last)
 
         if fork_feat:
             self.out_norms = nn.ModuleDict({
@@ -250,11 +234,6 @@ class MetaFormer(BaseModule):
             self.head = ClassifierHead(dims[-1], num_classes, **head)
         self._freeze_stages()
         self.set_kernels(kernels)
-
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, Dict], overrides: Dict) -> Dict:
-        """The settings of preset/dict ``arch`` with ``overrides`` (see ``arch.resolve_arch``)."""
-        return resolve_arch(cls, arch, overrides)
 
     def _check_out_indices(self, out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
         if isinstance(out_indices, int):
@@ -271,16 +250,6 @@ class MetaFormer(BaseModule):
         return tuple(sorted(result))
 
     # ---------------------------------------------------------------- forward
-    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if (self.kernels == 'deploy' and not self.training and not torch.is_grad_enabled()
-                and not autocast_enabled()):
-            return run_folded_stage(blocks, x)
-        if self.with_cp and self.training and torch.is_grad_enabled():
-            for block in blocks:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            return x
-        return blocks(x)
-
     def _check_input(self, x: torch.Tensor) -> None:
         in_channels = self.stem.conv.in_channels
         if x.dim() != 4 or x.shape[1] != in_channels:
@@ -290,42 +259,41 @@ class MetaFormer(BaseModule):
     def forward_stages(self, x: torch.Tensor, last: int = NUM_STAGES - 1) -> List[torch.Tensor]:
         """Runs the stem and stages 0..``last``; returns the raw (un-normalized) stage outputs."""
         self._check_input(x)
-        x = self.stem(x.contiguous(memory_format=self.memory_format()))
+        x = self.stem(x.contiguous(memory_format=self.memory_format))
         outs = []
         for stage in self.stages[:last + 1]:
-            x = self._run_blocks(stage.blocks, stage.downsample(x))
+            x = stage.downsample(x)
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                for block in stage.blocks:
+                    x = cp.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = stage.blocks(x)
             outs.append(x)
         return outs
 
-    def memory_format(self) -> torch.memory_format:
-        """The activations' layout: channels-last, where each 1x1 conv is one GEMM on the
-        (N*H*W, C) view, unless a token mixer works along H and W and wants NCHW (sMLP)."""
-        if any(isinstance(stage.blocks[0].token_mixer, SMLP) for stage in self.stages
-               if len(stage.blocks)):
-            return torch.contiguous_format
-        return torch.channels_last
-
     def forward(self, x: torch.Tensor) -> Union[Tuple[torch.Tensor, ...], torch.Tensor]:
-        if self.kernels == 'reference':
-            return reference_forward(self, x)
         if not self.fork_feat:
             return self.head(self.forward_stages(x)[-1])
         stage_outs = self.forward_stages(x, last=max(self.out_indices))
         # The maps leave in the usual contiguous NCHW layout, whatever the necks expect.
-        return tuple(contiguous_nchw(self.out_norms[str(i)](stage_outs[i]))
+        return tuple(self.out_norms[str(i)](stage_outs[i]).contiguous()
                      for i in self.out_indices)
 
     def set_kernels(self, kernels: str) -> 'MetaFormer':
         """Chooses how blocks are computed (see the ``kernels`` argument); returns self."""
-        self.kernels = check_kernels(kernels)
-        for stage in self.stages:
-            for block in stage.blocks:
-                block.kernels = kernels
+        if kernels == 'reference' and self.kernel_installer is None:
+            self.kernels = kernels
+            return self
+        if self.kernel_installer is None:
+            raise RuntimeError(f'kernels={kernels!r} needs the acceleration layer: '
+                               f'import metaformer_mm (or use kernels="reference")')
+        type(self).kernel_installer(self, kernels)
+        self.kernels = kernels
         return self
 
     def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
         """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), kept for mmcv-style
-        code: pooling/identity stages run folded (``models.kernels.folded``); returns self."""
+        code; returns self."""
         return self.set_kernels('deploy' if enable else 'auto')
 
     # ---------------------------------------------------------------- training state

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import Mlp
+from ..models.layers import Mlp
 from . import chunking, ops
 from .activations import ACTS, ActKernel, act_kind, fold_into_fc2
 from .elementwise import fused_residual
@@ -23,8 +23,8 @@ Tensor = torch.Tensor
 
 
 def is_plain_mlp(mlp: nn.Module) -> bool:
-    """True for a ``layers.Mlp`` (1x1 convs) without dropout (what every preset uses)."""
-    return isinstance(mlp, Mlp) and isinstance(mlp.drop, nn.Identity)
+    """True for a ``layers.Mlp`` (1x1 convs, what every preset uses), not a user's module."""
+    return isinstance(mlp, Mlp)
 
 
 def _gemm_into(x: Tensor, wt: Tensor, bias: Optional[Tensor], out: Tensor) -> Tensor:
@@ -117,8 +117,7 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
     n, h, w, c = tokens.shape
     out_channels = w2.shape[0]
     bf16 = not grad and _bf16_autocast(tokens, residual)
-    chunkable = (x.device.type == 'cpu' and not ops.exporting()
-                 and (bf16 or not ops.autocast_enabled()))
+    chunkable = x.device.type == 'cpu' and (bf16 or not ops.autocast_enabled())
     if chunkable and not grad:
         base = None if residual is None else \
             residual.permute(0, 2, 3, 1).contiguous().view(-1, out_channels)  # copies odd layouts

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import SquaredReLU, StarReLU
+from ..models.layers import SquaredReLU, StarReLU
 from . import ops
 
 Tensor = torch.Tensor

@@ -1,11 +1,9 @@
-"""Element-wise passes over whole maps: the fused residual update and the NCHW output copy."""
+"""The fused residual update: one pass over the map for ``x * res_scale + factor * ls * branch``."""
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from . import chunking
-from .ops import exporting
 
 
 def scale_vector(module: nn.Module) -> Optional[torch.Tensor]:
@@ -26,27 +24,14 @@ def fused_residual(x: torch.Tensor, branch: torch.Tensor, layer_scale: Optional[
     dtype = torch.promote_types(base.dtype, branch.dtype)
     if weight is not None:
         dtype = torch.promote_types(dtype, weight.dtype)
-    # The buffer takes the result only with the result's dtype and shape, never while tracing
-    # (the exported graph stays pure) nor while autograd records (writing into a view, a
+    # The buffer takes the result only with the result's dtype and shape, never while autograd
+    # records (writing into a view, a
     # permuted linear output, would make backward copy the gradient through CopySlices).
     recording = torch.is_grad_enabled() and (branch.requires_grad or base.requires_grad)
-    inplace = (branch_is_temporary and not recording and not exporting()
+    inplace = (branch_is_temporary and not recording
                and branch.dtype == dtype and branch.shape == base.shape)
     if weight is None:
         return branch.add_(base) if inplace else base + branch
     if inplace and not (torch.is_grad_enabled() and weight.requires_grad):
         return torch.addcmul(base, branch, weight, out=branch)
     return torch.addcmul(base, branch, weight)
-
-
-def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
-    """``x.contiguous()``, by slabs of rows for a channels-last CPU tensor without autograd:
-    both sides stay in cache (the whole-tensor copy misses it on every load; ~3x faster)."""
-    if (x.is_contiguous() or x.device.type != 'cpu' or x.dim() != 4 or exporting()
-            or (torch.is_grad_enabled() and x.requires_grad)):
-        return x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rows = max(1, chunking.SIZES['nchw_copy'] // max(1, x.shape[1] * x.shape[3]))
-    for start in range(0, x.shape[2], rows):
-        out[:, :, start:start + rows].copy_(x[:, :, start:start + rows])
-    return out

@@ -1,8 +1,8 @@
-"""The private torch operators the fast path uses, each tested once before use, with fallbacks.
+"""The private torch operators the eager kernels use, each tested once before use, with fallbacks.
 
 oneDNN's fused linear (what inductor emits on x86; fp32, and bf16 where oneDNN has it) and
-aten's ``out=`` GELU kernels are not public API: each is compared once with the plain op, and
-where that fails the public one runs.
+aten's ``out=`` GELU kernels are not public API: each is compared once with the plain op when
+kernels are installed (never inside a forward), and where that fails the public one runs.
 """
 import functools
 from typing import Optional
@@ -13,8 +13,12 @@ import torch.nn.functional as F
 _ATEN = torch.ops.aten
 
 
-_RNG = torch.Generator().manual_seed(0)  # probes run in a forward: leave the global RNG alone
-_sample = functools.partial(torch.randn, generator=_RNG)
+def _sample(*shape: int) -> torch.Tensor:
+    """Fixed, irregular probe operands (no RNG: a probe changes no random state)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return torch.sin(torch.arange(n, dtype=torch.float32) * 1.7 + 0.3).reshape(shape)
 
 
 def _probe_onednn(dtype: torch.dtype) -> bool:
@@ -101,6 +105,9 @@ def cpu_autocast_dtype() -> Optional[torch.dtype]:
         return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
-def exporting() -> bool:
-    """Whether the model is being traced, scripted or exported (no Python-level chunking)."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+def default_gemm() -> str:
+    """The GEMM library of ``kernels='auto'`` on this CPU: oneDNN's fused linear where the
+    CPU has AVX-512 (there it is the fastest eager variant, README Performance), else aten's
+    GEMMs (on AVX2-only CPUs oneDNN's fp32 linear was slower than aten's chunked loop)."""
+    capability = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '')()
+    return 'onednn' if 'AVX512' in capability and available('onednn_linear') else 'aten'

@@ -5,7 +5,8 @@ With ``GroupNorm(1)`` norms (PoolFormer, PoolFormerV2, IdentityFormer),
 writes no normalized tensor; GN2's affine goes into ``fc1``, the layer scale and StarReLU's
 scalars into ``fc2``, folded from the current parameters at each call. Selected by
 ``kernels='deploy'`` (``eval()``, no autograd): what the ONNX ``--deploy`` export traces (in
-eager mode on a CPU the default path is faster).
+eager mode on a CPU the default kernels are faster; ``torch.compile`` fuses the plain
+formulation itself).
 """
 import functools
 from typing import Tuple
@@ -14,11 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..mixers import IdentityMixer, Pooling
+from ..models.mixers import IdentityMixer, Pooling
 from .activations import ACTS, act_kind, fold_into_fc2
 from .elementwise import scale_vector
 from .mlp import is_plain_mlp
-from .reference import reference_scale
+
+
+def _scaled(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` times a layer/res scale module's vector (``x`` itself for identity)."""
+    scale = scale_vector(module)
+    return x if scale is None else x * scale.view(1, -1, 1, 1)
 
 
 def _is_gn1(norm: nn.Module) -> bool:
@@ -54,7 +60,7 @@ def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     a = torch.rsqrt(var + n1.eps)
     if ls1 is not None or n1.weight is not None:
         a = a * _channels(ls1, n1.weight)
-    y = reference_scale(block.res_scale1, x)
+    y = _scaled(block.res_scale1, x)
     if isinstance(block.token_mixer, Pooling):
         y = y + a * (block.token_mixer.pool(x) - x)
     else:
@@ -73,13 +79,4 @@ def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     mean, var = _moments(y)
     tokens = ((y - mean) * torch.rsqrt(var + n2.eps)).permute(0, 2, 3, 1)
     out = F.linear(ACTS[act_kind(mlp.act)].plain(F.linear(tokens, w1, c1)), w2, c2)
-    return reference_scale(block.res_scale2, y) + out.permute(0, 3, 1, 2)
-
-
-def run_folded_stage(blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A stage's blocks, folded where the whole stage is foldable, else on their default path."""
-    if not stage_is_foldable(blocks):
-        return blocks(x)
-    for block in blocks:
-        x = folded_block(block, x)
-    return x
+    return _scaled(block.res_scale2, y) + out.permute(0, 3, 1, 2)
