@@ -108,3 +108,34 @@ def test_export_refuses_a_resnet_backbone(repo_root, tmp_path):
     path.write_text("_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']\n")
     with pytest.raises(SystemExit, match='exports MetaFormer backbones'):
         tool.main([str(path), '--shape', '64', '64', '--out', str(tmp_path / 'r.onnx')])
+
+
+SIZE_BOUND = {
+    'retinanet_randformer_s12.py': "dict(_delete_=True, base='randformer_s12', "
+                                   "depths=[1, 1, 1, 1], dims=[16, 32, 48, 64])",
+    'retinanet_smlpnet_tiny.py': "dict(_delete_=True, base='smlpnet_tiny', depths=[1, 1, 1, 1], "
+                                 "dims=[8, 16, 32, 64])",
+}
+
+
+@pytest.mark.parametrize('config', list(SIZE_BOUND))
+def test_export_of_size_bound_mixers_says_which_axes_are_fixed_and_verifies(repo_root, tmp_path,
+                                                                            capsys, config):
+    """RandFormer's token matrix and sMLP's axial weights are resampled per input size: the
+    export keeps the batch dynamic and H, W at the traced size, says so, and is exact there."""
+    tool = _tool(repo_root)
+    path = tmp_path / 'size_bound.py'
+    path.write_text(f"_base_ = [{osp.join(repo_root, 'configs', 'detection', config)!r}]\n"
+                    f"model = dict(backbone=dict(arch={SIZE_BOUND[config]}, image_size=64))\n")
+    torch.manual_seed(0)
+    out = tool.main([str(path), '--shape', '96', '128', '--out', str(tmp_path / 'm.onnx'),
+                     '--verify'])
+    printed = capsys.readouterr().out
+    assert 'dynamic N; H, W fixed at 96x128' in printed and 'export once per input size' in printed
+    errors = [float(line.rsplit(' ', 1)[1]) for line in printed.splitlines()
+              if line.startswith('onnxruntime vs torch')]
+    assert len(errors) == 1 and errors[0] <= 1e-4
+    dims = onnx.load(out).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 96, 128]
+    torch.manual_seed(0)
+    _compare(out, tool.build_backbone(str(path)), [(2, 96, 128)])  # any batch

@@ -2,7 +2,8 @@
 """Evaluate a checkpoint of a detector (mmdet) or segmentor (mmseg) config with mmengine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
-                         [--show-dir DIR] [--bf16] [--cfg-options KEY=VALUE ...] [--launcher ...]
+                         [--show-dir DIR] [--bf16] [--compile [freezing]]
+                         [--cfg-options KEY=VALUE ...] [--launcher ...]
 
 CHECKPOINT may be one of ours or a released sail-sg file (mmdet 2.19 / mmseg 0.x layout),
 which is converted on load. Multi-GPU: tools/dist_test.sh CONFIG CHECKPOINT GPUS.
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--bf16', '--amp', action='store_true',
                         help='network in bf16 (CPU with avx512_bf16/amx_bf16, or CUDA), '
                              'post-processing in fp32; fp32 where bf16 would be emulated')
+    parser.add_argument('--compile', nargs='?', const='default', choices=['default', 'freezing'],
+                        help="torch.compile the test step (also done by the config's compile "
+                             "key); 'freezing': with Inductor's freezing (weights as constants)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
@@ -54,8 +58,8 @@ def main(argv=None) -> None:
                                             explain_data_error, name_files_in_errors)
     from metaformer_mm.datasets import DataError
     from metaformer_mm.cli.distributed import close_distributed, init_distributed_without_cuda
-    from metaformer_mm.cli.options import (DumpPredictions, check_out_path,
-                                           enable_show_dir)
+    from metaformer_mm.cli.options import (DumpPredictions, check_out_path, compile_test_step,
+                                           enable_compile, enable_show_dir)
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
@@ -67,6 +71,8 @@ def main(argv=None) -> None:
         out = check_out_path(args.out) if args.out else None
         if args.show_dir:
             enable_show_dir(cfg, args.show_dir)
+        if args.compile:
+            enable_compile(cfg, freezing=args.compile == 'freezing')
         check_dataset(cfg, 'test', config_name=args.config)
         check_annotation_files(cfg, 'test')
         check_neck_inputs(cfg)
@@ -82,6 +88,7 @@ def main(argv=None) -> None:
         try:
             runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
             load_state_into_runner(runner, state, dataset_meta)
+            compile_test_step(runner)
             if out:
                 runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
             metrics = runner.test()

@@ -2,7 +2,8 @@
 """Train a detector (mmdet) or segmentor (mmseg) from a config with mmengine's Runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT | auto]] [--amp]
-                          [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher ...]
+                          [--auto-scale-lr] [--compile] [--cfg-options KEY=VALUE ...]
+                          [--launcher ...]
 
 Multi-GPU: tools/dist_train.sh CONFIG GPUS; Slurm: tools/slurm_train.sh.
 """
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'when the work dir holds no checkpoint')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: fp16 on CUDA, bfloat16 on CPU')
+    parser.add_argument('--compile', action='store_true',
+                        help="torch.compile the train step (the config's compile key; "
+                             "--cfg-options compile.mode=... for options)")
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real total batch size / '
                              'auto_scale_lr.base_batch_size of the config')
@@ -58,7 +62,7 @@ def main(argv=None) -> None:
                                             name_files_in_errors)
     from metaformer_mm.datasets import DataError
     from metaformer_mm.cli.distributed import close_distributed, init_distributed_without_cuda
-    from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr
+    from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr, enable_compile
     from metaformer_mm.engine import NonFiniteError
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -68,6 +72,8 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
+        if args.compile:
+            enable_compile(cfg)
         remove_interrupted_writes(cfg.work_dir)
         resolve_resume(cfg, args.resume)
         check_dataset(cfg, 'train', config_name=args.config)

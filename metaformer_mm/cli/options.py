@@ -1,4 +1,4 @@
-"""Options of the tools that rewrite the config: ``--amp``, ``--auto-scale-lr``,
+"""Options of the tools that rewrite the config: ``--amp``, ``--auto-scale-lr``, ``--compile``,
 ``--show-dir`` and ``--out`` (:class:`DumpPredictions`)."""
 import os.path as osp
 from typing import Any, Optional, Sequence
@@ -9,6 +9,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.logging import MMLogger
 from mmengine.structures import BaseDataElement
 
+from ..engine import compiles
 from .config import ToolError, default_scope
 
 VISUALIZATION_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook'}
@@ -44,6 +45,31 @@ def enable_auto_scale_lr(cfg: Config) -> None:
         raise ToolError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config '
                         '(the total batch size its lr was tuned for)')
     cfg.auto_scale_lr.enable = True
+
+
+# --------------------------------------------------------------------------- --compile
+def enable_compile(cfg: Config, freezing: bool = False) -> None:
+    """``--compile``: the config's ``compile`` key, set to True unless the config (or
+    ``--cfg-options compile.backend=...``) already gives torch.compile's options; mmengine
+    compiles ``train_step`` with it, ``compile_test_step`` the test step. ``freezing``
+    (inference only) adds Inductor's freezing: weights folded as constants."""
+    if not compiles(cfg):
+        cfg.compile = True
+    if freezing:
+        if cfg.compile is True:
+            cfg.compile = ConfigDict()
+        cfg.compile.setdefault('options', ConfigDict())['freezing'] = True
+
+
+def compile_test_step(runner: Any) -> None:
+    """What mmengine's runner does for ``train_step`` under ``compile``, for ``test_step``
+    (mmengine 0.10 compiles only the training step): nothing without the key."""
+    if not compiles(runner.cfg):
+        return
+    options = {} if runner.cfg.compile is True else dict(runner.cfg.compile)
+    runner.model.test_step = torch.compile(runner.model.test_step, **options)
+    runner.logger.info(f'test_step compiled with torch.compile({options or ""}); the first '
+                       f'iterations include the compilation')
 
 
 # --------------------------------------------------------------------------- --show-dir

@@ -2,10 +2,10 @@
 against non-finite training, CPU mixed precision."""
 from .checkpoint_io import (ATOMIC_BACKEND, AtomicLocalBackend, atomic_write,
                             install_checkpoint_loader, load_local_checkpoint)
-from .guard import NonFiniteError, NonFiniteGuardHook
+from .guard import NonFiniteError, NonFiniteGuardHook, compiles
 from .hooks import SafeCheckpointHook
 from .optim import CPUAmpOptimWrapper
 
 __all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'NonFiniteError',
            'NonFiniteGuardHook', 'SafeCheckpointHook', 'atomic_write',
-           'install_checkpoint_loader', 'load_local_checkpoint']
+           'compiles', 'install_checkpoint_loader', 'load_local_checkpoint']

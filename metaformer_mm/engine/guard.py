@@ -32,6 +32,13 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
 
+def compiles(cfg) -> bool:
+    """Whether a runner config compiles its train step: mmengine compiles for any
+    ``compile`` value but None and False (``{}`` and ``dict(backend=...)`` included)."""
+    value = cfg.get('compile') if cfg is not None else None
+    return value is not None and value is not False
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss, gradient or parameter."""
 
@@ -77,7 +84,7 @@ class NonFiniteGuardHook(Hook):
         self._handles: List[Any] = []
 
     def before_train(self, runner) -> None:
-        compiled = bool(runner.cfg.get('compile'))
+        compiled = compiles(runner.cfg)
         for w in _wrappers(runner):
             if compiled:
                 self._handles.append(w.optimizer.register_step_pre_hook(self._drop_bad_step))

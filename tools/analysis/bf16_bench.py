@@ -11,7 +11,10 @@ every case alike, so the ratios within one table are what to read):
 * each backbone at ``--shape``: fp32 ``default`` (eval, no_grad), fp32 ``deploy``
   (``switch_to_deploy``, if the backbone has it), the original formulation under bf16
   autocast on a channels-last input (``eager bf16 CL``), and ours under bf16 autocast on a
-  channels-last input (``bf16 CL``), each against the GEMM-bound limit of its precision
+  channels-last input (``bf16 CL``), with ``--compile`` also ``torch.compile`` of the model
+  (its plain forward) under the same autocast, without and with Inductor's freezing
+  (``compiled bf16 CL``, ``compiled bf16 CL, freezing``), each against the GEMM-bound limit
+  of its precision
   (the conv/linear multiply-adds at the GEMM rate above), with the largest error of bf16
   relative to each output map's range;
 * whole models from ``configs/detection``/``configs/segmentation`` (random weights with the
@@ -24,6 +27,7 @@ The CPU model and its bf16 flags head the output; without ``avx512_bf16``/``amx_
 is emulated. ``block_traffic.py`` beside this gives the memory-bandwidth side.
 """
 import argparse
+import functools
 import os
 import os.path as osp
 import statistics
@@ -51,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--models', nargs='*', default=['retinanet_poolformer_s12'],
                         help='config names under configs/detection or configs/segmentation')
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--compile', action='store_true',
+                        help='also time torch.compile of each backbone under bf16 autocast')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--out', default=None, help='also write the tables to this file')
     args = parser.parse_args(argv)
@@ -85,7 +91,8 @@ def gemm_rows(repeats: int) -> Tuple[List[str], Dict[str, float]]:
              f'| bf16 | {rate["bf16"] / 1e12:.3f} | {rate["bf16"] / rate["fp32"]:.2f} |'], rate)
 
 
-def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float]) -> List[str]:
+def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float],
+                  compiled: bool = False) -> List[str]:
     """fp32 default/deploy and bf16 rows of one backbone, with the GEMM-bound limits."""
     import copy
 
@@ -108,6 +115,11 @@ def backbone_rows(name: str, shape, repeats: int, rate: Dict[str, float]) -> Lis
     # gives the original code.
     cases['eager bf16 CL'] = bf16(lambda: plain_forward(model, x, channels_last=True))
     cases['bf16 CL'] = bf16(lambda: model(x_cl))
+    if compiled:
+        for label, freezing in (('compiled bf16 CL', False), ('compiled bf16 CL, freezing', True)):
+            torch._dynamo.reset()
+            cases[label] = bf16(functools.partial(
+                torch.compile(copy.deepcopy(model), options={'freezing': freezing}), x_cl))
     med = interleaved(cases, repeats)
     macs, _ = conv_macs(model, lambda: plain_forward(model, x, channels_last=False))
     limit = {p: 2.0 * macs / r for p, r in rate.items()}
@@ -173,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     gemm, rate = gemm_rows(args.repeats)
     lines += gemm + ['']
     for name in args.backbones:
-        lines += backbone_rows(name, tuple(args.shape), args.repeats, rate) + ['']
+        lines += backbone_rows(name, tuple(args.shape), args.repeats, rate, args.compile) + ['']
     if args.models:
         lines += model_rows(args.models, args.repeats)
     return finish_script(lines, args.out)

@@ -10,6 +10,8 @@ layout ``metaformer_mm.checkpoint`` reads; without it the weights are random (fo
 ``--deploy`` exports the folded formulation (``kernels='deploy'``: norms and layer scales
 folded into the 1x1 convs). ``--verify`` runs onnxruntime on the export at the given size and at a second size
 and prints the largest difference from PyTorch, relative to the output's magnitude.
+sMLPNet and RandFormer exports take the traced height and width only (their weights are
+resampled per input size; the tool says so): export once per input size.
 """
 import argparse
 import os
@@ -92,12 +94,15 @@ def main(argv: Optional[List[str]] = None) -> str:
     model = build_backbone(args.config, args.checkpoint, _parse_options(args.cfg_options))
     out = args.out or (osp.splitext(osp.basename(args.config))[0] + '_backbone' +
                        ('_deploy' if args.deploy else '') + '.onnx')
+    from metaformer_mm.cli.onnx import fixed_size_reason
     names = export(model, out, tuple(args.shape), args.deploy, args.opset)
+    fixed = fixed_size_reason(model)
+    h, w = args.shape
+    axes = f'dynamic N; H, W fixed at {h}x{w}: {fixed}' if fixed else 'dynamic N, H, W'
     print(f'wrote {out}: input (N, 3, H, W) -> {", ".join(names)} '
-          f'({"folded deploy path" if args.deploy else "default path"}; dynamic N, H, W)')
+          f'({"folded deploy path" if args.deploy else "default path"}; {axes})')
     if args.verify:
-        h, w = args.shape
-        shapes = [(h, w), (h + 37, w - 19 if w > 64 else w + 19)]
+        shapes = [(h, w)] + ([] if fixed else [(h + 37, w - 19 if w > 64 else w + 19)])
         for shape, err in zip(shapes, verify(model, out, shapes)):
             print(f'onnxruntime vs torch at {shape[0]}x{shape[1]}: max relative difference '
                   f'{err:.2e}')
