@@ -290,10 +290,16 @@ def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
                               '2', '--warmup', '1', '--train-models', 'poolformer_s12')
     assert text.startswith('machine: ') and 'GEMM rate' in text
     s12, r18, train = tables
-    assert [r['name'] for r in s12['rows']] == ['eager', 'eager, channels-last', 'default',
-                                                 'deploy', 'onnxruntime']
+    onednn = ['onednn'] if ops.available('onednn_linear') else []
+    assert [r['name'] for r in s12['rows']] == [
+        'eager', 'eager, channels-last', 'aten', *onednn, 'default', 'deploy', 'compiled',
+        'compiled, freezing', 'onnxruntime']
+    assert f'default = {ops.default_gemm()} kernels' in s12['note']
+    cold_warm = s12['note'].split('compile s cold / warm: ')[1]
+    assert 'compiled' in cold_warm and 'compiled, freezing' in cold_warm
     assert [r['name'] for r in r18['rows']] == ['default']
-    assert [r['name'] for r in train['rows']] == ['eager', 'default', 'with_cp']
+    assert [r['name'] for r in train['rows']] == ['eager', 'default', 'with_cp', 'compiled']
+    assert 'compiled: first step' in train['note']
     for table in tables:
         assert table['limit_s'] > 0
         for row in table['rows']:

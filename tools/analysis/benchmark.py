@@ -468,9 +468,9 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     h, w = args.shape or (800, 1216)
     x = torch.randn(args.train_batch, 3, h, w, device=device)
 
-    def step(fn):
+    def step(fn, owner=model):
         def run():
-            model.zero_grad(set_to_none=True)
+            owner.zero_grad(set_to_none=True)
             sum(o.float().mean() for o in fn(x)).backward()
         return run
 
@@ -483,6 +483,17 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
 
     cases = dict(eager=step(lambda t: run_with(model, 'reference', t)), default=step(model),
                  with_cp=step(with_cp))
+    compile_note = ''
+    if name in (args.compile_models or []):
+        # torch.compile of the model (it traces the plain forward), forward and backward;
+        # the first step compiles. A copy: the eager case switches the model's kernels,
+        # which would recompile a compiled model on every switch.
+        torch._dynamo.reset()
+        twin = copy.deepcopy(model)
+        cases['compiled'] = step(torch.compile(twin), twin)
+        start = time.perf_counter()
+        cases['compiled']()
+        compile_note = f'; compiled: first step {time.perf_counter() - start:.0f} s'
     all_macs, _ = conv_macs(model, lambda: run_with(model, 'reference', x[:1]))
     gemm_fn, gemm_flops = gemm
     times = time_interleaved(dict(gemm=gemm_fn, **cases), args.warmup, args.train_repeats,
@@ -493,7 +504,7 @@ def backbone_training(name: str, args, gemm: Tuple[Callable, float]) -> Table:
     table = Table(f'{name}, training step (forward + backward), {args.train_batch}x3x{h}x{w}, '
                   f'fp32, {args.threads} threads', limit,
                   f'limit: 3 x conv MACs {all_macs * args.train_batch / 1e9:.1f} G at '
-                  f'{rate / 1e9:.0f} GFLOP/s = {limit * 1e3:.0f} ms')
+                  f'{rate / 1e9:.0f} GFLOP/s = {limit * 1e3:.0f} ms' + compile_note)
     for case, seconds in times.items():
         memory = None if args.no_memory else peak_memory(cases[case], device)
         # with_cp's memory is judged against the same path without checkpointing.
