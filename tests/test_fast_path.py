@@ -117,13 +117,31 @@ def test_drop_path_draws_the_same_masks_as_the_plain_formulation():
     assert max((a - b).abs().max() for a, b in zip(other, ref)) > 1e-3, 'masks must be random'
 
 
-def test_with_cp_training_equals_plain_formulation():
+def test_with_cp_training_equals_plain_formulation_and_recomputes_each_block():
     model = build('poolformer', with_cp=True).train()
     x = torch.randn(2, 3, 64, 64)
     ref = reference_forward(model, x)
     sum(o.square().mean() for o in ref).backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    blocks = [b for s in model.stages for b in s.blocks]
+    calls = [0] * len(blocks)
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(blocks)]
+    try:
+        out = model(x)
+        assert calls == [1] * len(blocks)
+        sum(o.square().mean() for o in out).backward()
+        assert calls == [2] * len(blocks), 'backward recomputes every checkpointed block'
+        model.with_cp = False
+        calls[:] = [0] * len(blocks)
+        sum(o.square().mean() for o in model(x)).backward()
+        assert calls == [1] * len(blocks), 'without with_cp nothing is recomputed'
+    finally:
+        for h in handles:
+            h.remove()
+    model.zero_grad()
+    model.with_cp = True
     sum(o.square().mean() for o in model(x)).backward()
     _check_grads(model, ref_grads)
 

@@ -38,9 +38,6 @@ PAPER_MODELS: Dict[str, Dict[str, float]] = {
     'Mask R-CNN': dict(s12=31.57, s24=41.04, s36=50.52, m36=75.68, m48=92.98),
     'Semantic FPN': dict(s12=15.67, s24=25.14, s36=34.62, m36=59.78, m48=77.08),
 }
-FAMILY_PREFIX = {'PoolFormer': 'poolformer_', 'PoolFormerV2': 'poolformerv2_',
-                 'IdentityFormer': 'identityformer_', 'ConvFormer': 'convformer_',
-                 'CAFormer': 'caformer_', 'SMLPNet': 'smlpnet_', 'MetaFormer': ''}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -62,10 +59,13 @@ def _fmt(value: Optional[float], unit: str, digits: int = 2) -> str:
 
 def preset_name(backbone_cfg: Dict) -> Optional[str]:
     """``'poolformer_s12'`` for ``dict(type='PoolFormer', arch='s12')``; None for custom archs."""
+    import metaformer_mm.models as models
     arch, kind = backbone_cfg.get('arch'), backbone_cfg.get('type')
-    if not isinstance(arch, str) or kind not in FAMILY_PREFIX:
+    cls = getattr(models, kind, None) if isinstance(kind, str) else None
+    if not isinstance(arch, str) or not (isinstance(cls, type)
+                                         and issubclass(cls, models.MetaFormer)):
         return None
-    prefix = FAMILY_PREFIX[kind]
+    prefix = cls.arch_prefix  # each family class declares its own (presets.FAMILIES)
     return arch if arch.startswith(prefix) and prefix else prefix + arch
 
 
