@@ -46,7 +46,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.cli.checkpoints import load_state_into_runner, load_test_checkpoint
+    from metaformer_mm.cli.checkpoints import (load_state_into_runner, load_test_checkpoint,
+                                               prepare_work_dir)
     from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
                                           drop_training, error_line, load_config)
     from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
@@ -61,6 +62,7 @@ def main(argv=None) -> None:
         cfg.launcher = args.launcher
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
         drop_training(cfg)
+        prepare_work_dir(cfg.work_dir)
         if args.bf16:
             from metaformer_mm.inference import apply_bf16
             apply_bf16(cfg)

@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.cli.checkpoints import remove_interrupted_writes, resolve_resume
+    from metaformer_mm.cli.checkpoints import (prepare_work_dir, remove_interrupted_writes,
+                                               resolve_resume)
     from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
                                           error_line, load_config)
     from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
@@ -68,6 +69,7 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
+        prepare_work_dir(cfg.work_dir, lock=True)  # before anything there is touched
         remove_interrupted_writes(cfg.work_dir)
         resolve_resume(cfg, args.resume)
         check_dataset(cfg, 'train', config_name=args.config)
