@@ -5,10 +5,11 @@ disk; bad arguments of ``tools/train.py``, ``tools/convert_checkpoint.py``,
 ``tools/deploy/export_onnx.py`` and ``demo/image_demo.py``. Every tool runs as the command a
 user types, on the shapes dataset with a 1-block-per-stage PoolFormer and a narrow head.
 """
+import contextlib
+import logging
 import os
 import os.path as osp
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,3 +149,139 @@ def test_work_dir_lock_is_released_when_its_holder_is_killed(tmp_path):
         holder.stderr.close()
     taken = tool('-c', take, work_dir, timeout=120)
     assert taken.returncode == 0 and taken.stdout.strip() == 'locked', taken.stderr[-2000:]
+
+
+# =========================================================================== where runs write
+@contextlib.contextmanager
+def read_only_dir(path: str):
+    """A directory no one can write in: mode 0555, or for root (whom modes do not stop) a
+    read-only tmpfs mounted there; skipped where neither is possible."""
+    os.makedirs(path)
+    if os.geteuid() != 0:
+        os.chmod(path, 0o555)
+        try:
+            yield path
+        finally:
+            os.chmod(path, 0o755)
+        return
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', path],
+                      capture_output=True).returncode:
+        pytest.skip('root without the right to mount: cannot make a read-only directory')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', path], check=True)
+
+
+def test_read_only_work_dir_is_one_error(tmp_path, shapes):
+    config = tiny_config(tmp_path, shapes)
+    with read_only_dir(str(tmp_path / 'ro')) as ro:
+        for args in (['tools/train.py', config], ['tools/test.py', config, 'none.pth']):
+            error = one_error(tool(*args, '--work-dir', ro))
+            assert error.startswith(f'error: work dir {ro} is not writable ('), error
+            assert 'give a writable --work-dir' in error
+            error = one_error(tool(*args, '--work-dir', osp.join(ro, 'sub')))
+            assert error.startswith(f'error: work dir {ro}/sub is not writable (')
+
+
+# Written through a wrapper: file writes past LIMIT bytes fail with EFBIG (SIGXFSZ ignored, so
+# the write returns the error instead of killing the process), as on a full disk.
+FSIZE_WRAPPER = '''
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+@contextlib.contextmanager
+def small_disk(path: str, size_kb: int):
+    """``path`` on a ``size_kb`` tmpfs when this process may mount one (a real ENOSPC);
+    otherwise a plain directory and a command prefix that caps file sizes (EFBIG)."""
+    os.makedirs(path)
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size_kb}k', 'tmpfs', path],
+                             capture_output=True).returncode == 0
+    try:
+        yield [] if mounted else ['-c', FSIZE_WRAPPER, str(size_kb * 1024 // 3)]
+    finally:
+        if mounted:
+            subprocess.run(['umount', path], check=True)
+
+
+def test_full_disk_stops_training_with_one_error_and_keeps_the_checkpoint(tmp_path, shapes):
+    """One iteration and its checkpoint (0.8 MB) fit; the second checkpoint does not."""
+    config = tiny_config(tmp_path, shapes, iters=1)
+    with small_disk(str(tmp_path / 'disk'), size_kb=1500) as prefix:
+        work_dir = str(tmp_path / 'disk' / 'w')
+        first = tool('tools/train.py', config, '--work-dir', work_dir)
+        assert first.returncode == 0, first.stderr[-3000:]
+        kept = osp.join(work_dir, 'iter_1.pth')
+        second = tool(*prefix, 'tools/train.py', config, '--work-dir', work_dir, '--resume',
+                      '--cfg-options', 'train_cfg.max_iters=2')
+        error = one_error(second)
+        assert re.fullmatch(rf'error: cannot write {work_dir}/iter_2\.pth: .* \(errno '
+                            rf'(28|27)\); training stopped, the last complete checkpoint, '
+                            rf'{kept}, is kept \(resume with --resume\)', error), error
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            assert f.read().strip() == kept
+        assert torch.load(kept, weights_only=False)['meta']['iter'] == 1
+        assert not [n for n in os.listdir(work_dir) if n.endswith('.tmp')]
+        assert not osp.exists(osp.join(work_dir, 'iter_2.pth'))
+
+
+# =========================================================================== bad settings
+def test_bad_architecture_and_schedule_through_train_py(tmp_path, shapes):
+    config = tiny_config(tmp_path, shapes)
+    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                           '--cfg-options', 'model.backbone.frozen_stages=1.5'))
+    assert error == (f'error: {config}: the model does not build: ArgumentError: PoolFormer: '
+                     f'frozen_stages must be in -1..4, got 1.5 (a float; an integer is needed)')
+    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                           '--cfg-options', 'model.backbone.type=PoolFormerX'))
+    assert 'the model does not build: KeyError: PoolFormerX is not in the mmdet::model' in error
+    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                           '--cfg-options', 'train_cfg.max_iters=-5'))
+    assert error == ('error: train_cfg.max_iters must be a positive integer, got -5 (nothing '
+                     'would be trained)')
+
+
+def test_amp_warns_once_on_a_cpu_without_bf16_units(monkeypatch):
+    from mmengine.logging import MMLogger
+    import metaformer_mm.inference.bf16 as bf16
+    from metaformer_mm.cli.options import enable_amp
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        for flags, expected in (((), 1), (('avx512_bf16',), 0)):
+            monkeypatch.setattr(bf16, 'cpu_bf16_flags', lambda flags=flags: flags)
+            records.clear()
+            cfg = Config.fromfile(DEMO)
+            enable_amp(cfg, cuda=False)
+            assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+            warned = [r for r in records if r.startswith('--amp: ')]
+            assert len(warned) == expected, records
+    finally:
+        logger.removeHandler(handler)
+    monkeypatch.undo()
+    assert warned == [] and 'bfloat16 is emulated on this CPU' not in ' '.join(records)
+
+
+def test_test_py_with_no_detection_at_all_is_an_error(tmp_path, shapes):
+    from mmengine.registry import init_default_scope
+    config = tiny_config(tmp_path, shapes)
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    checkpoint = tmp_path / 'tiny.pth'
+    torch.save(dict(state_dict=MODELS.build(Config.fromfile(config).model).state_dict()),
+               checkpoint)
+    proc = tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'w',
+                '--cfg-options', 'model.test_cfg.score_thr=1.01')
+    error = one_error(proc)
+    assert error.startswith('error: the test gave no metrics (CocoMetric): the model made no '
+                            'detection on the test set')
+    assert 'score_thr=1.01' in error

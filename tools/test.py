@@ -48,8 +48,9 @@ def main(argv=None) -> None:
     from metaformer_mm.checkpoint import CheckpointError
     from metaformer_mm.cli.checkpoints import (load_state_into_runner, load_test_checkpoint,
                                                prepare_work_dir)
-    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
-                                          drop_training, error_line, load_config)
+    from metaformer_mm.cli.config import (ToolError, build_runner, check_neck_inputs,
+                                          default_work_dir, drop_training, error_line,
+                                          load_config, write_error)
     from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
                                             check_dataset, check_test_metrics,
                                             explain_data_error, name_files_in_errors)
@@ -79,10 +80,8 @@ def main(argv=None) -> None:
         cfg.load_from = None
         init_distributed_without_cuda(cfg, args.launcher)
 
-        from mmengine.registry import RUNNERS
-        from mmengine.runner import Runner
+        runner = build_runner(cfg, args.config)
         try:
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
             load_state_into_runner(runner, state, dataset_meta)
             if out:
                 runner.test_evaluator.metrics.append(DumpPredictions(out_file_path=out))
@@ -97,6 +96,11 @@ def main(argv=None) -> None:
         check_test_metrics(cfg, metrics)
     except (DatasetMissingError, ToolError, CheckpointError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
+    except OSError as err:  # a full disk, a quota
+        why = write_error(err)
+        if why is None:
+            raise
+        sys.exit(f'error: {why}')
     finally:
         close_distributed()
 

@@ -129,6 +129,13 @@ def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
     _held_locks[osp.realpath(work_dir)] = handle
 
 
+def last_checkpoint_kept(work_dir: str) -> str:
+    """What a run that failed to write leaves to resume from, in words."""
+    path, _ = find_resume_checkpoint(work_dir)
+    return (f'the last complete checkpoint, {path}, is kept (resume with --resume)' if path
+            else f'no checkpoint was written in {work_dir}')
+
+
 # --------------------------------------------------------------------------- --resume
 # The temporary files of engine.checkpoint_io.atomic_write: '.<name>.<8 hex digits>.tmp'.
 _INTERRUPTED_WRITE = re.compile(r'^\..+\.[0-9a-f]{8}\.tmp$')

@@ -421,9 +421,27 @@ def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[
     return None
 
 
+def _no_metrics(cfg: Config) -> None:
+    evaluator = cfg.get('test_evaluator') or {}
+    evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    types = [e.get('type') for e in evaluators if isinstance(e, dict)]
+    why = ''
+    if any(isinstance(t, str) and 'Coco' in t for t in types):
+        test_cfg = (cfg.get('model') or {}).get('test_cfg') or {}
+        thr = test_cfg.get('score_thr', (test_cfg.get('rcnn') or {}).get('score_thr'))
+        why = (f': the model made no detection on the test set (CocoMetric: "the testing '
+               f'results of the whole dataset is empty"); is the checkpoint trained for this '
+               f'config? (model.test_cfg score_thr={thr})')
+    raise DataError(f'the test gave no metrics ({", ".join(map(str, types)) or "no evaluator"})'
+                    f'{why}')
+
+
 def check_test_metrics(cfg: Config, metrics: Optional[dict]) -> None:
-    """An overall COCO mAP of -1 means the test annotations hold no ground truth for the
-    evaluated classes (pycocotools' "undefined"): an error, not a result."""
+    """A test that gives no metrics (a model without any detection: CocoMetric then only
+    logs an error) or an overall COCO mAP of -1 (the test annotations hold no ground truth
+    of the evaluated classes, pycocotools' "undefined") is an error, not a result."""
+    if not metrics:
+        _no_metrics(cfg)
     # Only the overall figures: bbox_mAP_l is -1 on a set without large objects, rightly.
     undefined = sorted(k for k, v in (metrics or {}).items()
                        if k.split('/')[-1] in ('mAP', 'bbox_mAP', 'segm_mAP')
