@@ -285,3 +285,120 @@ def test_test_py_with_no_detection_at_all_is_an_error(tmp_path, shapes):
     assert error.startswith('error: the test gave no metrics (CocoMetric): the model made no '
                             'detection on the test set')
     assert 'score_thr=1.01' in error
+
+
+# =========================================================================== output files
+def _demo_tool(relpath: str):
+    """Imports a repo script as a module, to call its main() in-process."""
+    import importlib.util
+    name = 'reliability_' + relpath.replace('/', '_').replace('.py', '')
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].main
+
+
+def exits_with(main, *args) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    assert info.value.code not in (0, None)
+    return str(info.value.code)
+
+
+@pytest.fixture(scope='module')
+def backbone_file(tmp_path_factory) -> str:
+    """A converted-layout backbone checkpoint of a tiny PoolFormer."""
+    from metaformer_mm.models import PoolFormer
+    path = str(tmp_path_factory.mktemp('ckpt') / 'tiny_backbone.pth')
+    model = PoolFormer(arch=dict(base='poolformer_s12', depths=[1, 1, 1, 1],
+                                 dims=[8, 16, 24, 32]), fork_feat=False, num_classes=3)
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
+
+
+def test_convert_checkpoint_refuses_a_directory_and_a_device_and_writes_through_a_link(
+        tmp_path, backbone_file):
+    main = _demo_tool('tools/convert_checkpoint.py')
+    folder = tmp_path / 'existing'
+    folder.mkdir()
+    for args in ([backbone_file, folder, '--force'], [backbone_file, folder]):
+        message = exits_with(main, *args)
+        assert message.startswith(f'error: DST {folder} is a directory; give a file name in '
+                                  f'it'), message
+    assert os.listdir(folder) == []
+    message = exits_with(main, backbone_file, '/dev/null', '--force')
+    assert message == ('error: DST /dev/null is not a regular file (a device, pipe or socket); '
+                       'give the path of a file to write')
+    assert osp.exists('/dev/null') and not osp.isfile('/dev/null')  # still the device
+    link_to_device = tmp_path / 'null.pth'
+    link_to_device.symlink_to('/dev/null')
+    assert 'is not a regular file' in exits_with(main, backbone_file, link_to_device, '--force')
+    # a link to a file: written through, the link kept
+    target = tmp_path / 'real.pth'
+    target.write_bytes(b'old')
+    link = tmp_path / 'link.pth'
+    link.symlink_to(target)
+    assert 'exists; give --force' in exits_with(main, backbone_file, link)
+    main([backbone_file, str(link), '--force'])
+    assert link.is_symlink() and osp.realpath(link) == str(target)
+    assert 'state_dict' in torch.load(str(target), weights_only=True)
+    same = tmp_path / 'same.pth'
+    same.symlink_to(backbone_file)
+    assert exits_with(main, backbone_file, same, '--force') == \
+        'error: SRC and DST are the same file'
+    # through the command line: one line, no traceback
+    proc = tool('tools/convert_checkpoint.py', backbone_file, folder, '--force', timeout=120)
+    assert one_error(proc).startswith(f'error: DST {folder} is a directory')
+
+
+def test_export_onnx_bad_checkpoint_shape_and_out(tmp_path, backbone_file):
+    main = _demo_tool('tools/deploy/export_onnx.py')
+    config = osp.join(ROOT, 'configs', 'detection', 'retinanet_poolformer_s12.py')
+    listed = tmp_path / 'list.pth'
+    torch.save([torch.zeros(1)], str(listed))
+    out = tmp_path / 'x.onnx'
+    message = exits_with(main, config, listed, '--shape', 64, 64, '--out', out)
+    assert message.startswith('error: ') and str(listed) in message, message
+    for shape in ((0, 0), (-1, 64), (31, 64)):
+        message = exits_with(main, config, '--shape', *shape, '--out', out)
+        assert message == (f'error: --shape {shape[0]} {shape[1]}: height and width must be at '
+                           f'least 32 (one token in the last stage); the export takes any size '
+                           f'from there')
+    message = exits_with(main, config, '--shape', 64, 64, '--out', tmp_path)
+    assert message.startswith(f'error: --out {tmp_path} is a directory')
+    (tmp_path / 'file').write_text('x')
+    message = exits_with(main, config, '--shape', 64, 64, '--out', tmp_path / 'file' / 'x.onnx')
+    assert message.startswith(f'error: --out {tmp_path}/file/x.onnx: cannot write in '
+                              f'{tmp_path}/file (')
+    with read_only_dir(str(tmp_path / 'ro')) as ro:
+        message = exits_with(main, config, '--shape', 64, 64, '--out', osp.join(ro, 'x.onnx'))
+        assert message.startswith(f'error: --out {ro}/x.onnx: cannot write in {ro} (')
+    assert not out.exists()
+
+
+def test_image_demo_checks_its_options_before_inference(tmp_path, data_dir):
+    main = _demo_tool('demo/image_demo.py')
+    image = osp.join(data_dir, 'demo', 'demo.jpg')
+    # a checkpoint that is no checkpoint: every refusal below comes before it is read
+    checkpoint = tmp_path / 'never_read.pth'
+    checkpoint.write_bytes(b'not read')
+    config = osp.join(ROOT, 'configs', 'detection', 'retinanet_poolformer_s12.py')
+    message = exits_with(main, image, config, checkpoint, '--out-file', tmp_path / 'x.unknownext')
+    assert message == (f"error: --out-file {tmp_path}/x.unknownext: no image format for the "
+                       f"extension '.unknownext'; use .jpg or .png")
+    for value in ('nan', '-0.1', '1.5', 'inf'):
+        message = exits_with(main, image, config, checkpoint, '--score-thr', value)
+        assert message == f'error: --score-thr must be in [0, 1], got {float(value)}'
+    assert exits_with(main, image, config, checkpoint, '--device', 'gpu0') == \
+        'error: --device gpu0: not a device name (e.g. cpu, cuda, cuda:0)'
+    if not torch.cuda.is_available():
+        assert exits_with(main, image, config, checkpoint, '--device', 'cuda:0').startswith(
+            'error: --device cuda:0: CUDA is not available on this machine')
+    assert exits_with(main, image, config, checkpoint, '--out-file', tmp_path).startswith(
+        f'error: --out-file {tmp_path} is a directory')
+    assert not list(tmp_path.glob('*.jpg')) and not list(tmp_path.glob('x.*'))
+    proc = tool('demo/image_demo.py', image, config, checkpoint, '--out-file', 'x.unknownext',
+                timeout=120)
+    assert one_error(proc).startswith('error: --out-file x.unknownext: no image format')
