@@ -9,7 +9,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.logging import MMLogger
 from mmengine.structures import BaseDataElement
 
-from .config import ToolError, default_scope
+from .config import ToolError, default_scope, output_file
 
 VISUALIZATION_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook'}
 
@@ -115,7 +115,8 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def check_out_path(path: str) -> str:
-    """``--out`` must be a pickle file (mmengine's DumpResults writes pickles)."""
+    """``--out`` must be a pickle file (mmengine's DumpResults writes pickles) that can be
+    written (checked before inference)."""
     if not path.endswith(('.pkl', '.pickle')):
         raise ToolError(f'--out must end with .pkl or .pickle, got {path}')
-    return path
+    return output_file(path, '--out')
