@@ -7,6 +7,7 @@ checks call the tools' own check (``check_annotation_files``, what ``tools/train
 ``tools/test.py`` run first); the tool runs show the one ``error:`` line a user gets.
 """
 import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -115,7 +116,8 @@ BAD_TYPES = {
                          r'"annotations" must be a list, got NoneType None'),
     'string category_id': (_set('annotations', 0, 'category_id', 'square'),
                            r'annotations\[0\] .*"category_id" must be an integer, got str'),
-    'missing area': (lambda d: d['annotations'][0].pop('area'), r'annotations\[0\] .*"area" must be a number'),
+    'missing area': (lambda d: d['annotations'][0].pop('area'),
+                     r'annotations\[0\] .*"area" must be a number'),
     'category without a name': (lambda d: d['categories'][0].pop('name'),
                                 r'categories\[0\] \(id \d+\): "name" must be a string'),
     'an image as a list': (lambda d: d['images'].__setitem__(0, [1, 2]),
@@ -195,7 +197,7 @@ def test_test_py_refuses_mismatched_classes_before_inference(shapes, tmp_path):
 
 
 # =========================================================================== dropped boxes
-def test_boxes_mmdet_drops_are_counted_once(shapes, tmp_path, caplog):
+def test_boxes_mmdet_drops_are_counted_once(shapes, tmp_path):
     def change(data):
         anns = data['annotations']
         anns[0]['bbox'] = [float('nan'), 3, 10, 10]
@@ -205,8 +207,8 @@ def test_boxes_mmdet_drops_are_counted_once(shapes, tmp_path, caplog):
     cfg = Config.fromfile(_config(shapes, tmp_path))
     logger = MMLogger.get_current_instance()
     records = []
-    handler = type('H', (__import__('logging').Handler,),
-                   {'emit': lambda self, r: records.append(r.getMessage())})()
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
     logger.addHandler(handler)
     try:
         check_annotation_files(cfg, 'train')
