@@ -14,7 +14,6 @@ the class map with mmseg's. Pictures are drawn at a bounded size: the long side 
 summary printed, come from the full image) and small images enlarged to ``--min-side``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import warnings
@@ -227,11 +226,28 @@ def _resolve(args: argparse.Namespace) -> tuple:
     return config, checkpoint
 
 
+def _device_problem(device: str) -> Optional[str]:
+    """Why ``--device`` cannot run the model here; None when it can."""
+    import torch
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return 'not a device name (e.g. cpu, cuda, cuda:0)'
+    if parsed.type != 'cuda':
+        return None
+    if not torch.cuda.is_available():
+        return ('CUDA is not available on this machine (no GPU, or a CPU-only torch); use '
+                '--device cpu')
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        return f'there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)'
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.cli.config import ToolError, load_config
+    from metaformer_mm.cli.config import ToolError, load_config, output_file
 
     if not osp.isfile(args.image):
         sys.exit(f'error: image file not found: {args.image}')
@@ -244,14 +260,28 @@ def main(argv: Optional[List[str]] = None) -> str:
         sys.exit(f'error: --gt-ann file not found: {args.gt_ann}')
     if args.max_side < 16:
         sys.exit(f'error: --max-side must be at least 16, got {args.max_side}')
+    # (written as "not in range" so that nan is refused too)
+    for option, value in (('--score-thr', args.score_thr), ('--opacity', args.opacity)):
+        if not 0 <= value <= 1:
+            sys.exit(f'error: {option} must be in [0, 1], got {value}')
+    if args.min_side < 1:
+        sys.exit(f'error: --min-side must be at least 1, got {args.min_side}')
+    why = _device_problem(args.device)
+    if why:
+        sys.exit(f'error: --device {args.device}: {why}')
     try:
         config, checkpoint = _resolve(args)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if args.out_file is None:
         args.out_file = osp.splitext(osp.basename(args.image))[0] + '_pred.jpg'
-    out_dir = osp.dirname(osp.abspath(args.out_file))
-    os.makedirs(out_dir, exist_ok=True)
+    try:  # before inference: a picture that cannot be written is known now
+        output_file(args.out_file, '--out-file')
+    except ToolError as err:
+        sys.exit(f'error: {err}')
+    if not cv2.haveImageWriter(args.out_file):
+        sys.exit(f'error: --out-file {args.out_file}: no image format for the extension '
+                 f'{osp.splitext(args.out_file)[1]!r}; use .jpg or .png')
     try:
         # Released mmdet 2.x / mmseg 0.x files load as they are: the backbone converts them.
         scope = load_config(config).default_scope

@@ -12,7 +12,6 @@ checkpoints that ``tools/test.py``, ``demo/image_demo.py`` and ``load_from`` rea
 (the default) recognises the layout. Files are read with ``weights_only=True``.
 """
 import argparse
-import os
 import os.path as osp
 import re
 import sys
@@ -119,15 +118,24 @@ def _save_backbone(ckpt, state: Dict, dst: str, layout: str) -> Tuple[str, int]:
 def main(argv: Optional[List[str]] = None) -> Tuple[str, int]:
     args = parse_args(argv)
     from metaformer_mm.checkpoint import CheckpointError
-    if osp.exists(args.dst) and not args.force:
-        sys.exit(f'error: {args.dst} exists; give --force to overwrite it')
-    if osp.abspath(args.src) == osp.abspath(args.dst):
-        sys.exit('error: SRC and DST are the same file')
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
+    from metaformer_mm.cli.config import ToolError, output_file, write_error
     try:
-        layout, count = convert(args.src, args.dst, args.source)
+        # A link is written through (it then names the new file); a directory or a device
+        # is refused, never replaced by a regular file.
+        dst = output_file(args.dst, 'DST', overwrite=args.force)
+    except ToolError as err:
+        sys.exit(f'error: {err}')
+    if '://' not in args.src and osp.realpath(args.src) == dst:
+        sys.exit('error: SRC and DST are the same file')
+    try:
+        layout, count = convert(args.src, dst, args.source)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
+    except OSError as err:  # a full disk: the atomic write left DST as it was
+        why = write_error(err)
+        if why is None:
+            raise
+        sys.exit(f'error: {why}; {args.dst} is unchanged')
     print(f'converted {count} tensors from {layout} to the metaformer_mm layout: {args.dst}')
     return layout, count
 

@@ -50,9 +50,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.cli.checkpoints import load_state_into_runner, load_test_checkpoint
-    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
-                                          drop_training, error_line, load_config)
+    from metaformer_mm.cli.checkpoints import (load_state_into_runner, load_test_checkpoint,
+                                               prepare_work_dir)
+    from metaformer_mm.cli.config import (ToolError, build_runner, check_neck_inputs,
+                                          default_work_dir, drop_training, error_line,
+                                          load_config, write_error)
     from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
                                             check_dataset, check_test_metrics,
                                             explain_data_error, name_files_in_errors)
@@ -65,6 +67,7 @@ def main(argv=None) -> None:
         cfg.launcher = args.launcher
         cfg.work_dir = args.work_dir or cfg.get('work_dir') or default_work_dir(args.config)
         drop_training(cfg)
+        prepare_work_dir(cfg.work_dir)
         if args.bf16:
             from metaformer_mm.inference import apply_bf16
             apply_bf16(cfg)
@@ -83,10 +86,8 @@ def main(argv=None) -> None:
         cfg.load_from = None
         init_distributed_without_cuda(cfg, args.launcher)
 
-        from mmengine.registry import RUNNERS
-        from mmengine.runner import Runner
+        runner = build_runner(cfg, args.config)
         try:
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
             load_state_into_runner(runner, state, dataset_meta)
             compile_test_step(runner)
             if out:
@@ -102,6 +103,11 @@ def main(argv=None) -> None:
         check_test_metrics(cfg, metrics)
     except (DatasetMissingError, ToolError, CheckpointError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
+    except OSError as err:  # a full disk, a quota
+        why = write_error(err)
+        if why is None:
+            raise
+        sys.exit(f'error: {why}')
     finally:
         close_distributed()
 

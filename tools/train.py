@@ -54,9 +54,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import metaformer_mm  # noqa: F401  (registers the backbones; safe checkpoint loading)
     from metaformer_mm.checkpoint import CheckpointError
-    from metaformer_mm.cli.checkpoints import remove_interrupted_writes, resolve_resume
-    from metaformer_mm.cli.config import (ToolError, check_neck_inputs, default_work_dir,
-                                          error_line, load_config)
+    from metaformer_mm.cli.checkpoints import (last_checkpoint_kept, prepare_work_dir,
+                                               remove_interrupted_writes, resolve_resume)
+    from metaformer_mm.cli.config import (ToolError, build_runner, check_neck_inputs,
+                                          check_train_schedule, default_work_dir, error_line,
+                                          load_config, write_error)
     from metaformer_mm.cli.datasets import (DatasetMissingError, check_annotation_files,
                                             check_dataset, explain_data_error,
                                             name_files_in_errors)
@@ -64,6 +66,7 @@ def main(argv=None) -> None:
     from metaformer_mm.cli.distributed import close_distributed, init_distributed_without_cuda
     from metaformer_mm.cli.options import enable_amp, enable_auto_scale_lr, enable_compile
     from metaformer_mm.engine import NonFiniteError
+    cfg = None
     try:
         cfg = load_config(args.config, args.cfg_options)
         cfg.launcher = args.launcher
@@ -72,6 +75,7 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
+        prepare_work_dir(cfg.work_dir, lock=True)  # before anything there is touched
         if args.compile:
             enable_compile(cfg)
         remove_interrupted_writes(cfg.work_dir)
@@ -79,13 +83,12 @@ def main(argv=None) -> None:
         check_dataset(cfg, 'train', config_name=args.config)
         check_annotation_files(cfg, 'train')
         check_neck_inputs(cfg)
+        check_train_schedule(cfg)
         name_files_in_errors(cfg, 'train')
         init_distributed_without_cuda(cfg, args.launcher)
 
-        from mmengine.registry import RUNNERS
-        from mmengine.runner import Runner
+        runner = build_runner(cfg, args.config)
         try:
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
             runner.train()
         except ValueError as err:  # JSONDecodeError is one
             why = explain_data_error(cfg, 'train', err)
@@ -96,6 +99,12 @@ def main(argv=None) -> None:
             runner = None  # the model (DDP holds the process group) goes before the group
     except (DatasetMissingError, ToolError, CheckpointError, NonFiniteError, DataError) as err:
         sys.exit(f'error: {error_line(err)}')
+    except OSError as err:  # a full disk, a quota: SafeCheckpointHook kept the checkpoints
+        why = write_error(err)
+        if why is None:
+            raise
+        kept = f'; training stopped, {last_checkpoint_kept(cfg.work_dir)}' if cfg else ''
+        sys.exit(f'error: {why}{kept}')
     finally:
         close_distributed()
 

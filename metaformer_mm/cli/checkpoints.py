@@ -1,9 +1,13 @@
 """Checkpoints the tools read: the one ``tools/test.py`` evaluates (strictly, released
-layouts converted) and the one ``tools/train.py --resume`` continues from."""
+layouts converted) and the one ``tools/train.py --resume`` continues from; the work dir
+they are written to (writable, and one training run at a time)."""
 import copy
+import datetime
 import os
 import os.path as osp
 import re
+import socket
+import tempfile
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -64,6 +68,72 @@ def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None
             f'(is it a checkpoint of another config?)')
     if dataset_meta:
         model.dataset_meta = copy.deepcopy(dataset_meta)
+
+
+# --------------------------------------------------------------------------- the work dir
+TRAIN_LOCK = '.train.lock'
+_held_locks: Dict[str, Any] = {}  # work dir -> its open lock file, held until the process ends
+
+
+def _rank() -> str:
+    return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
+
+
+def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
+    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``)
+    it also becomes this run's alone.
+
+    Two training runs in one work dir would share its log directory and replace each other's
+    checkpoints and ``last_checkpoint``: the second is refused, naming the first. The lock is
+    an ``flock`` on ``work_dir/.train.lock``, held by the open file until the process ends, so
+    the operating system releases it whenever a run stops, killed (``kill -9``) or not; no lock
+    is ever left behind. Only rank 0 of a distributed run takes it (its other ranks write
+    nothing there). Evaluation (``tools/test.py``) into a training run's work dir is allowed.
+    """
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        # A real write: permission bits say nothing for root, or on a read-only mount.
+        with tempfile.TemporaryFile(dir=work_dir):
+            pass
+    except OSError as err:
+        raise ToolError(f'work dir {work_dir} is not writable ({err.strerror or err}); give a '
+                        f'writable --work-dir') from None
+    if not lock or _rank() != '0' or osp.realpath(work_dir) in _held_locks:
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        MMLogger.get_current_instance().warning(
+            f'cannot lock {work_dir} on this platform: run one training per work dir')
+        return
+    path = osp.join(work_dir, TRAIN_LOCK)
+    handle = open(path, 'a+')
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'a process that has not yet said which'
+        handle.close()
+        raise ToolError(f'work dir {work_dir} is in use by another training run ({holder}); '
+                        f'two runs in one work dir would overwrite each other\'s checkpoints '
+                        f'and logs: give this one another --work-dir, or wait until that run '
+                        f'ends (the lock, {path}, goes with its process)') from None
+    since = datetime.datetime.now().isoformat(timespec='seconds')
+    try:  # who holds it, for the message of a refused run; the lock itself is the flock
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()} on {socket.gethostname()}, since {since}\n')
+        handle.flush()
+    except OSError:  # a full disk: the run finds out at its first write
+        pass
+    _held_locks[osp.realpath(work_dir)] = handle
+
+
+def last_checkpoint_kept(work_dir: str) -> str:
+    """What a run that failed to write leaves to resume from, in words."""
+    path, _ = find_resume_checkpoint(work_dir)
+    return (f'the last complete checkpoint, {path}, is kept (resume with --resume)' if path
+            else f'no checkpoint was written in {work_dir}')
 
 
 # --------------------------------------------------------------------------- --resume

@@ -4,10 +4,14 @@ the backbone/neck wiring check.
 Also :class:`ToolError`, the tools' user-facing error (printed as one ``error:`` line).
 """
 import copy
+import errno
 import inspect
+import os
 import os.path as osp
+import re
+import stat
 import tempfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from mmengine.config import Config
 
@@ -75,9 +79,85 @@ def drop_training(cfg: Config) -> None:
         cfg[key] = None
 
 
+def check_train_schedule(cfg: Config) -> None:
+    """``train_cfg.max_iters`` / ``max_epochs`` are positive integers: ``max_iters=-5`` would
+    otherwise "train" nothing and exit 0."""
+    train_cfg = cfg.get('train_cfg') or {}
+    for key in ('max_iters', 'max_epochs'):
+        value = train_cfg.get(key)
+        if key in train_cfg and not (isinstance(value, int) and not isinstance(value, bool)
+                                     and value > 0):
+            raise ToolError(f'train_cfg.{key} must be a positive integer, got {value!r} '
+                            f'(nothing would be trained)')
+
+
 def default_work_dir(config_path: str) -> str:
     """``./work_dirs/<config name>``, mmdet's convention."""
     return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def output_file(path: str, option: str, overwrite: bool = True,
+                suffixes: Optional[Sequence[str]] = None) -> str:
+    """The file a tool is to write for ``option`` (``DST``, ``--out``, ...), checked before
+    any work is done: the path its data goes to (through a symbolic link, to the link's
+    target, so the link stays), in a directory that exists (made) and takes a file.
+
+    Refused with a :class:`ToolError`: a directory, a device or other non-regular file (never
+    replaced by a regular file), an existing file without ``overwrite``, a name not ending in
+    one of ``suffixes``, and a directory that cannot be written.
+    """
+    target = osp.realpath(path)
+    shown = path if target == osp.abspath(path) else f'{path} (a link to {target})'
+    if suffixes and not target.lower().endswith(tuple(suffixes)):
+        raise ToolError(f'{option} {shown}: the name must end with one of {list(suffixes)}')
+    if osp.isdir(target):
+        raise ToolError(f'{option} {shown} is a directory; give a file name in it, e.g. '
+                        f'{osp.join(path, "out" + (suffixes[0] if suffixes else ""))}')
+    if osp.exists(target):
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            raise ToolError(f'{option} {shown} is not a regular file (a device, pipe or '
+                            f'socket); give the path of a file to write')
+        if not overwrite:
+            raise ToolError(f'{option} {shown} exists; give --force to overwrite it')
+    directory = osp.dirname(target)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ToolError(f'{option} {shown}: cannot write in {directory} '
+                        f'({err.strerror or err})') from None
+    return target
+
+
+# errno values of a write that failed for want of space or permission, not a bug.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                errno.EPERM}
+
+
+def write_error(err: OSError) -> Optional[str]:
+    """One line for a failed write (a full disk, a quota, a read-only file system); None for
+    any other ``OSError``."""
+    if err.errno not in WRITE_ERRORS:
+        return None
+    where = f' {err.filename}' if err.filename else ''
+    return f'cannot write{where}: {err.strerror or os.strerror(err.errno)} (errno {err.errno})'
+
+
+def build_runner(cfg: Config, config_name: str) -> Any:
+    """The config's Runner (``runner_type`` honoured). A config that does not build (a bad
+    architecture, an unknown type, an argument of the wrong type) is a :class:`ToolError`
+    naming the config, with the library's message less mmengine's "class `X` in FILE:"
+    prefixes."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    try:
+        return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    except (ValueError, TypeError, KeyError, AssertionError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        text = re.sub(r'class `\w+` in [\w./\\-]+\.py: ', '', str(text))
+        raise ToolError(f'{config_name}: the model does not build: '
+                        f'{type(err).__name__}: {text}') from err
 
 
 def error_line(err: BaseException) -> str:

@@ -29,10 +29,21 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend whose writes are all-or-nothing (see :func:`atomic_write`)."""
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        atomic_write(obj, filepath)
+        _named_write(obj, filepath)
 
     def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
-        atomic_write(obj.encode(encoding), filepath)
+        _named_write(obj.encode(encoding), filepath)
+
+
+def _named_write(data: bytes, filepath: Union[str, Path]) -> None:
+    """:func:`atomic_write`; a failed write (a full disk: ``write`` errors carry no file name)
+    names the file it was for."""
+    try:
+        atomic_write(data, filepath)
+    except OSError as err:
+        if err.filename or not err.errno:
+            raise
+        raise OSError(err.errno, err.strerror, str(filepath)) from err
 
 
 def load_from_safe(filename: str, map_location: Any = None) -> Any:

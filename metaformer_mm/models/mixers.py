@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_int, check_number
 from .layers import build_act
 from .norms import build_norm
 from .random_mixing import RandomMixing
@@ -21,8 +22,7 @@ class Pooling(nn.Module):
 
     def __init__(self, dim: int, token_stride: int = 4, pool_size: int = 3) -> None:
         super().__init__()
-        if pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(f'pool_size must be a positive odd number, got {pool_size}')
+        check_int('pooling mixer', 'pool_size', pool_size, lo=1, odd=True)
         self.pool_size = pool_size
         self.pool = nn.AvgPool2d(pool_size, 1, pool_size // 2, count_include_pad=False)
 
@@ -48,6 +48,10 @@ class Attention(nn.Module):
                  num_heads: Optional[int] = None, qkv_bias: bool = False,
                  proj_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
+        check_int('attention mixer', 'head_dim', head_dim, lo=1)
+        check_int('attention mixer', 'num_heads', num_heads, lo=1, optional=True)
+        for name, value in (('attn_drop', attn_drop), ('proj_drop', proj_drop)):
+            check_number('attention mixer', name, value, lo=0, hi=1, hi_open=True)
         self.head_dim = head_dim
         self.num_heads = num_heads if num_heads else max(dim // head_dim, 1)
         self.attn_dim = self.num_heads * head_dim
@@ -74,6 +78,12 @@ class SepConv(nn.Module):
                  act_cfg: Optional[Dict] = None, act2_cfg: Optional[Dict] = None,
                  bias: bool = False, kernel_size: int = 7) -> None:
         super().__init__()
+        # An even kernel would shift the map by half a pixel and change its size.
+        check_int('sepconv mixer', 'kernel_size', kernel_size, lo=1, odd=True)
+        check_number('sepconv mixer', 'expansion_ratio', expansion_ratio, lo=0, lo_open=True)
+        if int(expansion_ratio * dim) < 1:
+            check_number('sepconv mixer', 'expansion_ratio', expansion_ratio, lo=1 / dim,
+                         wanted=f'at least 1/{dim} (one hidden channel of {dim})')
         med = int(expansion_ratio * dim)
         self.pwconv1 = nn.Conv2d(dim, med, 1, bias=bias)
         self.act1 = build_act(act_cfg or dict(type='StarReLU'))
@@ -124,6 +134,7 @@ class SMLP(nn.Module):
     def __init__(self, dim: int, token_stride: int = 4, image_size: int = 224,
                  resize_mode: str = 'interpolate', norm_cfg: Optional[Dict] = None) -> None:
         super().__init__()
+        check_int('smlp mixer', 'image_size', image_size, lo=1)
         if resize_mode not in self.resize_modes:
             raise ValueError(f'resize_mode must be one of {self.resize_modes}, got {resize_mode!r}')
         if image_size % token_stride:

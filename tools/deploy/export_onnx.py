@@ -51,15 +51,17 @@ def _parse_options(options: List[str]) -> Dict:
 def build_backbone(config: str, checkpoint: Optional[str] = None,
                    cfg_options: Optional[Dict] = None) -> torch.nn.Module:
     """Builds the config's backbone (random weights, or ``checkpoint``'s), in eval mode."""
+    from metaformer_mm.checkpoint import CheckpointError
+    from metaformer_mm.cli.config import ToolError
     from metaformer_mm.cli.models import build_model_from_config
     from metaformer_mm.models import MetaFormer
     try:
         model = build_model_from_config(config, checkpoint, cfg_options=cfg_options,
                                         part='backbone')
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(str(err))
+    except (FileNotFoundError, ValueError, TypeError, CheckpointError, ToolError) as err:
+        raise SystemExit(f'error: {err}')
     if not isinstance(model, MetaFormer):
-        raise SystemExit(f'{config}: the backbone is a {type(model).__name__}; this tool '
+        raise SystemExit(f'error: {config}: the backbone is a {type(model).__name__}; this tool '
                          f'exports MetaFormer backbones (PoolFormer, sMLPNet, ...)')
     return model
 
@@ -89,13 +91,32 @@ def verify(model: torch.nn.Module, path: str, shapes: List[Tuple[int, int]]) -> 
     return errors
 
 
+# The tracing size: at least one token in the last stage (stride 32).
+MIN_SIDE = 32
+
+
 def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
-    model = build_backbone(args.config, args.checkpoint, _parse_options(args.cfg_options))
+    from metaformer_mm.cli.config import ToolError, output_file, write_error
+    if min(args.shape) < MIN_SIDE:
+        sys.exit(f'error: --shape {args.shape[0]} {args.shape[1]}: height and width must be at '
+                 f'least {MIN_SIDE} (one token in the last stage); the export takes any size '
+                 f'from there')
     out = args.out or (osp.splitext(osp.basename(args.config))[0] + '_backbone' +
                        ('_deploy' if args.deploy else '') + '.onnx')
+    try:
+        output_file(out, '--out')
+    except ToolError as err:
+        sys.exit(f'error: {err}')
+    model = build_backbone(args.config, args.checkpoint, _parse_options(args.cfg_options))
+    try:
+        names = export(model, out, tuple(args.shape), args.deploy, args.opset)
+    except OSError as err:
+        why = write_error(err)
+        if why is None:
+            raise
+        sys.exit(f'error: --out {out}: {why}')
     from metaformer_mm.cli.onnx import fixed_size_reason
-    names = export(model, out, tuple(args.shape), args.deploy, args.opset)
     fixed = fixed_size_reason(model)
     h, w = args.shape
     axes = f'dynamic N; H, W fixed at {h}x{w}: {fixed}' if fixed else 'dynamic N, H, W'

@@ -4,16 +4,20 @@ Each backbone class holds the presets it builds (``arch_settings``, its family's
 ``presets.py``; all of them for the general ``MetaFormer``) and the prefix its short names
 take (``'s12'`` -> ``'poolformer_s12'``). A preset of another family is refused with the
 class, the name and the allowed presets; an unknown keyword with the valid arguments and the
-closest match.
+closest match. ``check_arguments`` checks every argument against ``ARGUMENT_CHECKS``.
 """
 import copy
 import difflib
 import inspect
-from typing import Dict, List, Union
+from functools import partial
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 from mmengine.model import BaseModule
 
+from ..checks import ArgumentError, check_bool, check_int, check_number, fail, is_int, is_number
 from .presets import ARCH_SETTINGS, FAMILIES
+
+NUM_STAGES = 4
 
 # Arguments a user may override on top of a preset (or give in full as ``arch=dict(...)``).
 ARCH_KEYS = ('depths', 'dims', 'token_mixers', 'mlp_ratios', 'norm_cfg', 'act_cfg', 'mlp_bias',
@@ -91,3 +95,83 @@ def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
     for key, value in ARCH_SETTINGS['poolformer_s12'].items():
         settings.setdefault(key, copy.deepcopy(value))
     return settings
+
+
+# --------------------------------------------------------------------------- argument checks
+def _stage_indices(owner: str, name: str, out_indices: Any) -> Tuple[int, ...]:
+    """``out_indices`` as sorted stage indices 0..3 (negatives count from the end)."""
+    values = [out_indices] if is_int(out_indices) else out_indices
+    if not isinstance(values, (list, tuple)):
+        fail(owner, name, f'a stage index in {-NUM_STAGES}..{NUM_STAGES - 1} or a list of them',
+             out_indices, kind='a list of integers')
+    if not all(is_int(i) and -NUM_STAGES <= i < NUM_STAGES for i in values):
+        raise ArgumentError(f'{owner}: out_indices must hold stage indices in {-NUM_STAGES}..'
+                            f'{NUM_STAGES - 1}, got {list(values)}')
+    result = [i % NUM_STAGES for i in values]
+    if len(set(result)) != len(result) or not result:
+        raise ArgumentError(f'{owner}: out_indices must be non-empty and name each stage once, '
+                            f'got {list(values)}')
+    return tuple(sorted(result))
+
+
+def _per_stage_numbers(owner: str, name: str, value: Any) -> None:
+    """None or a finite number, once or per stage (the count is checked where expanded)."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        check_number(owner, name, v, optional=True,
+                     wanted='a finite number or None (one per stage or a single value)')
+
+
+def _init_cfg(owner: str, name: str, init_cfg: Any) -> None:
+    if init_cfg is None:
+        return
+    for cfg in init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]:
+        if not isinstance(cfg, dict):
+            fail(owner, name, 'None, a dict or a list of dicts', init_cfg, kind='a dict')
+        checkpoint = cfg.get('checkpoint')
+        if cfg.get('type') == 'Pretrained' and not (isinstance(checkpoint, str) and checkpoint):
+            raise ArgumentError(f"{owner}: init_cfg=dict(type='Pretrained') needs "
+                                f"checkpoint=a file, URL or model name, got "
+                                f"checkpoint={checkpoint!r}")
+
+
+Check = Callable[[str, str, Any], Any]
+# Argument (of the constructor or of the arch settings) -> its check(owner, name, value).
+ARGUMENT_CHECKS: Dict[str, Check] = {
+    'in_channels': partial(check_int, lo=1),
+    'num_classes': partial(check_int, lo=1),
+    'frozen_stages': partial(check_int, lo=-1, hi=NUM_STAGES, wanted=f'in -1..{NUM_STAGES}'),
+    'drop_path_rate': partial(check_number, lo=0, hi=1, hi_open=True),
+    'out_indices': _stage_indices,
+    'fork_feat': check_bool, 'norm_eval': check_bool, 'with_cp': check_bool,
+    'strict_load': check_bool, 'mlp_bias': check_bool,
+    'init_cfg': _init_cfg,
+    'layer_scale_init_value': partial(check_number, optional=True),
+    'res_scale_init_values': _per_stage_numbers,
+    'pool_size': partial(check_int, lo=1, odd=True, optional=True),
+}
+
+
+def check_arguments(cls: type, settings: Dict, **arguments: Any) -> Tuple[int, ...]:
+    """Checks a backbone's constructor ``arguments`` and resolved arch ``settings`` (one
+    :class:`ArgumentError` naming the argument); returns ``out_indices`` as sorted stage
+    indices."""
+    owner = cls.__name__
+    for name, value in {**arguments, **settings}.items():
+        if name in ARGUMENT_CHECKS:
+            ARGUMENT_CHECKS[name](owner, name, value)
+    depths, dims = settings['depths'], settings['dims']
+    if not (isinstance(depths, (list, tuple)) and isinstance(dims, (list, tuple))
+            and len(depths) == NUM_STAGES and len(dims) == NUM_STAGES):
+        raise ArgumentError(f'{owner}: depths and dims must have {NUM_STAGES} entries, got '
+                            f'depths={depths!r}, dims={dims!r}')
+    if not all(is_int(d) and d > 0 for d in list(depths) + list(dims)):
+        raise ArgumentError(f'{owner}: depths and dims must be positive integers, got '
+                            f'depths={list(depths)}, dims={list(dims)}')
+    ratios = settings['mlp_ratios']
+    ratios = list(ratios) if isinstance(ratios, (list, tuple)) else [ratios] * NUM_STAGES
+    if len(ratios) == NUM_STAGES and not all(is_number(r) and r > 0 and int(r * d) > 0
+                                             for r, d in zip(ratios, dims)):
+        raise ArgumentError(f'{owner}: mlp_ratios must be positive numbers (one per stage or '
+                            f'a single value) giving at least one hidden channel, got '
+                            f'{settings["mlp_ratios"]!r}')
+    return ARGUMENT_CHECKS['out_indices'](owner, 'out_indices', arguments['out_indices'])

@@ -22,10 +22,9 @@ from ...registry import register_backbone
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
-from .arch import resolve_arch
+from .arch import NUM_STAGES, check_arguments, resolve_arch
 from .presets import ARCH_SETTINGS, FAMILIES
 
-NUM_STAGES = 4
 
 def _per_stage(value, name: str) -> List:
     """Expands a single value to four stages, or checks a per-stage list has four entries."""
@@ -167,31 +166,20 @@ class MetaFormer(BaseModule):
         self.strict_load = strict_load
         settings = resolve_arch(type(self), self.default_arch if arch is None else arch,
                                 arch_overrides)
+        self.out_indices = check_arguments(
+            type(self), settings, in_channels=in_channels, fork_feat=fork_feat,
+            out_indices=out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval,
+            with_cp=with_cp, drop_path_rate=drop_path_rate, num_classes=num_classes,
+            strict_load=strict_load, init_cfg=init_cfg)
         depths, dims = list(settings['depths']), list(settings['dims'])
-        if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES:
-            raise ValueError(f'depths and dims must have {NUM_STAGES} entries, got '
-                             f'depths={depths}, dims={dims}')
-        if not all(isinstance(d, int) and d > 0 for d in depths + dims):
-            raise ValueError(f'depths and dims must be positive integers, got depths={depths}, '
-                             f'dims={dims}')
-        if drop_path_rate < 0 or drop_path_rate >= 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in -1..{NUM_STAGES}, got {frozen_stages}')
         self.depths, self.dims = depths, dims
         self.fork_feat = fork_feat
-        self.out_indices = self._check_out_indices(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
 
         mixers = _per_stage(settings['token_mixers'], 'token_mixers')
         mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
-        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
-                   and int(r * d) > 0 for r, d in zip(mlp_ratios, dims)):
-            raise ValueError(f'mlp_ratios must be positive numbers (one per stage or a single '
-                             f'value) giving at least one hidden channel, got '
-                             f'{settings["mlp_ratios"]!r}')
         res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
         pool_size = settings.get('pool_size')
         ls_init = settings.get('layer_scale_init_value')
@@ -235,19 +223,6 @@ class MetaFormer(BaseModule):
         self._freeze_stages()
         self.set_kernels(kernels)
 
-    def _check_out_indices(self, out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        result = []
-        for idx in out_indices:
-            if not isinstance(idx, int) or not -NUM_STAGES <= idx < NUM_STAGES:
-                raise ValueError(f'out_indices must hold stage indices in {-NUM_STAGES}..'
-                                 f'{NUM_STAGES - 1}, got {list(out_indices)}')
-            result.append(idx % NUM_STAGES)
-        if len(set(result)) != len(result) or not result:
-            raise ValueError(f'out_indices must be non-empty and name each stage once, got '
-                             f'{list(out_indices)}')
-        return tuple(sorted(result))
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
