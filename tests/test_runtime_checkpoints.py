@@ -13,7 +13,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 import metaformer_mm  # noqa: F401  (allow-lists mmengine's checkpoint types)
-from metaformer_mm.checkpoint import CheckpointError, read_checkpoint
+from metaformer_mm.checkpoint import CheckpointError, read_checkpoint, url_cache_file
 from metaformer_mm.models import PoolFormer
 from tiny_runner import TINY, RandomImages, TinyClassifier
 
@@ -123,8 +123,9 @@ def test_url_checkpoint_is_downloaded_once_and_cached(tmp_path, reference_dir, m
     finally:
         server.shutdown()
         server.server_close()
-    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'poolformer_tiny.pth.tar'
-    assert cached.exists()
+    cached = url_cache_file(url)
+    assert cached.startswith(str(tmp_path / 'torch_home' / 'hub' / 'checkpoints'))
+    assert cached.endswith('_poolformer_tiny.pth.tar') and osp.isfile(cached)
     second = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
     second.init_weights()  # the server is gone: this comes from the cache
     for key, value in first.state_dict().items():
