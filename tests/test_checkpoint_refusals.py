@@ -412,3 +412,25 @@ def test_weights_table_paths_are_relative_to_the_table(tmp_path, monkeypatch):
     assert resolve_weights('mine') == str(mirror / 'weights' / 'mine.pth')
     assert resolve_weights('remote') == 'http://127.0.0.1:1/x.pth'
 
+
+
+def test_resume_never_runs_an_mmdet2_config_key(tmp_path):
+    """mmengine's Runner.resume executes meta['config'] (mmdet 2.x's key) as Python."""
+    from mmengine.runner import Runner
+    from tiny_runner import TinyClassifier
+    marker = tmp_path / 'ran'
+    path = str(tmp_path / 'iter_2.pth')
+    torch.save({'meta': {'epoch': 0, 'iter': 2,
+                         'config': f"import os\nos.system('touch {marker}')\n"},
+                'state_dict': TinyClassifier().state_dict(), 'message_hub': {}}, path)
+    from tiny_runner import RandomImages
+    runner = Runner(model=TinyClassifier(), work_dir=str(tmp_path / 'w'), load_from=path,
+                    resume=True, train_cfg=dict(by_epoch=False, max_iters=4),
+                    optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+                    train_dataloader=dict(dataset=RandomImages(4), batch_size=2,
+                                          sampler=dict(type='DefaultSampler', shuffle=False),
+                                          collate_fn=dict(type='default_collate')))
+    with pytest.raises(CheckpointError, match=re.escape(path) + r' \(meta\.config\): an import '
+                                              r'at line 1'):
+        runner.load_or_resume()
+    assert not marker.exists()

@@ -22,6 +22,8 @@ from typing import Any, Iterator, List, Optional, Tuple
 from .io import CheckpointError
 
 _WHERE = (('meta',), ('message_hub', 'runtime_info'))
+# mmengine's inferencers read 'cfg'; Runner.resume executes mmdet 2.x's meta['config'].
+_CONFIG_KEYS = ('cfg', 'config')
 # A config's pretty_text is a few kB (this project's largest: about 12 kB); parsing costs
 # several hundred times the text's size in memory, so longer texts are refused unparsed.
 MAX_CONFIG_CHARS = 1 << 20
@@ -183,7 +185,7 @@ def check_config_text(text: Any, path: str, where: str) -> None:
 
 
 class _CheckedOnRead(dict):
-    """A checkpoint's ``meta`` (or ``runtime_info``) whose ``'cfg'`` is checked when read."""
+    """A checkpoint's ``meta`` (or ``runtime_info``) whose config text is checked when read."""
 
     def __init__(self, data: dict, path: str, where: str) -> None:
         super().__init__(data)
@@ -191,8 +193,8 @@ class _CheckedOnRead(dict):
 
     def __getitem__(self, key: Any) -> Any:
         value = super().__getitem__(key)
-        if key == 'cfg':
-            check_config_text(value, *self._source)
+        if key in _CONFIG_KEYS:
+            check_config_text(value, self._source[0], f'{self._source[1]}.{key}')
         return value
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -210,5 +212,6 @@ def guard_embedded_configs(obj: Any, path: str) -> None:
         for key in keys:
             parent, last = holder, key
             holder = holder.get(key) if isinstance(holder, dict) else None
-        if isinstance(holder, dict) and 'cfg' in holder and isinstance(parent, dict):
-            parent[last] = _CheckedOnRead(holder, path, '.'.join(keys + ('cfg',)))
+        if isinstance(holder, dict) and any(k in holder for k in _CONFIG_KEYS) \
+                and isinstance(parent, dict):
+            parent[last] = _CheckedOnRead(holder, path, '.'.join(keys))

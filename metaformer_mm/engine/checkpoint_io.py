@@ -47,7 +47,15 @@ def load_from_safe(filename: str, map_location: Any = None) -> Any:
 def install_checkpoint_loader() -> None:
     """Routes mmengine's loading of local and http(s) checkpoints through
     :func:`load_from_safe`. Other schemes (``open-mmlab://``, ``torchvision://``,
-    ``s3://``, ``pavi://``) keep mmengine's loaders."""
+    ``s3://``, ``pavi://``) keep mmengine's loaders.
+
+    mmengine has no public hook for "every checkpoint read": ``register_scheme`` is public,
+    but replacing its loader of plain paths relies on the ``''`` prefix matching them
+    (``CheckpointLoader._get_checkpoint_loader``). tests/test_mmengine_internals.py fails
+    by name if mmengine changes that, or the ``CheckpointHook`` methods ``SafeCheckpointHook``
+    overrides, or the keys under which its inferencers and ``Runner.resume`` read an
+    embedded config.
+    """
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_safe, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
                                      loader=load_from_safe, force=True)
