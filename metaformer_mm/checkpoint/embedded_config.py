@@ -26,7 +26,7 @@ _WHERE = (('meta',), ('message_hub', 'runtime_info'))
 _CONFIG_KEYS = ('cfg', 'config')
 # A config's pretty_text is a few kB (this project's largest: about 12 kB); parsing costs
 # several hundred times the text's size in memory, so longer texts are refused unparsed.
-MAX_CONFIG_CHARS = 1 << 20
+MAX_CONFIG_CHARS = 1 << 18  # 256 Ki characters: at most about 100 MB to parse
 # Top-level names through which mmengine reads files or warns (``custom_imports`` is
 # allowed only for modules already loaded: see ``_imports_problem``).
 _ACTIVE_NAMES = {'_base_': 'makes mmengine read (and execute) other config files',

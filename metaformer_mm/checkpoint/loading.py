@@ -4,7 +4,7 @@ Two ways in, one set of rules:
 
 * :func:`load_pretrained` (the backbone's ``init_cfg=dict(type='Pretrained', ...)``) reads a
   backbone file in any supported layout, drops a classifier the dense-prediction model
-  does not have and logs what loaded.
+  does not have and logs what loaded; a misfit is refused as in every other load (below).
 * :func:`convert_backbone_keys`, called by ``MetaFormer._load_from_state_dict``, runs inside
   every ``load_state_dict`` of a model that holds a MetaFormer (mmengine's
   ``load_checkpoint``: ``init_detector``, ``init_model``, the inferencers, ``load_from``,
