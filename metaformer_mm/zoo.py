@@ -112,7 +112,10 @@ def _read_mapping(path: str) -> Dict[str, str]:
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f'{WEIGHTS_ENV}={path}: expected a mapping of names to URLs or paths')
-    return data
+    # Relative paths are relative to the file that names them, not to the working directory.
+    here = osp.dirname(osp.abspath(path))
+    return {k: v if _is_url(v) or osp.isabs(osp.expanduser(v))
+            else osp.join(here, v) for k, v in data.items()}
 
 
 def weights_table(table: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -189,7 +192,13 @@ def model_info(name: str, mim_dir: Optional[str] = None) -> dict:
 
 
 def _package_config(rel_path: str, mim_dir: str) -> str:
+    configs = osp.realpath(osp.join(mim_dir, 'configs'))
     path = osp.join(mim_dir, 'configs', rel_path)
+    if osp.isabs(rel_path) or osp.commonpath(
+            [configs, osp.realpath(osp.normpath(osp.join(configs, rel_path)))]) != configs:
+        raise ValueError(f'config {PACKAGE_PREFIX}{rel_path}: the path leaves the package\'s '
+                         f'configs folder {configs}; give a path inside it (e.g. '
+                         f'{PACKAGE_PREFIX}detection/retinanet_poolformer_s12.py) or a file path')
     if osp.isfile(path):
         return path
     configs_dir = osp.join(mim_dir, 'configs')

@@ -58,6 +58,29 @@ def key_shapes(reference_dir):
     return load
 
 
+# --------------------------------------------------------------------------- downloads
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """Serves ``tmp_path / 'www'`` on 127.0.0.1; downloads go to a fresh TORCH_HOME.
+    Yields ``(folder, base URL)``."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / 'www'
+    root.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --------------------------------------------------------------------------- small detection runs
 @pytest.fixture(scope='session')
 def coco_mini_run(data_dir, repo_root):

@@ -440,27 +440,6 @@ def test_a_refused_checkpoint_is_usable_through_a_clean_copy(retinanet, repo_roo
 
 
 # --------------------------------------------------------------------------- URLs
-@pytest.fixture
-def http_server(tmp_path, monkeypatch):
-    """Serves ``tmp_path / 'www'`` on 127.0.0.1; downloads go to a fresh TORCH_HOME."""
-    import functools
-    import http.server
-    import threading
-    root = tmp_path / 'www'
-    root.mkdir()
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_urls_are_read_through_the_same_loader(retinanet, http_server, tmp_path):
     import shutil
     from mmdet.apis import DetInferencer, init_detector

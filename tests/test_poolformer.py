@@ -240,8 +240,8 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path, key_shapes):
     state = {k: torch.zeros(s) for k, s in key_shapes('poolformer_m36').items()}
     path = str(tmp_path / 'm36.pth')
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r'stem\.conv\.weight is \(96, 3, 7, 7\) in the '
-                                              r'checkpoint but \(64, 3, 7, 7\) in the model'):
+    with pytest.raises(CheckpointError, match=r'stem\.conv\.weight: \(96, 3, 7, 7\) in the '
+                                              r'checkpoint, \(64, 3, 7, 7\) in the model'):
         load_pretrained(PoolFormer(arch='s36'), path)
 
 
@@ -260,7 +260,7 @@ def test_mostly_unmatched_file_raises(tmp_path, reference_dir):
     partial = {k: v for k, v in state.items() if k.startswith(('patch_embed', 'network.0.'))}
     path = str(tmp_path / 'partial.pth')
     torch.save(partial, path)
-    with pytest.raises(CheckpointError, match=r'only \d+ of the model\'s \d+ tensors would load'):
+    with pytest.raises(CheckpointError, match=r'partial\.pth does not fit the MetaFormer .*\d+ of its \d+ tensors missing'):
         load_pretrained(_tiny(), path)
 
 

@@ -261,8 +261,8 @@ def test_checkpoint_of_another_grid(reference_dir):
     with pytest.raises(ValueError, match=r'random_matrix has shape \(24, 24\).*14x14'):
         mixer.load_state_dict({'random_matrix': state['stages.2.blocks.0.token_mixer.random_matrix']})
     # Through init_cfg the loader's shape check names the tensor and both shapes.
-    with pytest.raises(CheckpointError, match=r'random_matrix is \(24, 24\) in the '
-                                              r'checkpoint but \(196, 196\).*native grid is 14x14'):
+    with pytest.raises(CheckpointError, match=r'random_matrix: \(24, 24\) in the '
+                                              r'checkpoint, \(196, 196\).*native grid is 14x14'):
         _tiny(reference_dir, image_size=224)
 
 

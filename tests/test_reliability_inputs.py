@@ -220,7 +220,9 @@ def test_malicious_checkpoint_is_refused_by_the_inference_api(repo_root, tmp_pat
 
 @pytest.mark.slow
 def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files, tmp_path):
-    """``tools/test.py CONFIG BAD`` and ``tools/train.py --resume BAD``: one ``error:`` line."""
+    """``tools/test.py CONFIG BAD``, ``tools/train.py --resume BAD`` (also a weights-only
+    file), ``tools/train.py`` with a ``Pretrained`` file one tensor short and
+    ``demo/image_demo.py`` with a list for a state dict: one ``error:`` line, non-zero exit."""
     config = tmp_path / 'retinanet_tiny.py'
     root = osp.join(data_dir, 'coco_mini') + '/'
     config.write_text(
@@ -241,6 +243,14 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
     tiny = PoolFormer(arch=TINY, out_indices=(1, 2, 3))
     state = {f'backbone.{k}': v for k, v in tiny.state_dict().items()}
     torch.save({'state_dict': dict(state, **{'extra.weight': torch.zeros(1)})}, partial)
+    missing_one = str(tmp_path / 'backbone_missing_one.pth')  # Pretrained, one tensor short
+    torch.save({k: v for k, v in tiny.state_dict().items()
+                if k != 'stages.2.blocks.0.mlp.fc1.weight'}, missing_one)
+    pretrained = tmp_path / 'retinanet_pretrained.py'
+    pretrained.write_text(f"_base_ = [{str(config)!r}]\nmodel = dict(backbone=dict(init_cfg=dict("
+                          f"_delete_=True, type='Pretrained', checkpoint={missing_one!r})))\n")
+    as_list = str(tmp_path / 'as_list.pth')
+    torch.save(list(state.values()), as_list)
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     runs = {
         'partial': [osp.join(repo_root, 'tools', 'test.py'), str(config), partial,
@@ -251,6 +261,13 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
                  bad_files['truncated.pth'], '--work-dir', str(tmp_path / 't')],
         'resume': [osp.join(repo_root, 'tools', 'train.py'), str(config), '--resume',
                    bad_files['notes.pth'], '--work-dir', str(tmp_path / 'r')],
+        'resume_weights': [osp.join(repo_root, 'tools', 'train.py'), str(config), '--resume',
+                           partial, '--work-dir', str(tmp_path / 'rw')],
+        'pretrained': [osp.join(repo_root, 'tools', 'train.py'), str(pretrained), '--work-dir',
+                       str(tmp_path / 'pt')],
+        'demo': [osp.join(repo_root, 'demo', 'image_demo.py'),
+                 osp.join(data_dir, 'demo', 'demo.jpg'), str(config), as_list,
+                 '--out-file', str(tmp_path / 'demo.jpg')],
     }
     procs = {k: subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env)
@@ -264,7 +281,14 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
                            r'\[\'neck\..*\], 1 unexpected keys \[\'extra\.weight\'\]',
                 'test': r'cannot load .*truncated\.pth: it is truncated',
                 'resume': r'cannot load .*notes\.pth: it is not a PyTorch checkpoint but a text '
-                          r'file'}
+                          r'file',
+                'resume_weights': r'--resume: .*backbone_only\.pth holds no training state to '
+                                  r'resume .*use --cfg-options load_from=',
+                'pretrained': r'.*backbone_missing_one\.pth does not fit the PoolFormer .*1 of '
+                              r'its \d+ tensors missing \(first: \[\'stages\.2\.blocks\.0\.mlp'
+                              r'\.fc1\.weight\'\]\)',
+                'demo': r'cannot load .*as_list\.pth: it is a list, not a dict of named '
+                        r'tensors'}
     for key, (out, err) in outputs.items():
         assert procs[key].returncode not in (0, None), (key, out[-2000:], err[-2000:])
         assert 'Traceback' not in err, (key, err[-4000:])

@@ -1,11 +1,8 @@
 """mmengine checkpoints under torch's weights_only=True default: resume, load_from, refusal."""
 import copy
-import functools
-import http.server
 import os
 import os.path as osp
 import shutil
-import threading
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 import metaformer_mm  # noqa: F401  (allow-lists mmengine's checkpoint types)
-from metaformer_mm.checkpoint import CheckpointError, read_checkpoint
+from metaformer_mm.checkpoint import CheckpointError, read_checkpoint, url_cache_file
 from metaformer_mm.models import PoolFormer
 from tiny_runner import TINY, RandomImages, TinyClassifier
 
@@ -100,33 +97,20 @@ def test_pickled_callable_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_url_checkpoint_is_downloaded_once_and_cached(tmp_path, reference_dir, monkeypatch):
-    serve_dir = tmp_path / 'www'
-    serve_dir.mkdir()
+def test_url_checkpoint_is_downloaded_once_and_cached(http_server, reference_dir):
+    root, base = http_server
     shutil.copy(osp.join(reference_dir, 'poolformer_tiny', 'official.pth'),
-                serve_dir / 'poolformer_tiny.pth.tar')
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    server = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), functools.partial(_QuietHandler, directory=str(serve_dir)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f'http://127.0.0.1:{server.server_port}/poolformer_tiny.pth.tar'
+                root / 'poolformer_tiny.pth.tar')
+    url = f'{base}/poolformer_tiny.pth.tar'
     arch = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
-    try:
-        first = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
-        first.init_weights()
-    finally:
-        server.shutdown()
-        server.server_close()
-    cached = tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'poolformer_tiny.pth.tar'
-    assert cached.exists()
+    first = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
+    first.init_weights()
+    cached = url_cache_file(url)
+    assert cached.startswith(str(root.parent / 'torch_home' / 'hub' / 'checkpoints'))
+    assert cached.endswith('_poolformer_tiny.pth.tar') and osp.isfile(cached)
+    (root / 'poolformer_tiny.pth.tar').unlink()
     second = PoolFormer(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
-    second.init_weights()  # the server is gone: this comes from the cache
+    second.init_weights()  # the server no longer has it: this comes from the cache
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key])
 

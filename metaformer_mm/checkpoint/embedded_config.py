@@ -1,18 +1,51 @@
-"""Configs embedded in checkpoints: accepted only when reading them cannot run code.
+"""Configs embedded in checkpoints: data only, checked when (and only if) they are read.
 
 mmengine's Runner stores the config's text in ``meta['cfg']`` (and mmengine's inferencers
 also look in ``message_hub['runtime_info']['cfg']``); ``DetInferencer(model=None,
 weights=...)`` and ``MMSegInferencer`` rebuild the model from it with
-``Config.fromstring``, which *executes* the text as Python. ``weights_only=True`` does not
-help: the text is a plain string. A config that mmengine wrote (``Config.pretty_text``) is
-assignments of literals and ``dict(...)`` calls; anything else is refused here.
+``Config.fromstring``, which executes the text as Python, and then imports what
+``custom_imports`` names, reads the ``_base_`` files, substitutes ``{{ }}`` placeholders
+(environment variables, base variables) and imports the package of every scope it meets
+(``default_scope``, ``_scope_``, ``type='pkg.Name'``: ``import pkg.registry``).
+``weights_only=True`` does not help: the text is a plain string.
+
+An embedded config may therefore only give data: assignments of literals and
+``dict(...)`` calls (what ``Config.pretty_text`` writes), no ``_base_``, ``_deprecation_`` or
+``{{ }}``, and ``custom_imports`` and scopes only of modules this program has loaded already
+(``metaformer_mm``, the imported OpenMMLab libraries), whose import runs nothing new. The check runs when the text is read
+(:func:`guard_embedded_configs`), so a loader given an explicit config never parses it;
+texts over :data:`MAX_CONFIG_CHARS` are refused unparsed.
 """
 import ast
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from .io import CheckpointError
 
-_WHERE = (('meta', 'cfg'), ('message_hub', 'runtime_info', 'cfg'))
+_WHERE = (('meta',), ('message_hub', 'runtime_info'))
+# mmengine's inferencers read 'cfg'; Runner.resume executes mmdet 2.x's meta['config'].
+_CONFIG_KEYS = ('cfg', 'config')
+# A config's pretty_text is a few kB (this project's largest: about 12 kB); parsing costs
+# several hundred times the text's size in memory, so longer texts are refused unparsed.
+MAX_CONFIG_CHARS = 1 << 18  # 256 Ki characters: at most about 100 MB to parse
+# Top-level names through which mmengine reads files or warns (``custom_imports`` is
+# allowed only for modules already loaded: see ``_imports_problem``).
+_ACTIVE_NAMES = {'_base_': 'makes mmengine read (and execute) other config files',
+                 '_deprecation_': 'is mmengine\'s deprecation notice, not data',
+                 'filename': 'is reserved by mmengine', 'text': 'is reserved by mmengine',
+                 'pretty_text': 'is reserved by mmengine',
+                 'env_variables': 'is reserved by mmengine'}
+_SCOPE_KEYS = ('default_scope', '_scope_')
+
+
+def _loaded(module: str) -> bool:
+    """Whether importing ``module`` runs no code from outside the libraries in use: it is
+    imported already, or it belongs to an imported OpenMMLab library or this project."""
+    import sys
+
+    from mmengine.config.utils import MODULE2PACKAGE
+    top = module.split('.')[0]
+    known = {*MODULE2PACKAGE, 'mmengine', 'mmcv', 'metaformer_mm'}
+    return module in sys.modules or (top in known and top in sys.modules)
 
 
 def _literal_problem(node: ast.AST) -> Optional[ast.AST]:
@@ -35,9 +68,72 @@ def _literal_problem(node: ast.AST) -> Optional[ast.AST]:
     return node
 
 
+def _items(node: ast.AST) -> Iterator[Tuple[str, ast.AST]]:
+    """Every ``(key, value node)`` of the dicts in a literal expression, at any depth."""
+    pairs: List[Tuple[Any, ast.AST]] = []
+    if isinstance(node, ast.Call):  # dict(k=v)
+        pairs = [(kw.arg, kw.value) for kw in node.keywords]
+    elif isinstance(node, ast.Dict):
+        pairs = [(k.value if isinstance(k, ast.Constant) else None, v)
+                 for k, v in zip(node.keys, node.values)]
+    elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        for elt in node.elts:
+            yield from _items(elt)
+    for key, value in pairs:
+        if isinstance(key, str):
+            yield key, value
+        yield from _items(value)
+
+
+def _imports_problem(node: ast.AST) -> Optional[str]:
+    """Why ``custom_imports = node`` would import a module not loaded yet, or None."""
+    imports = next((v for k, v in _items(node) if k == 'imports'), None)
+    names = [imports] if isinstance(imports, ast.Constant) else getattr(imports, 'elts', None)
+    if names is None or not all(isinstance(n, ast.Constant) and isinstance(n.value, str)
+                                for n in names):
+        return f"'custom_imports' at line {node.lineno}, which does not list module names"
+    new = [n.value for n in names if not _loaded(n.value)]
+    if new:
+        return (f"'custom_imports' at line {node.lineno}, which makes mmengine import "
+                f'{new} (not loaded by this program: running them would run their code)')
+    return None
+
+
+def _data_problem(name: str, value: ast.AST) -> Optional[str]:
+    """Why the literal assignment ``name = value`` would make mmengine act, or None."""
+    line = f'at line {value.lineno}'
+    if name in _ACTIVE_NAMES or name.startswith(('_base_', '__')):
+        why = _ACTIVE_NAMES.get(name, 'is mmengine\'s base-config key'
+                                if name.startswith('_base_') else 'is not a config key')
+        return f'{name!r} {line}, which {why}'
+    for key, node in [(name, value), *_items(value)]:
+        text = node.value if isinstance(node, ast.Constant) else None
+        if key == 'custom_imports':
+            problem = _imports_problem(node)
+            if problem:
+                return problem
+        scope = None
+        if key in _SCOPE_KEYS and isinstance(text, str):
+            scope = text
+        elif key == 'type' and isinstance(text, str) and '.' in text:
+            scope = text.split('.', 1)[0]
+        if scope is not None and not _loaded(f'{scope}.registry'):
+            return (f'{key}={text!r} at line {node.lineno}, whose scope {scope!r} makes '
+                    f'mmengine import {scope}.registry (not a library loaded by this program)')
+    return None
+
+
 def config_text_problem(text: str) -> Optional[str]:
-    """Why running config ``text`` could execute code (e.g. "a call of __import__ at line 1"),
-    or None when it is assignments of literals only."""
+    """Why reading config ``text`` with ``Config.fromstring`` could run code, import, read
+    a file or substitute the environment (e.g. "a call of __import__ at line 1"), or None
+    when it only gives data."""
+    if len(text) > MAX_CONFIG_CHARS:
+        return (f'it is {len(text)} characters long, more than the {MAX_CONFIG_CHARS} an '
+                f'embedded config is checked up to (not parsed)')
+    at = text.find('{{')
+    if at >= 0:  # substituted in the raw text, comments included
+        return (f'a {{{{ }}}} placeholder at line {text.count(chr(10), 0, at) + 1}, which '
+                f'mmengine substitutes (environment variables, base-config values)')
     try:
         tree = ast.parse(text)
     except SyntaxError as err:
@@ -48,7 +144,11 @@ def config_text_problem(text: str) -> Optional[str]:
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
             bad = _literal_problem(stmt.value)
             if bad is None:
-                continue
+                problem = next(filter(None, (_data_problem(t.id, stmt.value)
+                                             for t in stmt.targets)), None)
+                if problem is None:
+                    continue
+                return problem
         else:
             bad = stmt.value if isinstance(stmt, ast.Expr) else stmt
         return f'{_describe(bad)} at line {getattr(bad, "lineno", "?")}'
@@ -63,31 +163,55 @@ def _describe(node: ast.AST) -> str:
             return 'a call'
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         return 'an import'
+    if isinstance(node, ast.With):
+        return 'a with statement (mmengine\'s read_base imports)'
     if isinstance(node, ast.stmt):
         return f'a statement other than NAME = LITERAL ({type(node).__name__})'
     return f'an expression that is not a literal ({type(node).__name__})'
 
 
-def embedded_configs(obj: Any) -> List[Tuple[str, Any]]:
-    """``(where, text)`` of every config string a loaded checkpoint carries."""
-    found = []
-    for path in _WHERE:
-        value = obj
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None:
-            found.append(('.'.join(path), value))
-    return found
+def check_config_text(text: Any, path: str, where: str) -> None:
+    """Refuses the embedded config ``text`` (found at ``where`` in checkpoint ``path``)
+    unless it only gives data (see the module docstring)."""
+    problem = 'it is not a string' if not isinstance(text, str) else config_text_problem(text)
+    if problem:
+        raise CheckpointError(
+            f'refused to read the config embedded in {path} ({where}): {problem}. An '
+            f'embedded config may only give data (literals), since mmengine\'s inferencers '
+            f'execute it when no config is given. Pass the config file (or model name) '
+            f'explicitly: DetInferencer(model=CONFIG, weights=...), MMSegInferencer('
+            f'model=CONFIG, weights=...), init_detector(CONFIG, ...); or write a copy '
+            f'without it: python tools/convert_checkpoint.py {path} CLEAN.pth')
 
 
-def check_embedded_config(obj: Any, path: str) -> None:
-    """Refuses a checkpoint whose embedded config would run code when an inferencer reads it."""
-    for where, text in embedded_configs(obj):
-        problem = ('it is not a string' if not isinstance(text, str)
-                   else config_text_problem(text))
-        if problem:
-            raise CheckpointError(
-                f'refused to load {path}: its embedded config ({where}) is not plain literals '
-                f'({problem}), and mmengine\'s inferencers execute that text as Python when no '
-                f'config is given. Give the config file or model name, and load a copy without '
-                f'the embedded config: python tools/convert_checkpoint.py {path} CLEAN.pth')
+class _CheckedOnRead(dict):
+    """A checkpoint's ``meta`` (or ``runtime_info``) whose config text is checked when read."""
+
+    def __init__(self, data: dict, path: str, where: str) -> None:
+        super().__init__(data)
+        self._source = (path, where)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if key in _CONFIG_KEYS:
+            check_config_text(value, self._source[0], f'{self._source[1]}.{key}')
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __reduce__(self) -> tuple:  # saved again, it is a plain dict
+        return dict, (dict(self.items()),)
+
+
+def guard_embedded_configs(obj: Any, path: str) -> None:
+    """Makes every config embedded in the loaded checkpoint ``obj`` (from ``path``) checked
+    by :func:`check_config_text` when it is read; nothing is parsed now."""
+    for keys in _WHERE:
+        holder, parent, last = obj, None, None
+        for key in keys:
+            parent, last = holder, key
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and any(k in holder for k in _CONFIG_KEYS) \
+                and isinstance(parent, dict):
+            parent[last] = _CheckedOnRead(holder, path, '.'.join(keys))

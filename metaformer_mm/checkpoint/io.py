@@ -8,11 +8,13 @@ came from (:func:`checkpoint_source`), so that a load that fails later, inside a
 import argparse
 import contextlib
 import contextvars
+import hashlib
 import io
 import os
 import os.path as osp
 import pickle
 import re
+import urllib.parse
 import uuid
 import weakref
 import zipfile
@@ -32,33 +34,84 @@ def is_url(path: str) -> bool:
     return path.startswith(('http://', 'https://'))
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file (a ``FileNotFoundError`` too)."""
+
+
 def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
     """Reads a checkpoint file or URL with ``weights_only=True``.
 
-    URLs are downloaded once into torch's hub cache (the one mmengine uses), by rank 0
-    first under ``torch.distributed``. Errors name the file: missing, empty, truncated or
-    not a checkpoint, or holding pickled objects other than tensors and containers
-    (which are never executed).
+    URLs are downloaded once into torch's hub cache (see :func:`_read_url`), by rank 0
+    first under ``torch.distributed``. Errors name the file: missing, a directory, empty,
+    truncated or not a checkpoint, or holding pickled objects other than tensors and
+    containers (which are never executed).
     """
     if is_url(path):
-        from mmengine.utils.dl_utils import load_url
         rank, world_size = get_dist_info()
         if rank == 0:
-            obj = _guarded(path, lambda: load_url(path, map_location=map_location,
-                                                  weights_only=True))
+            obj = _read_url(path, map_location)
         if world_size > 1:
             barrier()
             if rank > 0:
-                obj = _guarded(path, lambda: load_url(path, map_location=map_location,
-                                                      weights_only=True))
+                obj = _read_url(path, map_location)
     else:
+        if osp.isdir(path):
+            raise CheckpointError(f'{path} is a directory, not a checkpoint file')
         if not osp.isfile(path):
-            raise FileNotFoundError(f'checkpoint file not found: {path}')
+            raise CheckpointNotFoundError(f'checkpoint file not found: {path}')
         if osp.getsize(path) == 0:
             raise CheckpointError(f'checkpoint file is empty: {path}')
         obj = _guarded(path, lambda: torch.load(path, map_location=map_location,
                                                 weights_only=True))
     _record_source(path, obj)
+    return obj
+
+
+def url_cache_file(url: str) -> str:
+    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``), the file name prefixed with a hash of the whole URL,
+    so that two URLs ending in the same file name never share an entry."""
+    name = osp.basename(urllib.parse.urlparse(url).path) or 'checkpoint'
+    digest = hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]
+    return osp.join(torch.hub.get_dir(), 'checkpoints', f'{digest}_{name}')
+
+
+def _read_url(url: str, map_location: Any) -> Any:
+    """Loads ``url`` from its cache file, downloading it first when it is not cached.
+
+    A download is written to a temporary file beside the cache file and renamed into place
+    only once it loads: a failed, partial or non-checkpoint download is never cached (its
+    temporary file is removed), and a cache file that no longer loads is downloaded again.
+    """
+    cached = url_cache_file(url)
+    load = lambda p: torch.load(p, map_location=map_location, weights_only=True)  # noqa: E731
+    if osp.isfile(cached):
+        try:
+            return _guarded(cached, lambda: load(cached), shown=f'{url} (cached as {cached})')
+        except CheckpointError as err:
+            if 'refused to load' in str(err):
+                raise
+            from mmengine.logging import MMLogger
+            MMLogger.get_current_instance().warning(
+                f'{url}: the cached file {cached} does not load ({err}); downloading it again')
+            os.remove(cached)
+    os.makedirs(osp.dirname(cached), exist_ok=True)
+    tmp = osp.join(osp.dirname(cached), f'.{osp.basename(cached)}.{uuid.uuid4().hex[:8]}.tmp')
+    try:
+        try:
+            torch.hub.download_url_to_file(url, tmp, progress=False)
+        except (OSError, ValueError) as err:  # HTTP and network errors, bad URLs
+            raise CheckpointError(f'cannot download {url}: {err} (nothing was written to the '
+                                  f'cache file {cached})') from None
+        try:
+            obj = _guarded(tmp, lambda: load(tmp), shown=url)
+        except CheckpointError as err:
+            raise CheckpointError(f'{err} (the download was not kept as the cache file '
+                                  f'{cached})') from None
+        os.replace(tmp, cached)
+    finally:
+        if osp.lexists(tmp):
+            os.remove(tmp)
     return obj
 
 
@@ -102,7 +155,10 @@ def _diagnose(path: str) -> Optional[str]:
 _EXTERNAL_SAFE_TYPES = [argparse.Namespace]
 
 
-def _guarded(path: str, load: Callable[[], Any]) -> Any:
+def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) -> Any:
+    """``load()`` of the local file ``path``; its errors become one :class:`CheckpointError`
+    naming ``shown`` (default: ``path``; the URL of a download) and the problem."""
+    shown = shown or path
     try:
         safe_globals = getattr(torch.serialization, 'safe_globals', None)
         if safe_globals is None:
@@ -117,19 +173,20 @@ def _guarded(path: str, load: Callable[[], Any]) -> Any:
         found = re.search(r'(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)', message)
         if found:
             raise CheckpointError(
-                f'refused to load {path}: it holds a pickled object ({found.group(1)}) that is '
+                f'refused to load {shown}: it holds a pickled object ({found.group(1)}) that is '
                 f'not a tensor or container, and unpickling it could run code (torch\'s '
                 f'weights-only unpickler: unsupported GLOBAL {found.group(1)}). Only plain '
                 f'weights are loaded.') from None
         if isinstance(err, FileNotFoundError):
             raise
-        if is_url(path) and isinstance(err, OSError):  # HTTP and network errors
-            raise CheckpointError(f'cannot download {path}: {message}') from None
         reason = _diagnose(path) if osp.isfile(path) else None
         if reason is None:
-            detail = message.strip().split('\n')[0] or type(err).__name__
+            # torch's own words advise weights_only=False, which would run the file's code.
+            detail = message.strip().split('\n')[0]
+            if not detail or 'weights_only' in message:
+                detail = type(err).__name__
             reason = f'it is truncated or not a PyTorch checkpoint ({detail})'
-        raise CheckpointError(f'cannot load {path}: {reason}') from None
+        raise CheckpointError(f'cannot load {shown}: {reason}') from None
 
 
 # --------------------------------------------------------------------------- whose tensors
@@ -154,7 +211,10 @@ def _weights(obj: Any) -> Dict[str, Any]:
 def _record_source(path: str, obj: Any) -> None:
     weights = _weights(obj)
     refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
-    _LAST_READ.set((path, refs, [str(k) for k in list(weights)[:5]]))
+    meta = obj.get('meta') if isinstance(obj, dict) else None
+    config = meta.get('cfg') if isinstance(meta, dict) else None
+    _LAST_READ.set((path, refs, [str(k) for k in list(weights)[:5]],
+                    config if isinstance(config, str) else None))
 
 
 def _last_read(tensors: Iterable[Any] = ()) -> Optional[tuple]:
@@ -187,6 +247,13 @@ def checkpoint_first_keys() -> List[str]:
     """The first keys of the weights of the last file read, while its tensors are alive."""
     last = _last_read()
     return last[2] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else []
+
+
+def checkpoint_config_text() -> Optional[str]:
+    """The config text embedded in the last file read (``meta.cfg``), while its tensors are
+    alive and it is the file being loaded; not parsed here."""
+    last = _last_read()
+    return last[3] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else None
 
 
 @contextlib.contextmanager

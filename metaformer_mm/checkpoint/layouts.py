@@ -32,18 +32,72 @@ Rules = Sequence[Tuple[str, Replacement]]
 
 # Layouts whose keys already are ours: nothing to convert.
 NATIVE_LAYOUTS = ('metaformer_mm', 'timm')
+_SHOWN = 5  # keys listed in an error
+
+
+# Where the weights sit in a checkpoint: mmengine's 'state_dict', DeiT-style 'model', DDP's
+# 'module'; else the checkpoint is the state dict itself.
+_WRAPPERS = ('state_dict', 'model', 'module')
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return 'None'
+    return f'a {type(value).__name__}'
+
+
+def unwrap_weights(obj: Any) -> Tuple[Optional[str], Any]:
+    """``(key, weights)``: the weights of a loaded checkpoint and the key they are under
+    (None when ``obj`` itself is the state dict)."""
+    if isinstance(obj, dict):
+        for key in _WRAPPERS:
+            if key in obj and (isinstance(obj[key], dict) or key == 'state_dict'):
+                return key, obj[key]
+    return None, obj
+
+
+def state_dict_problem(obj: Any) -> Optional[str]:
+    """What keeps the loaded checkpoint ``obj`` from being a state dict (a non-empty dict
+    of tensors by name, possibly under ``state_dict``/``model``/``module``), or None."""
+    key, weights = unwrap_weights(obj)
+    where = f'its {key!r} entry' if key else 'it'
+    if not isinstance(weights, dict):
+        return f'{where} is {_kind(weights)}, not a dict of named tensors'
+    if not weights:
+        return f'{where} is an empty dict: it holds no tensors'
+    bad_key = next((k for k in weights if not isinstance(k, str)), None)
+    if bad_key is not None:
+        return (f'{where} has a key that is not a tensor name: {bad_key!r} '
+                f'({type(bad_key).__name__})')
+    bad = next((k for k, v in weights.items()
+                if not torch.is_tensor(v) and not k.endswith('_extra_state')), None)
+    if bad is not None:
+        return f'{where} holds {bad!r}: {_kind(weights[bad])}, not a tensor'
+    return None
+
+
+def check_finite(weights: Dict[str, Any], path: str) -> None:
+    """Refuses weights holding nan or inf (SafeCheckpointHook never writes such a file)."""
+    from ..engine.guard import non_finite_tensors
+    bad = non_finite_tensors(weights)
+    if bad:
+        raise CheckpointError(f'refused to load {path}: {len(bad)} of its tensors hold nan or '
+                              f'inf values (first: {bad[:_SHOWN]}); a model loaded from it '
+                              f'would compute nan')
 
 
 def extract_state_dict(obj: Any, path: str, prefix: Optional[str] = None) -> StateDict:
-    """Finds the tensor dict inside a loaded checkpoint and strips wrappers and ``prefix``."""
-    if isinstance(obj, dict):
-        for key in ('state_dict', 'model', 'module'):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        raise CheckpointError(f'{path} holds no state dict (a dict of named tensors)')
+    """Finds the tensor dict inside a loaded checkpoint and strips wrappers and ``prefix``.
+
+    Raises :class:`CheckpointError` naming ``path`` when there is no state dict (see
+    :func:`state_dict_problem`) or when it holds non-finite values.
+    """
+    problem = state_dict_problem(obj)
+    if problem:
+        raise CheckpointError(f'cannot load {path}: {problem} (a checkpoint is a dict of '
+                              f'tensors by name, or holds one under \'state_dict\')')
+    obj = unwrap_weights(obj)[1]
+    check_finite(obj, path)
     state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                         for k, v in obj.items())
     if prefix:
@@ -167,23 +221,34 @@ def _identity(state: StateDict, classifier: bool) -> StateDict:
 
 
 # --------------------------------------------------------------------------- detection
-# Tried in order; the first layout whose patterns all match some key (re.match) wins.
+# Tried in order; the first layout whose patterns all match some key (re.match) wins. The
+# last pattern of each is its blocks' (the body of the network).
 _SIGNATURES: List[Tuple[str, Tuple[str, ...]]] = [
     ('mmpretrain', (r'backbone\.patch_embed\.proj\.', r'head\.fc\.')),
     ('official_v1', (r'patch_embed\.proj\.', r'network\.\d+\.')),
     ('official_v2', (r'downsample_layers\.0\.conv\.', r'stages\.\d\.\d+\.')),
     ('spach', (r'to_patch_embedding\.0\.', r'token_mix\.\d+\.')),
-    ('metaformer_mm', (r'stem\.conv\.', r'stages\.\d\.blocks\.', r'out_norms\.')),
+    ('metaformer_mm', (r'stem\.conv\.', r'out_norms\.', r'stages\.\d\.blocks\.')),
     ('timm', (r'stem\.conv\.', r'stages\.\d\.blocks\.')),
 ]
 
 
 def detect_layout(state: StateDict) -> str:
-    """Names the layout of a state dict (see the module docstring) or raises."""
+    """Names the layout of a state dict (see the module docstring) or raises.
+
+    A file with the blocks of a layout but not all of its other parts (no stem, say) is
+    taken as that layout, so that the loader can say which tensors are missing.
+    """
     keys = list(state)
-    for layout, patterns in _SIGNATURES:
-        if all(any(re.match(p, k) for k in keys) for p in patterns):
+    matched = [(layout, [any(re.match(p, k) for k in keys) for p in patterns])
+               for layout, patterns in _SIGNATURES]
+    for layout, hits in matched:
+        if all(hits):
             return layout
+    partial = [(sum(hits), -i, layout) for i, (layout, hits) in enumerate(matched)
+               if hits[-1] and layout != 'mmpretrain']
+    if partial:
+        return max(partial)[2]
     raise CheckpointError(
         'unrecognised checkpoint layout (first keys: '
         f'{keys[:4]}); supported: official PoolFormer/MetaFormer/SPACH files, mmpretrain, timm '

@@ -4,7 +4,7 @@ Two ways in, one set of rules:
 
 * :func:`load_pretrained` (the backbone's ``init_cfg=dict(type='Pretrained', ...)``) reads a
   backbone file in any supported layout, drops a classifier the dense-prediction model
-  does not have and logs what loaded.
+  does not have and logs what loaded; a misfit is refused as in every other load (below).
 * :func:`convert_backbone_keys`, called by ``MetaFormer._load_from_state_dict``, runs inside
   every ``load_state_dict`` of a model that holds a MetaFormer (mmengine's
   ``load_checkpoint``: ``init_detector``, ``init_model``, the inferencers, ``load_from``,
@@ -31,10 +31,12 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from .io import (CheckpointError, checkpoint_first_keys, checkpoint_source, loading_source,
-                 read_checkpoint)
+from .embedded_config import guard_embedded_configs
+from .family import check_architecture
+from .io import (CheckpointError, checkpoint_config_text, checkpoint_first_keys,
+                 checkpoint_source, loading_source, read_checkpoint)
 from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
-                      extract_state_dict)
+                      extract_state_dict, unwrap_weights)
 
 _PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
 _SHOWN = 5  # keys listed per kind in an error
@@ -72,17 +74,6 @@ def _why_shape(model: nn.Module, key: str, shape: tuple) -> str:
         return ''
     explain = getattr(owner, 'shape_mismatch', None)
     return f' ({explain(key, shape)})' if callable(explain) else ''
-
-
-def _fit(name: str, value: torch.Tensor, target: torch.Tensor, path: str,
-         model: Optional[nn.Module] = None) -> torch.Tensor:
-    """Reshapes Linear <-> 1x1-conv weights; raises on a real shape mismatch."""
-    if _fits(value, target):
-        return value.reshape(target.shape)
-    raise CheckpointError(
-        f'shape mismatch loading {path}: {name} is {tuple(value.shape)} in the checkpoint but '
-        f'{tuple(target.shape)} in the model (a checkpoint of another architecture?)'
-        + (_why_shape(model, name, tuple(value.shape)) if model is not None else ''))
 
 
 # --------------------------------------------------------------------------- inside load_state_dict
@@ -128,11 +119,15 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
     # BatchNorm's step counter is optional in old files (torch fills it in).
     missing = [prefix + k for k in own if k not in local and not k.endswith('num_batches_tracked')]
     unexpected = [prefix + k for k in local if k not in own]
+    enforce = strict and not _PARTIAL.get() and getattr(module, 'strict_load', True)
     if not (missing or unexpected or mismatched):
+        if enforce:  # same layout: the name the file gives decides (e.g. IdentityFormer)
+            check_architecture(module, checkpoint_source(list(local.values())[:8]),
+                               checkpoint_config_text())
         return converted_from
     report = _misfit_report(source, module, prefix, len(own), layout, missing, unexpected,
                             mismatched, has_keys=bool(local))
-    if strict and not _PARTIAL.get() and getattr(module, 'strict_load', True):
+    if enforce:
         raise CheckpointError(
             report + ' Is it a checkpoint of another config? To load part of it on purpose, '
             'load inside `with metaformer_mm.checkpoint.partial_loading():` or set the '
@@ -192,16 +187,49 @@ def _check_depths(converted: StateDict, own: StateDict, path: str) -> None:
             f'has {ours} (a checkpoint of another arch, e.g. S24 weights for an S12 backbone?)')
 
 
+def prepare_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
+    """The checkpoint ``obj`` read from ``path`` as every mmengine load gets it.
+
+    Refuses what is not a state dict (a list, None, an empty dict, non-string keys) and
+    non-finite weights, naming the file; puts weights found under ``model``/``module`` or at
+    the top level under ``state_dict`` and adds an empty ``meta`` when there is none (mmseg's
+    ``init_model`` reads both); makes embedded configs checked when read
+    (:func:`~.embedded_config.guard_embedded_configs`).
+    """
+    extract_state_dict(obj, path)
+    key, weights = unwrap_weights(obj)
+    if key != 'state_dict':
+        rest = {k: v for k, v in obj.items() if k != key} if key else {}
+        obj = dict(rest, state_dict=weights)
+    obj.setdefault('meta', {})
+    guard_embedded_configs(obj, path)
+    return obj
+
+
+def _output_norms_absent(converted: StateDict, own: StateDict) -> List[str]:
+    """The model's output-norm tensors of the stages the file holds no output norm for.
+
+    Output norms exist for the stages a dense model outputs: a classification file has none,
+    a detector's file none for the stages it did not use. They keep their initial values,
+    as in the original ``fork_feat`` models; every other tensor must come from the file.
+    """
+    stage = lambda k: k.split('.')[1]  # noqa: E731  ('out_norms.N.weight')
+    present = {stage(k) for k in converted if k.startswith('out_norms.')}
+    return [k for k in own if k.startswith('out_norms.') and stage(k) not in present]
+
+
 def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
-                    map_location: Any = 'cpu', min_fraction: float = 0.5,
+                    map_location: Any = 'cpu',
                     logger: Optional[MMLogger] = None) -> Dict[str, Any]:
     """Loads backbone weights in any supported layout into ``model`` (a MetaFormer).
 
     A classification file's head and final norm are dropped when the model has
-    ``fork_feat``; the output norms it lacks keep their initial values, as in the original
-    ``fork_feat`` models. Raises :class:`CheckpointError` on a shape mismatch or when fewer
-    than ``min_fraction`` of the model's tensors would load. Logs one line with the format,
-    the count and the missing and unexpected keys; returns the same facts as a dict.
+    ``fork_feat``; output norms of stages the file has none for keep their initial values
+    (see :func:`_output_norms_absent`). Everything else is as strict as every other load
+    (:func:`convert_backbone_keys`, one message): a missing, unexpected or misshapen tensor,
+    or a file that names another architecture, raises :class:`CheckpointError`, unless
+    ``strict_load=False`` / :func:`partial_loading` (then logged as a warning). Logs one
+    line with the format, the count and the keys not loaded; returns the same facts.
     """
     logger = logger or MMLogger.get_current_instance()
     path = resolve_weights(path)
@@ -215,27 +243,17 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')]
     own = model.state_dict()
     _check_depths(converted, own, path)
-    loaded, unexpected = OrderedDict(), []
-    for key, value in converted.items():
-        if key in dropped:
-            continue
-        if key not in own:
-            unexpected.append(key)
-            continue
-        loaded[key] = _fit(key, value, own[key], path, model).to(own[key].dtype)
-    missing = [k for k in own if k not in loaded]
-    if len(loaded) < min_fraction * len(own):
-        raise CheckpointError(
-            f'only {len(loaded)} of the model\'s {len(own)} tensors would load from {path} '
-            f'(format {layout}); refusing to train mostly from scratch. Unexpected keys: '
-            f'{unexpected[:8]}, missing: {missing[:8]}')
-    own.update(loaded)
+    loaded = OrderedDict((k, v) for k, v in converted.items() if k not in dropped)
+    kept = _output_norms_absent(loaded, own) if fork_feat else []
     with loading_source(path):
-        model.load_state_dict(own, strict=True)
-    report = dict(path=path, layout=layout, loaded=len(loaded), total=len(own),
-                  missing=missing, unexpected=unexpected, dropped=dropped)
+        result = model.load_state_dict(OrderedDict(loaded, **{k: own[k] for k in kept}),
+                                       strict=False)  # convert_backbone_keys refuses misfits
+    missing = kept + [k for k in result.missing_keys if k not in kept]
+    unexpected = list(result.unexpected_keys)
+    report = dict(path=path, layout=layout, loaded=len(loaded) - len(unexpected),
+                  total=len(own), missing=missing, unexpected=unexpected, dropped=dropped)
     logger.info(
-        f'Loaded {len(loaded)}/{len(own)} tensors from {path} (format: {layout}); '
+        f'Loaded {report["loaded"]}/{len(own)} tensors from {path} (format: {layout}); '
         f'missing (kept initial values): {missing or "none"}; unexpected: {unexpected or "none"}; '
         f'dropped classifier: {len(dropped)} tensors')
     return report

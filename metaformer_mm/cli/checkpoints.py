@@ -20,10 +20,6 @@ from .config import ToolError
 LEGACY_KIND = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}
 
 
-def _is_remote(path: str) -> bool:
-    return '://' in path
-
-
 def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
     """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta``.
 
@@ -32,8 +28,6 @@ def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
     """
     from ..checkpoint import (convert_detector_checkpoint, detector_backbone_layout,
                              detector_dataset_meta, extract_state_dict, read_checkpoint)
-    if not _is_remote(path) and not osp.isfile(path):
-        raise ToolError(f'checkpoint file not found: {path}')
     raw = read_checkpoint(path)
     state = extract_state_dict(raw, path)
     layout = detector_backbone_layout(state)
@@ -137,7 +131,7 @@ def last_checkpoint_kept(work_dir: str) -> str:
 
 
 # --------------------------------------------------------------------------- --resume
-# The temporary files of engine.checkpoint_io.atomic_write: '.<name>.<8 hex digits>.tmp'.
+# The temporary files of checkpoint.atomic_write: '.<name>.<8 hex digits>.tmp'.
 _INTERRUPTED_WRITE = re.compile(r'^\..+\.[0-9a-f]{8}\.tmp$')
 # CheckpointHook's default file names.
 _CHECKPOINT_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
@@ -199,14 +193,23 @@ def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     """
     logger = MMLogger.get_current_instance()
     pointer = osp.join(work_dir, 'last_checkpoint')
-    named = ''
+    named, readable = '', True
     if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.read().strip()
+        with open(pointer, 'rb') as f:
+            raw = f.read(4097)
+        try:
+            named = raw.decode('utf-8').strip()
+        except UnicodeDecodeError:
+            readable = False
+        # A path is one line of text; anything else (random bytes, a long file) is not one.
+        if not readable or len(raw) > 4096 or '\n' in named or '\x00' in named:
+            named, readable = '', False
     if named and osp.isfile(named) and _loadable(named):
         return named, ''
     if not osp.isfile(pointer):
         state = f'{pointer} does not exist'
+    elif not readable:
+        state = f'{pointer} does not hold a path (binary or corrupt content)'
     elif not named:
         state = f'{pointer} is empty'
     elif not osp.isfile(named):
@@ -223,6 +226,28 @@ def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     return None, state
 
 
+def check_resumable(path: str) -> None:
+    """Refuses a ``--resume`` file that holds no training state (a weights-only file).
+
+    mmengine's ``Runner.resume`` needs ``meta['epoch']``, ``meta['iter']`` and the
+    ``message_hub`` that its CheckpointHook writes; without them it fails with a
+    ``KeyError``. Starting a run from such weights is ``load_from``, which is what the
+    error says.
+    """
+    from ..checkpoint import read_checkpoint
+    obj = read_checkpoint(path)
+    meta = obj.get('meta') if isinstance(obj, dict) else None
+    lacking = [what for what, present in (
+        ("meta['epoch']", isinstance(meta, dict) and 'epoch' in meta),
+        ("meta['iter']", isinstance(meta, dict) and 'iter' in meta),
+        ("'message_hub'", isinstance(obj, dict) and 'message_hub' in obj)) if not present]
+    if lacking:
+        raise ToolError(
+            f'--resume: {path} holds no training state to resume (no {", ".join(lacking)}: '
+            f'a weights-only file, not a checkpoint a training run wrote). To start training '
+            f'from its weights, use --cfg-options load_from={path} instead of --resume')
+
+
 def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
     """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume`` (``resume`` is its value).
 
@@ -234,8 +259,12 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
     if not resume:
         return
     if resume not in (RESUME_LATEST, RESUME_AUTO):
+        if osp.isdir(resume):
+            raise ToolError(f'--resume: {resume} is a directory, not a checkpoint file (give '
+                            f'the file, or --resume alone for the latest of the work dir)')
         if not osp.isfile(resume):
             raise ToolError(f'--resume: checkpoint not found: {resume}')
+        check_resumable(resume)
         cfg.resume, cfg.load_from = True, resume
         return
     path, state = find_resume_checkpoint(cfg.work_dir)

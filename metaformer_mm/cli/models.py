@@ -10,12 +10,6 @@ from mmengine.registry import Registry, init_default_scope
 from .config import load_config
 
 
-def load_model_config(config: Union[str, Config], cfg_options: Optional[Dict] = None) -> Config:
-    """A config from a file, a model name or a packaged ``pkg::`` config, ``cfg_options``
-    merged, with ``default_scope`` set (see :func:`metaformer_mm.cli.config.load_config`)."""
-    return load_config(config, cfg_options)
-
-
 def model_registry(scope: str) -> Registry:
     """mmdet's or mmseg's ``MODELS`` (this project's backbones are in both), scope initialised."""
     import metaformer_mm  # noqa: F401  (registers the backbones)
@@ -40,7 +34,8 @@ def backbone_config(cfg: Config) -> Dict:
 
 def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> Dict:
     """Loads a whole-model checkpoint's ``backbone.*`` or backbone weights in any layout
-    ``metaformer_mm.checkpoint`` reads into ``backbone``; returns the loading report."""
+    ``metaformer_mm.checkpoint`` reads into ``backbone``, as strictly as ``init_cfg``
+    (:func:`~metaformer_mm.checkpoint.load_pretrained`); returns the loading report."""
     from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
     state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
     prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
@@ -63,7 +58,7 @@ def build_model_from_config(config: Union[str, Config], checkpoint: Optional[str
     """
     if part not in ('model', 'backbone'):
         raise ValueError(f"part must be 'model' or 'backbone', got {part!r}")
-    cfg = load_model_config(config, cfg_options)
+    cfg = load_config(config, cfg_options)
     registry = model_registry(cfg.default_scope)
     if part == 'backbone':
         model_cfg = backbone_config(cfg)

@@ -8,9 +8,9 @@
   checkpoints (``load_from``, ``resume``, ``init_detector``, ``init_model``, the
   inferencers, ``Pretrained`` init of any module) through :func:`load_from_safe`:
   ``weights_only=True``, one error naming the file and the problem instead of the
-  unpickler's, the file recorded for the backbone's load-time checks, and a config
-  embedded in the file refused unless it is plain literals (mmengine's inferencers execute
-  it as Python when no config is given).
+  unpickler's or a ``KeyError`` (not a state dict, non-finite weights, no ``meta``), the file
+  recorded for the backbone's load-time checks, and a config embedded in the file checked
+  when an inferencer reads it (data only: no code, imports or file reads).
 """
 import os.path as osp
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any, Union
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from ..checkpoint import atomic_write, check_embedded_config, read_checkpoint
+from ..checkpoint import atomic_write, prepare_checkpoint, read_checkpoint
 
 ATOMIC_BACKEND = 'atomic_local'
 
@@ -52,19 +52,21 @@ def load_from_safe(filename: str, map_location: Any = None) -> Any:
     (mmengine logs "Loads checkpoint by safe backend": it names loaders by their suffix.)
     """
     path = filename if '://' in filename else osp.expanduser(filename)
-    obj = read_checkpoint(path, map_location)
-    check_embedded_config(obj, path)
-    return obj
-
-
-# The name earlier versions exported.
-load_local_checkpoint = load_from_safe
+    return prepare_checkpoint(read_checkpoint(path, map_location), path)
 
 
 def install_checkpoint_loader() -> None:
     """Routes mmengine's loading of local and http(s) checkpoints through
     :func:`load_from_safe`. Other schemes (``open-mmlab://``, ``torchvision://``,
-    ``s3://``, ``pavi://``) keep mmengine's loaders."""
+    ``s3://``, ``pavi://``) keep mmengine's loaders.
+
+    mmengine has no public hook for "every checkpoint read": ``register_scheme`` is public,
+    but replacing its loader of plain paths relies on the ``''`` prefix matching them
+    (``CheckpointLoader._get_checkpoint_loader``). tests/test_mmengine_internals.py fails
+    by name if mmengine changes that, or the ``CheckpointHook`` methods ``SafeCheckpointHook``
+    overrides, or the keys under which its inferencers and ``Runner.resume`` read an
+    embedded config.
+    """
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_safe, force=True)
     CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
                                      loader=load_from_safe, force=True)

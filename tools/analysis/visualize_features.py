@@ -39,12 +39,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def build_backbone(config: str, checkpoint: Optional[str]):
     """The config's backbone with all four outputs, weights from ``checkpoint`` if given."""
-    from metaformer_mm.cli.models import (build_model_from_config, load_backbone_weights,
-                                          load_model_config)
+    from metaformer_mm.cli.config import load_config
+    from metaformer_mm.cli.models import build_model_from_config, load_backbone_weights
     from metaformer_mm.models import MetaFormer
     from metaformer_mm.cli.config import ToolError
 
-    cfg = load_model_config(config)
+    cfg = load_config(config)
     backbone_cfg = cfg.model.backbone
     if not backbone_cfg.get('fork_feat', True):
         raise ToolError('the backbone has fork_feat=False: it returns no feature maps')

@@ -1,0 +1,130 @@
+"""The architecture a checkpoint names, compared with the model it is loaded into.
+
+Families without token-mixer weights share one tensor layout: an IdentityFormer-S12 file
+fits a PoolFormerV2-S12 tensor for tensor, and would give a network that computes
+something else. Where a file names its architecture, the name decides:
+
+* this project's checkpoints carry the training config (``meta.cfg``): its
+  ``model.backbone`` type and arch (read by a bounded scan of the text, never executed or
+  parsed as a whole: the text may be large, and it is untrusted);
+* released files carry the name in their file name (``identityformer_s12.pth``,
+  ``poolformer_s12.pth.tar``).
+
+The token mixers of that architecture's preset are compared with the model's, stage by
+stage; a mismatch is a :class:`CheckpointError` naming both.
+"""
+import os.path as osp
+import re
+import urllib.parse
+from typing import Dict, List, Optional, Tuple
+
+import torch.nn as nn
+
+from .io import CheckpointError
+
+_SCAN_CHARS = 1 << 16  # a backbone entry is a few hundred characters
+_TOKEN = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|[()\[\]{}]|(\w+)\s*=(?!=)""")
+
+
+def _presets():
+    """(``FAMILIES``, ``MIXERS``) of the models package, imported when first needed."""
+    from ..models.backbones.presets import FAMILIES
+    from ..models.mixers import MIXERS
+    return FAMILIES, MIXERS
+
+
+def _mixer_names(setting) -> List[str]:
+    per_stage = setting if isinstance(setting, (list, tuple)) else [setting] * 4
+    return [m['type'] if isinstance(m, dict) else m for m in per_stage]
+
+
+def _backbone_fields(text: str) -> Dict[str, str]:
+    """The string fields of the first ``backbone=dict(...)`` of config ``text``
+    (``type``, ``arch``, ``arch.base``) and the names of its other fields (value '')."""
+    start = text.find('backbone=dict(')
+    if start < 0:
+        return {}
+    fields: Dict[str, str] = {}
+    depth, key, parents = 1, None, []
+    for match in _TOKEN.finditer(text, start + len('backbone=dict('),
+                                 start + len('backbone=dict(') + _SCAN_CHARS):
+        token = match.group(0)
+        if match.group(1):  # NAME=
+            key = match.group(1)
+            if depth == 1:
+                fields.setdefault(key, '')
+            continue
+        if token in '([{':
+            parents.append(key)
+            depth += 1
+        elif token in ')]}':
+            depth -= 1
+            if depth == 0:
+                break
+            parents.pop()
+        elif key is not None and token[0] in '\'"':
+            if depth == 1:
+                fields[key] = token[1:-1]
+            elif depth == 2 and parents[-1] == 'arch' and key == 'base':
+                fields['arch.base'] = token[1:-1]
+        key = None
+    return fields
+
+
+def _family_in(name: str, families) -> Optional[str]:
+    """The one family a name (a file name, an arch, a class name) names, or None."""
+    pattern = '|'.join(sorted(families, key=len, reverse=True))
+    found = {m.group(1) for m in re.finditer(rf'(?<![a-z])({pattern})(?![a-z0-9])',
+                                            name.lower())}
+    return found.pop() if len(found) == 1 else None
+
+
+def named_architecture(path: str, config_text: Optional[str]) -> Optional[Tuple[str, str]]:
+    """``(family, where it is named)`` of the checkpoint ``path``, or None if it names none
+    (or overrides the token mixers of its family)."""
+    families, _ = _presets()
+    if config_text:
+        fields = _backbone_fields(config_text)
+        if 'token_mixers' in fields:
+            return None
+        for key in ('arch.base', 'arch', 'type'):
+            family = _family_in(fields.get(key, '').split('.')[-1], families)
+            if family:
+                return family, f'its embedded config (model.backbone {key}={fields[key]!r})'
+        if fields:
+            return None
+    name = osp.basename(urllib.parse.urlparse(path).path if '://' in path else path)
+    family = _family_in(name, families)
+    return (family, f'its file name ({name})') if family else None
+
+
+def model_mixers(module: nn.Module) -> Optional[List[str]]:
+    """The token mixer of each stage of a MetaFormer, by name, or None if not one."""
+    _, mixers = _presets()
+    names = {cls: name for name, cls in mixers.items()}
+    try:
+        return [names[type(stage.blocks[0].token_mixer)] for stage in module.stages]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def check_architecture(module: nn.Module, path: Optional[str],
+                       config_text: Optional[str]) -> None:
+    """Refuses loading the checkpoint ``path`` into ``module`` when the file names an
+    architecture whose token mixers differ from the model's."""
+    if not path:
+        return
+    named = named_architecture(path, config_text)
+    ours = model_mixers(module) if named else None
+    if not named or ours is None:
+        return
+    family, where = named
+    families, _ = _presets()
+    theirs = _mixer_names(next(iter(families[family].values()))['token_mixers'])
+    if theirs != ours:
+        raise CheckpointError(
+            f'{path} holds weights of another architecture: {where} names {family} '
+            f'(token mixers {theirs}), but the model is a {type(module).__name__} with token '
+            f'mixers {ours}. The tensors may fit, the network would not compute what was '
+            f'trained. Use the config of {family}, or weights of this architecture (to load '
+            f'them anyway, set the backbone\'s strict_load=False).')
