@@ -75,15 +75,16 @@ def main(argv=None) -> None:
             enable_amp(cfg)
         if args.auto_scale_lr:
             enable_auto_scale_lr(cfg)
-        prepare_work_dir(cfg.work_dir, lock=True)  # before anything there is touched
         if args.compile:
             enable_compile(cfg)
-        remove_interrupted_writes(cfg.work_dir)
-        resolve_resume(cfg, args.resume)
+        # What the config reads is checked before the work dir is made or locked.
         check_dataset(cfg, 'train', config_name=args.config)
         check_annotation_files(cfg, 'train')
         check_neck_inputs(cfg)
         check_train_schedule(cfg)
+        prepare_work_dir(cfg.work_dir, lock=True)  # before anything there is touched
+        remove_interrupted_writes(cfg.work_dir)
+        resolve_resume(cfg, args.resume)
         name_files_in_errors(cfg, 'train')
         init_distributed_without_cuda(cfg, args.launcher)
 

@@ -224,7 +224,8 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     """Loads backbone weights in any supported layout into ``model`` (a MetaFormer).
 
     A classification file's head and final norm are dropped when the model has
-    ``fork_feat``; output norms of stages the file has none for keep their initial values
+    ``fork_feat``, and so are a file's output norms of stages the model does not output;
+    output norms of stages the file has none for keep their initial values
     (see :func:`_output_norms_absent`). Everything else is as strict as every other load
     (:func:`convert_backbone_keys`, one message): a missing, unexpected or misshapen tensor,
     or a file that names another architecture, raises :class:`CheckpointError`, unless
@@ -240,8 +241,11 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     except CheckpointError as err:  # e.g. keys that match no known layout: name the file
         raise CheckpointError(f'cannot load {path}: {err}') from None
     fork_feat = getattr(model, 'fork_feat', True)
-    dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')]
     own = model.state_dict()
+    # A dense model built for fewer outputs (out_indices=(2, 3)) has no norm for the others.
+    outputs = {k.split('.')[1] for k in own if k.startswith('out_norms.')}
+    dropped = [k for k in converted if k.startswith('head.' if fork_feat else 'out_norms.')
+               or (fork_feat and k.startswith('out_norms.') and k.split('.')[1] not in outputs)]
     _check_depths(converted, own, path)
     loaded = OrderedDict((k, v) for k, v in converted.items() if k not in dropped)
     kept = _output_norms_absent(loaded, own) if fork_feat else []
