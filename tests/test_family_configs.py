@@ -1,5 +1,5 @@
-"""Detection/segmentation configs of sMLPNet-T, CAFormer-S18, ConvFormer-S18 (issues 6, 10) and
-RandFormer-S12 (issue 14).
+"""Detection/segmentation configs of sMLPNet-T, CAFormer-S18, ConvFormer-S18 and
+RandFormer-S12.
 
 Each inherits the PoolFormer-S12 config of its task (same recipe) and swaps the backbone.
 Here: they parse, keep the recipe, build with real mmdet/mmseg models, run a forward on a

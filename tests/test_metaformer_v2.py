@@ -1,4 +1,4 @@
-"""MetaFormer baselines (issue 10): PoolFormerV2, IdentityFormer, ConvFormer, CAFormer.
+"""MetaFormer baselines: PoolFormerV2, IdentityFormer, ConvFormer, CAFormer.
 
 Fidelity to sail-sg/metaformer (``shared/reference/{caformer,poolformerv2}_tiny``), the
 timm layout, preset parameter counts against the paper, and odd input sizes.

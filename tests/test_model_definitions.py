@@ -1,6 +1,6 @@
-"""Model definitions (issue 16): presets as literal tables, family classes that refuse other
+"""Model definitions: presets as literal tables, family classes that refuse other
 families' presets, norms and activations through mmengine/mmcv registries, and the backbone's
-argument checks (issue 18, item 5: ``mlp_ratios=0``, unknown-argument hints)."""
+argument checks (``mlp_ratios=0``, unknown-argument hints)."""
 import os.path as osp
 import re
 

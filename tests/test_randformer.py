@@ -1,4 +1,4 @@
-"""RandFormer (issue 14): frozen random token mixing as a dense backbone at any input size.
+"""RandFormer: frozen random token mixing as a dense backbone at any input size.
 
 Fidelity to sail-sg/metaformer (``shared/reference/randformer_tiny``: native input 64x96, so
 the matrices are 24x24 and 6x6 on 4x6 / 2x3 grids), the resampling rule at other sizes, the

@@ -1,4 +1,4 @@
-"""Bad data and bad wiring get one message naming the file or the argument (issue 18, point 5).
+"""Bad data and bad wiring get one message naming the file or the argument.
 
 Each case is a copy of a small shapes dataset (the ``make demo`` generator) broken one way:
 a truncated or empty annotation JSON, a zero-byte image, a 2000x1 image, classes that match

@@ -3,7 +3,7 @@
 * The guard runs in-process on a tiny PoolFormer classifier trained by a real mmengine Runner
   (a batch is turned to nan by a hook, as a broken image or an overflow would), and end to end
   through ``tools/train.py`` on the ``make demo`` config, with the learning rate jumping to
-  1e6 (the run of issue 18).
+  1e6.
 * ``--resume`` resolution runs on real checkpoint files; ``tools/train.py --resume`` on the
   shapes dataset with a 1-block-per-stage PoolFormer.
 """
@@ -222,7 +222,7 @@ def _demo_config(repo_root, data_root, path, iters, interval, extra='') -> str:
 @pytest.mark.slow
 def test_lr_jump_to_1e6_stops_the_demo_run_and_keeps_a_finite_checkpoint(repo_root, shapes_root,
                                                                         tmp_path):
-    """Issue 18's run: the lr x1e9 at iteration 4, a checkpoint every 3 iterations, one kept
+    """A diverging run: the lr x1e9 at iteration 4, a checkpoint every 3 iterations, one kept
     (the demo config's max_keep_ckpts=1)."""
     config = _demo_config(repo_root, shapes_root, tmp_path / 'nan.py', iters=12, interval=3,
                           extra="param_scheduler = [dict(type='MultiStepLR', by_epoch=False, "

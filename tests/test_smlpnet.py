@@ -1,4 +1,4 @@
-"""sMLPNet (issue 6): fidelity to microsoft/SPACH, the sMLP any-size rule, training options.
+"""sMLPNet: fidelity to microsoft/SPACH, the sMLP any-size rule, training options.
 
 The reference model (``smlpnet_tiny``) is an original SPACH ``sMLPNet`` with ``dim=8``,
 ``depths=[1, 1, 2, 1]`` and ``image_size=64``; see ``shared/reference/README.md``.
