@@ -10,10 +10,19 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 HERE = Path(__file__).parent
 # What goes into metaformer_mm/.mim of a wheel: source (relative to HERE) -> name in .mim.
-MIM_FILES = {'configs': 'configs', 'model-index.yml': 'model-index.yml'}
+# mim runs .mim/tools/train.py and test.py (`mim train/test/run metaformer_mm ...`).
+MIM_FILES = {'configs': 'configs', 'model-index.yml': 'model-index.yml', 'tools': 'tools'}
+# Installed into site-packages: runs metaformer_mm/startup.py at interpreter start, found
+# without importing the package (torch), so that mmengine and mim know it in a fresh
+# interpreter (see that file). A .pth line that starts with "import" is executed.
+STARTUP_PTH = ('metaformer_mm-startup.pth',
+               "import importlib.util as u, os.path as p; s = u.find_spec('metaformer_mm'); "
+               "s and exec(compile(open(p.join(p.dirname(s.origin), 'startup.py')).read(), "
+               "s.origin, 'exec'), {'__name__': 'metaformer_mm_startup'})\n")
 
 
 def read_version_field(name: str) -> str:
@@ -35,6 +44,7 @@ class BuildPyWithMim(build_py):
         super().run()
         if getattr(self, 'editable_mode', False):
             return
+        (Path(self.build_lib) / STARTUP_PTH[0]).write_text(STARTUP_PTH[1])
         target = Path(self.build_lib) / 'metaformer_mm' / '.mim'
         if target.is_symlink() or target.is_file():
             target.unlink()
@@ -45,10 +55,20 @@ class BuildPyWithMim(build_py):
             if not path.exists():
                 raise FileNotFoundError(f'{path} is missing: the wheel would have no {src}')
             if path.is_dir():
-                shutil.copytree(path, target / dst,
-                                ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+                shutil.copytree(path, target / dst, symlinks=False, ignore=shutil.ignore_patterns(
+                    '__pycache__', '*.pyc', 'ci'))
             else:
                 shutil.copyfile(path, target / dst)
+
+
+class EditableWheelWithStartup(editable_wheel):
+    """PEP 660 editable wheel that also installs the start-up ``.pth`` (its files in the
+    unpacked folder go into the wheel; the package itself stays in the checkout)."""
+
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        outputs = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        (Path(unpacked_wheel) / STARTUP_PTH[0]).write_text(STARTUP_PTH[1])
+        return outputs
 
 
 setup(
@@ -58,9 +78,14 @@ setup(
     long_description=(HERE / 'README.md').read_text() if (HERE / 'README.md').exists() else '',
     long_description_content_type='text/markdown',
     license='Apache-2.0',
+    # The project has no repository of its own yet: the home page is the MetaFormer models'.
+    url='https://github.com/sail-sg/metaformer',
+    author='The metaformer_mm authors',
+    author_email='metaformer-mm@users.noreply.github.com',
+    keywords='computer vision, object detection, semantic segmentation, MetaFormer, PoolFormer',
     python_requires='>=3.8',
     packages=find_packages(include=['metaformer_mm', 'metaformer_mm.*']),
-    cmdclass={'build_py': BuildPyWithMim},
+    cmdclass={'build_py': BuildPyWithMim, 'editable_wheel': EditableWheelWithStartup},
     install_requires=[
         f"torch>={read_version_field('TORCH_MIN')}",
         'mmengine>=0.10.0,<1.0',

@@ -240,17 +240,13 @@ def model_weights(name: str, mim_dir: Optional[str] = None) -> Optional[str]:
 
 
 def register_package_configs() -> None:
-    """Lets mmengine resolve ``metaformer_mm::REL_PATH`` in ``_base_`` and ``mmengine.hub``.
-
-    mmengine only accepts packages listed in ``MODULE2PACKAGE`` and finds their folder with
-    ``get_installed_path``, which asks the distribution for its location first. Under a
-    PEP 660 editable install that location is site-packages, where the package is not;
-    mapping to the module ``metaformer_mm.zoo`` (no distribution has that name) makes it
-    fall back to ``importlib``'s spec of this file, whose folder is the package in every
-    kind of install.
-    """
+    """Lets mmengine resolve ``metaformer_mm::REL_PATH`` in ``_base_`` and ``mmengine.hub``
+    (``metaformer_mm.startup.register_mmengine``; the start-up hook does the same in a fresh
+    interpreter, before any config is read)."""
     from mmengine.config import utils
-    utils.MODULE2PACKAGE.setdefault('metaformer_mm', __name__)
+
+    from .startup import register_mmengine
+    register_mmengine(utils)
 
 
 # --------------------------------------------------------------------------- README tables

@@ -1,0 +1,136 @@
+"""Interpreter start-up hook: OpenMMLab's clients find this package without ``import metaformer_mm``.
+
+``metaformer_mm-startup.pth`` (installed into site-packages by setup.py, for wheels and
+editable installs alike) runs this file at every interpreter start. It imports nothing
+heavy: it only puts a finder on ``sys.meta_path`` that adjusts three modules right after
+they are first imported, so that:
+
+* mmengine resolves ``metaformer_mm::...`` in ``_base_`` and ``mmengine.hub`` in a fresh
+  interpreter (bases are read before a config's ``custom_imports``, and mmengine only
+  accepts the packages of its ``MODULE2PACKAGE`` table);
+* mim finds the package folder under a PEP 660 editable install (it joins the
+  distribution's location, site-packages, with the package name);
+* ``mim download metaformer_mm --config NAME`` writes the config of every index entry and
+  says plainly where no direct download of the weights exists.
+
+Any failure here is swallowed: a start-up hook must never stop an interpreter.
+"""
+import importlib.util
+import os.path as osp
+import sys
+
+PACKAGE = 'metaformer_mm'
+# mmengine's get_installed_path asks the distribution for its location first, which is
+# site-packages under PEP 660; a module name no distribution has makes it use importlib's
+# spec instead, whose folder is the package in every kind of install.
+MMENGINE_TARGET = 'metaformer_mm.zoo'
+
+
+def package_dir() -> str:
+    """The folder of the package, found without importing it (no torch at start-up)."""
+    return osp.dirname(importlib.util.find_spec(PACKAGE).origin)
+
+
+def register_mmengine(utils) -> None:
+    """Adds this package to mmengine's ``MODULE2PACKAGE`` (``mmengine.config.utils``)."""
+    utils.MODULE2PACKAGE.setdefault(PACKAGE, MMENGINE_TARGET)
+
+
+def _patch_mim_utils(utils) -> None:
+    installed_path = utils.get_installed_path
+
+    def get_installed_path(package: str) -> str:
+        return package_dir() if package == PACKAGE else installed_path(package)
+
+    utils.get_installed_path = get_installed_path
+
+
+def _download_without_direct_url(names, dest_root) -> None:
+    """What ``mim download`` cannot do from the index: entries with no direct weights URL
+    get their config written and a plain line saying where the weights are, if anywhere."""
+    from mim.utils import DEFAULT_CACHE_DIR, echo_success, echo_warning
+    from mmengine.config import Config
+
+    from metaformer_mm import zoo
+    dest_root = osp.abspath(dest_root or DEFAULT_CACHE_DIR)
+    for name in names:
+        entry = zoo.model_info(name)
+        page = entry.get('Download Page')
+        echo_warning(f'{name}: no direct download of its weights; ' + (
+            f'they are on a Google Drive page, which mim cannot fetch: open {page} in a '
+            f'browser and save the file into {dest_root}' if page else
+            'no trained checkpoint was released'))
+        Config.fromfile(zoo.resolve_config(name)).dump(osp.join(dest_root, f'{name}.py'))
+        echo_success(f'Successfully dumped {name}.py to {dest_root}')
+
+
+def _patch_mim_cli(cli) -> None:
+    get_command = cli.MIM.get_command
+
+    def patched(self, ctx, name):
+        command = get_command(self, ctx, name)
+        if name != 'download' or command is None:
+            return command
+        callback = command.callback
+
+        def download(package, configs, dataset=None, dest_root=None, check_certificate=True):
+            if package == PACKAGE and configs:
+                from metaformer_mm import zoo
+                index = zoo.model_index()
+                rest = [c for c in configs if c in index and not zoo.model_weights(c)]
+                _download_without_direct_url(rest, dest_root)
+                configs = [c for c in configs if c not in rest]
+                if not configs:
+                    return None
+            return callback(package, configs, dataset, dest_root, check_certificate)
+
+        command.callback = download
+        return command
+
+    cli.MIM.get_command = patched
+
+
+AFTER_IMPORT = {'mmengine.config.utils': register_mmengine, 'mim.utils.utils': _patch_mim_utils,
+                'mim.cli': _patch_mim_cli}
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` finder: runs ``AFTER_IMPORT[name](module)`` once ``name`` has
+    been executed (the other finders find and load it)."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in AFTER_IMPORT:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
+            exec_module, hook = spec.loader.exec_module, AFTER_IMPORT[name]
+
+            def exec_and_hook(module):
+                exec_module(module)
+                try:
+                    hook(module)
+                except Exception:  # a changed client: it keeps its own behaviour
+                    pass
+
+            spec.loader.exec_module = exec_and_hook
+        return spec
+
+
+def install() -> None:
+    """Puts the finder first on ``sys.meta_path`` (once); never raises."""
+    try:
+        if not any(type(f).__name__ == _AfterImport.__name__ for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterImport())
+    except Exception:
+        pass
+
+
+if __name__ == 'metaformer_mm_startup':  # run by the .pth file, not imported
+    install()
