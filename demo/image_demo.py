@@ -207,7 +207,7 @@ def segment(args: argparse.Namespace, config: str, checkpoint: str) -> str:
 
 def _resolve(args: argparse.Namespace) -> tuple:
     """(config path, checkpoint path or URL) from the arguments; names through the index."""
-    from metaformer_mm.zoo import model_info, resolve_config
+    from metaformer_mm.zoo import model_info, model_weights, resolve_config
     config = resolve_config(args.config)
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -215,7 +215,7 @@ def _resolve(args: argparse.Namespace) -> tuple:
             raise ValueError('a CHECKPOINT is needed with a config file (only model names '
                              'have released weights in the index)')
         entry = model_info(args.config)
-        checkpoint = entry.get('Weights')
+        checkpoint = model_weights(args.config)
         if checkpoint is None:
             page = entry.get('Download Page')
             raise ValueError(f'{entry["Name"]} has no directly downloadable checkpoint'

@@ -233,10 +233,29 @@ def resolve_config(name_or_path: str, mim_dir: Optional[str] = None) -> str:
                                        sorted(index), 'model names').split('; ', 1)[1] + ')')
 
 
+def _is_drive_page(url: Optional[str]) -> bool:
+    return bool(url) and url.startswith('https://drive.google.com/')
+
+
 def model_weights(name: str, mim_dir: Optional[str] = None) -> Optional[str]:
     """The released whole-model checkpoint URL of a model, or ``None`` when there is none
-    to download directly (e.g. only a Google Drive page, listed as ``Download Page``)."""
-    return model_info(name, mim_dir).get('Weights')
+    to download directly (no release, or only a Google Drive page: ``Download Page``)."""
+    weights = model_info(name, mim_dir).get('Weights')
+    return None if _is_drive_page(weights) else weights
+
+
+def checkpoint_url(url: str) -> str:
+    """The URL to download for checkpoint ``url``: its replacement in the
+    ``METAFORMER_MM_WEIGHTS`` file when listed there (mirrors, tests), else ``url``.
+
+    A Google Drive page (the ``Weights`` of models that sail-sg released only there, which
+    ``mmengine.hub.get_model(..., pretrained=True)`` passes on) raises ``ValueError``.
+    """
+    url = weights_table().get(url, url)
+    if _is_drive_page(url):
+        raise ValueError(f'{url} is a Google Drive page, not a direct download of a '
+                         'checkpoint: open it in a browser, save the file and load that path')
+    return url
 
 
 def register_package_configs() -> None:
@@ -264,7 +283,7 @@ def _metric(entry: dict, key: str) -> str:
 
 def _released(entry: dict) -> str:
     cells = []
-    if entry.get('Weights'):
+    if entry.get('Weights') and not _is_drive_page(entry['Weights']):
         metrics = entry.get('Weights Results') or {}
         score = ', '.join(f'{k} {v}' for k, v in metrics.items() if isinstance(v, float))
         cells.append(f'[mmseg{f" ({score})" if score else ""}]({entry["Weights"]})')

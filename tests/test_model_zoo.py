@@ -58,8 +58,10 @@ def test_metafiles_follow_mmdets_format():
             assert meta_data['Training Data'] and meta_data['Architecture']
             for result in entry.get('Results', []):
                 assert set(result) == {'Task', 'Dataset', 'Metrics'} and result['Metrics']
-            if 'Weights' in entry:  # direct downloads only
+            if 'Weights' in entry and 'Download Page' not in entry:  # direct downloads
                 assert entry['Weights'].startswith('https://download.openmmlab.com/')
+            if 'Download Page' in entry:  # mmengine.hub reads Weights: the page or a URL
+                assert entry.get('Weights', '').startswith(('https://download.openmmlab.com/', entry['Download Page']))
             if 'Download Page' in entry:
                 assert entry['Download Page'].startswith('https://drive.google.com/file/d/')
             for name in [entry['Name'], *entry.get('Alias', [])]:
@@ -70,7 +72,7 @@ def test_metafiles_follow_mmdets_format():
     assert index['mask_rcnn_poolformer_s12']['Results'][1]['Metrics'] == {'mask AP': 34.6}
     assert index['fpn_poolformer_m48']['Results'][0]['Metrics'] == {'mIoU': 42.7}
     assert sum('Download Page' in e for e in index.values()) == 11
-    assert sum('Weights' in e for e in index.values()) == 5
+    assert sum(zoo.model_weights(n) is not None for n in index) == 5
 
 
 def _declared_weights(path: str):

@@ -20,6 +20,7 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..checkpoint import atomic_write, prepare_checkpoint, read_checkpoint
+from ..zoo import checkpoint_url
 
 ATOMIC_BACKEND = 'atomic_local'
 
@@ -51,7 +52,7 @@ def load_from_safe(filename: str, map_location: Any = None) -> Any:
 
     (mmengine logs "Loads checkpoint by safe backend": it names loaders by their suffix.)
     """
-    path = filename if '://' in filename else osp.expanduser(filename)
+    path = checkpoint_url(filename) if '://' in filename else osp.expanduser(filename)
     return prepare_checkpoint(read_checkpoint(path, map_location), path)
 
 
