@@ -12,11 +12,13 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean-venv
 
-setup: $(VENV)/.setup-done
-
-$(VENV)/.setup-done: setup.py tools/ci/setup_env.sh
-	PYTHON=$(PYTHON) VENV=$(VENV) WHEELS=$(WHEELS) TORCH_SPEC=$(TORCH_SPEC) bash tools/ci/setup_env.sh
-	touch $@
+# The stamp alone is not trusted: tools/ci/check_env.py also checks the versions (installing
+# e.g. openmim into the venv downgrades setuptools), and any difference reruns the set-up.
+setup:
+	@if [ $(VENV)/.setup-done -nt setup.py ] && [ $(VENV)/.setup-done -nt tools/ci/setup_env.sh ] \
+		&& $(PY) tools/ci/check_env.py; then echo '[setup] environment ok'; else \
+		PYTHON=$(PYTHON) VENV=$(VENV) WHEELS=$(WHEELS) TORCH_SPEC=$(TORCH_SPEC) bash tools/ci/setup_env.sh \
+		&& $(PY) tools/ci/check_env.py && touch $(VENV)/.setup-done; fi
 
 demo: setup
 	$(PY) tools/demo/run_demo.py

@@ -8,8 +8,8 @@ they are first imported, so that:
 * mmengine resolves ``metaformer_mm::...`` in ``_base_`` and ``mmengine.hub`` in a fresh
   interpreter (bases are read before a config's ``custom_imports``, and mmengine only
   accepts the packages of its ``MODULE2PACKAGE`` table);
-* mim finds the package folder under a PEP 660 editable install (it joins the
-  distribution's location, site-packages, with the package name);
+* ``mim list/search/download/train/test/run`` find the package folder under a PEP 660
+  editable install (mim joins the distribution's location, site-packages, with the name);
 * ``mim download metaformer_mm --config NAME`` writes the config of every index entry and
   says plainly where no direct download of the weights exists.
 
@@ -28,7 +28,9 @@ MMENGINE_TARGET = 'metaformer_mm.zoo'
 
 def package_dir() -> str:
     """The folder of the package, found without importing it (no torch at start-up)."""
-    return osp.dirname(importlib.util.find_spec(PACKAGE).origin)
+    spec = importlib.util.find_spec(PACKAGE)
+    return osp.dirname(spec.origin) if spec and spec.origin else ''
+
 
 
 def register_mmengine(utils) -> None:
@@ -64,27 +66,50 @@ def _download_without_direct_url(names, dest_root) -> None:
         echo_success(f'Successfully dumped {name}.py to {dest_root}')
 
 
+def _listing_this_package(list_package):
+    """``mim list`` looks for ``<location>/<name>/.mim``: under PEP 660 that is not there."""
+
+    def listed(all: bool = False):
+        rows = list_package(all)
+        if all or any(row[0].replace('-', '_') == PACKAGE for row in rows) or \
+                not osp.isfile(osp.join(package_dir(), '.mim', 'model-index.yml')):
+            return rows
+        from importlib.metadata import metadata
+        meta = metadata(PACKAGE)
+        return sorted(rows + [(meta['Name'], meta['Version'], meta['Home-page'])])
+
+    return listed
+
+
+def _downloading_every_entry(callback):
+    """``mim download`` downloads every ``Weights`` URL before it writes a config: entries
+    without a direct URL go through :func:`_download_without_direct_url` instead."""
+
+    def download(package, configs, dataset=None, dest_root=None, check_certificate=True):
+        if package == PACKAGE and configs:
+            from metaformer_mm import zoo
+            index = zoo.model_index()
+            rest = [c for c in configs if c in index and not zoo.model_weights(c)]
+            _download_without_direct_url(rest, dest_root)
+            configs = [c for c in configs if c not in rest]
+            if not configs:
+                return None
+        return callback(package, configs, dataset, dest_root, check_certificate)
+
+    return download
+
+
 def _patch_mim_cli(cli) -> None:
+    """mim runs each command's file with ``eval``: its functions are patched as they load."""
     get_command = cli.MIM.get_command
 
     def patched(self, ctx, name):
         command = get_command(self, ctx, name)
-        if name != 'download' or command is None:
-            return command
-        callback = command.callback
-
-        def download(package, configs, dataset=None, dest_root=None, check_certificate=True):
-            if package == PACKAGE and configs:
-                from metaformer_mm import zoo
-                index = zoo.model_index()
-                rest = [c for c in configs if c in index and not zoo.model_weights(c)]
-                _download_without_direct_url(rest, dest_root)
-                configs = [c for c in configs if c not in rest]
-                if not configs:
-                    return None
-            return callback(package, configs, dataset, dest_root, check_certificate)
-
-        command.callback = download
+        if command is not None and name == 'list':
+            names = command.callback.__globals__
+            names['list_package'] = _listing_this_package(names['list_package'])
+        elif command is not None and name == 'download':
+            command.callback = _downloading_every_entry(command.callback)
         return command
 
     cli.MIM.get_command = patched

@@ -63,7 +63,23 @@ fi
 "${PIP[@]}" -c "$constraints" mmengine==0.10.7 mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools
 "${PIP[@]}" -c "$constraints" --no-build-isolation -e '.[tests]'
 
-# 5. the compiled ops must load against this torch; a wheel built for another torch fails here.
+# 5. openmim (`mim list/search/download/train/test/run metaformer_mm`) in a folder of its own:
+# it pins setuptools 60.2.0 (through openxlab), which would break the builds above. The
+# launcher $VENV/bin/mim puts that folder after site-packages, so mim runs on this env's
+# packages and only adds its own.
+if ! "$PY" -c 'import sys; sys.path.append(sys.argv[1]); import mim' "$VENV/mim" 2>/dev/null; then
+  log "installing openmim into $VENV/mim"
+  "${PIP[@]}" --target "$VENV/mim" --upgrade openmim >/dev/null
+fi
+cat > "$VENV/bin/mim" <<'LAUNCHER'
+#!/usr/bin/env bash
+# mim with its own packages (openmim, setuptools 60.2.0 ...) after this env's site-packages.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+exec "$here/python" -c 'import runpy, sys; sys.path.append(sys.argv.pop(1)); runpy.run_module("mim", run_name="__main__", alter_sys=True)' "$here/../mim" "$@"
+LAUNCHER
+chmod +x "$VENV/bin/mim"
+
+# 6. the compiled ops must load against this torch; a wheel built for another torch fails here.
 if ! mmcv_ok; then
   log "mmcv.ops does not load against torch $TORCH_VERSION; rebuilding from source (12 to 20 minutes)"
   "$PY" -m pip uninstall -y mmcv
