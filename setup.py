@@ -21,8 +21,8 @@ MIM_FILES = {'configs': 'configs', 'model-index.yml': 'model-index.yml', 'tools'
 # interpreter (see that file). A .pth line that starts with "import" is executed.
 STARTUP_PTH = ('metaformer_mm-startup.pth',
                "import importlib.util as u, os.path as p; s = u.find_spec('metaformer_mm'); "
-               "s and exec(compile(open(p.join(p.dirname(s.origin), 'startup.py')).read(), "
-               "s.origin, 'exec'), {'__name__': 'metaformer_mm_startup'})\n")
+               "f = s and s.origin and p.join(p.dirname(s.origin), 'startup.py'); "
+               "f and exec(compile(open(f).read(), f, 'exec'), {'__name__': 'metaformer_mm_startup'})\n")
 
 
 def read_version_field(name: str) -> str:

@@ -16,6 +16,7 @@ they are first imported, so that:
 Any failure here is swallowed: a start-up hook must never stop an interpreter.
 """
 import importlib.util
+import os
 import os.path as osp
 import sys
 
@@ -55,6 +56,7 @@ def _download_without_direct_url(names, dest_root) -> None:
 
     from metaformer_mm import zoo
     dest_root = osp.abspath(dest_root or DEFAULT_CACHE_DIR)
+    os.makedirs(dest_root, exist_ok=True)
     for name in names:
         entry = zoo.model_info(name)
         page = entry.get('Download Page')
