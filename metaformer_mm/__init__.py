@@ -10,7 +10,7 @@ of local and http(s) checkpoints through ``metaformer_mm.checkpoint.read_checkpo
 (errors that name the file and the problem; embedded configs that would run code are refused).
 ``enable_bf16_inference(model)`` / ``apply_bf16(cfg)``: bf16 inference with fp32
 post-processing (:mod:`metaformer_mm.inference`). mmengine finds this package's configs as
-``metaformer_mm::detection/...`` in ``_base_`` (see ``metaformer_mm.zoo``).
+``metaformer_mm::detection/...`` in ``_base_`` (see ``metaformer_mm.startup``).
 """
 import torch
 
@@ -24,7 +24,7 @@ from .engine import install_checkpoint_loader  # noqa: E402
 from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
 from . import accel  # noqa: F401,E402  (the eager kernels; registers itself with the model)
-from .zoo import register_package_configs  # noqa: E402
+from .startup import register_package_configs  # noqa: E402
 
 allow_mmengine_checkpoint_types()
 install_checkpoint_loader()

@@ -39,6 +39,13 @@ def register_mmengine(utils) -> None:
     utils.MODULE2PACKAGE.setdefault(PACKAGE, MMENGINE_TARGET)
 
 
+def register_package_configs() -> None:
+    """What the hook does, for an interpreter without it (``PYTHONPATH`` to a checkout):
+    ``import metaformer_mm`` lets mmengine resolve ``metaformer_mm::`` configs."""
+    from mmengine.config import utils
+    register_mmengine(utils)
+
+
 def _patch_mim_utils(utils) -> None:
     installed_path = utils.get_installed_path
 

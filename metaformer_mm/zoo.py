@@ -258,16 +258,6 @@ def checkpoint_url(url: str) -> str:
     return url
 
 
-def register_package_configs() -> None:
-    """Lets mmengine resolve ``metaformer_mm::REL_PATH`` in ``_base_`` and ``mmengine.hub``
-    (``metaformer_mm.startup.register_mmengine``; the start-up hook does the same in a fresh
-    interpreter, before any config is read)."""
-    from mmengine.config import utils
-
-    from .startup import register_mmengine
-    register_mmengine(utils)
-
-
 # --------------------------------------------------------------------------- README tables
 # The README's model-zoo tables are generated from the index between these markers, and a
 # test checks that they are up to date (``python tools/model_zoo.py readme --write``).
