@@ -69,7 +69,10 @@ fi
 # packages and only adds its own.
 if ! "$PY" -c 'import sys; sys.path.append(sys.argv[1]); import mim' "$VENV/mim" 2>/dev/null; then
   log "installing openmim into $VENV/mim"
-  "${PIP[@]}" --target "$VENV/mim" --upgrade openmim >/dev/null
+  # pip's closing note that torch wants setuptools>=77 concerns that folder only: kept in a log
+  if ! "${PIP[@]}" --target "$VENV/mim" --upgrade openmim >"$VENV/mim-install.log" 2>&1; then
+    cat "$VENV/mim-install.log"; exit 1
+  fi
 fi
 cat > "$VENV/bin/mim" <<'LAUNCHER'
 #!/usr/bin/env bash
