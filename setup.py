@@ -22,7 +22,8 @@ MIM_FILES = {'configs': 'configs', 'model-index.yml': 'model-index.yml', 'tools'
 STARTUP_PTH = ('metaformer_mm-startup.pth',
                "import importlib.util as u, os.path as p; s = u.find_spec('metaformer_mm'); "
                "f = s and s.origin and p.join(p.dirname(s.origin), 'startup.py'); "
-               "f and exec(compile(open(f).read(), f, 'exec'), {'__name__': 'metaformer_mm_startup'})\n")
+               "f and p.isfile(f) and exec(compile(open(f).read(), f, 'exec'), "
+               "{'__name__': 'metaformer_mm_startup'})\n")
 
 
 def read_version_field(name: str) -> str:

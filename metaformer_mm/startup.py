@@ -33,7 +33,6 @@ def package_dir() -> str:
     return osp.dirname(spec.origin) if spec and spec.origin else ''
 
 
-
 def register_mmengine(utils) -> None:
     """Adds this package to mmengine's ``MODULE2PACKAGE`` (``mmengine.config.utils``)."""
     utils.MODULE2PACKAGE.setdefault(PACKAGE, MMENGINE_TARGET)

@@ -113,7 +113,15 @@ def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = wheels.glob('metaformer_mm-*.whl')
     python = _venv(str(tmp_path / 'venv'))
+    # `make setup`'s check: a venv without the installed hook and openmim is not trusted
+    check = [python, osp.join(src, 'tools', 'ci', 'check_env.py')]
+    result = subprocess.run(check, capture_output=True, text=True, env=_clean_env())
+    assert result.returncode == 1 and 'metaformer_mm-startup.pth is missing' in result.stderr \
+        and 'openmim is missing' in result.stderr, result.stderr
     _pip(python, str(wheel))
+    os.symlink(mim_site, tmp_path / 'venv' / 'mim')
+    result = subprocess.run(check, capture_output=True, text=True, env=_clean_env())
+    assert result.returncode == 0, result.stderr
     elsewhere = str(tmp_path / 'elsewhere')
     _fresh_interpreter_checks(python, elsewhere)
 
