@@ -1,7 +1,7 @@
 """OpenMMLab's own clients on a fresh install, each in a fresh interpreter: mim's CLI (list,
-search, download, train, test, run), mmdet's installed ``tools/train.py`` on a user config
-whose ``_base_`` is ``metaformer_mm::...``, and ``mmengine.hub.get_config`` before any
-``import metaformer_mm``. Both a wheel and a PEP 660 editable install are checked.
+search, download, train, test, run), mmdet's and mmseg's installed ``tools/train.py`` on a
+user config whose ``_base_`` is ``metaformer_mm::...``, and ``mmengine.hub.get_config``
+before any ``import metaformer_mm``. Both a wheel and a PEP 660 editable install are checked.
 
 openmim runs from a folder of its own put after site-packages (``make setup`` makes
 ``.venv/mim``; its setuptools pin cannot reach the project's environment)."""
@@ -147,12 +147,29 @@ def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server
     assert re.search(rf'{DRIVE} +configs/detection/{DRIVE}\.py', out), out
 
 
-def test_editable_install_with_mim_and_fresh_interpreters(tmp_path, mim_site, coco_mini_run):
+def test_editable_install_with_mim_mmseg_tools_and_fresh_interpreters(tmp_path, mim_site,
+                                                                       coco_mini_run,
+                                                                       ade_mini_run):
     src = _checkout_copy(str(tmp_path / 'src'))
     python = _venv(str(tmp_path / 'venv'))
     _pip(python, '-e', src)
     elsewhere = str(tmp_path / 'elsewhere')
     _fresh_interpreter_checks(python, elsewhere)
+
+    # mmseg's own tools/train.py (shipped in mmseg/.mim/tools) on a metaformer_mm:: base
+    import mmseg
+    seg_config = ade_mini_run(tmp_path, 'fpn_poolformer_s12', iters=1)
+    with open(seg_config) as f:
+        text = re.sub(r"^_base_ = .*$", "_base_ = ['metaformer_mm::segmentation/"
+                      "fpn_poolformer_s12.py']", f.read(), count=1, flags=re.M)
+    with open(seg_config, 'w') as f:
+        f.write(text)
+    result = subprocess.run([python, osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
+                                              'train.py'), seg_config, '--work-dir',
+                             tmp_path / 'mmseg_run'], cwd=elsewhere, capture_output=True,
+                            text=True, timeout=900, env=_clean_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / 'mmseg_run' / 'iter_1.pth').is_file()
     _check_list_search_download(python, mim_site, tmp_path, with_direct=False)
     # mim runs the project's own tools/train.py through .mim/tools (a link in the checkout)
     assert osp.realpath(osp.join(src, 'metaformer_mm', '.mim', 'tools', 'train.py')) == \
