@@ -86,7 +86,8 @@ setup(
     keywords='computer vision, object detection, semantic segmentation, MetaFormer, PoolFormer',
     python_requires='>=3.8',
     packages=find_packages(include=['metaformer_mm', 'metaformer_mm.*']),
-    cmdclass={'build_py': BuildPyWithMim, 'editable_wheel': EditableWheelWithStartup},
+    cmdclass={'build_py': BuildPyWithMim,
+              'editable_wheel': EditableWheelWithStartup},
     install_requires=[
         f"torch>={read_version_field('TORCH_MIN')}",
         'mmengine>=0.10.0,<1.0',

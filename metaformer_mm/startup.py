@@ -1,4 +1,4 @@
-"""Interpreter start-up hook: OpenMMLab's clients find this package without ``import metaformer_mm``.
+"""Interpreter start-up hook: OpenMMLab's clients find this package with no ``import``.
 
 ``metaformer_mm-startup.pth`` (installed into site-packages by setup.py, for wheels and
 editable installs alike) runs this file at every interpreter start. It imports nothing

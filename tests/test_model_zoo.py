@@ -61,7 +61,8 @@ def test_metafiles_follow_mmdets_format():
             if 'Weights' in entry and 'Download Page' not in entry:  # direct downloads
                 assert entry['Weights'].startswith('https://download.openmmlab.com/')
             if 'Download Page' in entry:  # mmengine.hub reads Weights: the page or a URL
-                assert entry.get('Weights', '').startswith(('https://download.openmmlab.com/', entry['Download Page']))
+                assert entry.get('Weights', '').startswith(
+                    ('https://download.openmmlab.com/', entry['Download Page']))
             if 'Download Page' in entry:
                 assert entry['Download Page'].startswith('https://drive.google.com/file/d/')
             for name in [entry['Name'], *entry.get('Alias', [])]:

@@ -21,7 +21,9 @@ MIM_SITE_ENV = 'METAFORMER_MM_MIM_SITE'
 # What .venv/bin/mim runs (tools/ci/setup_env.sh): mim's folder after site-packages.
 MIM_LAUNCH = ('import runpy, sys; sys.path.append(sys.argv.pop(1)); '
               'runpy.run_module("mim", run_name="__main__", alter_sys=True)')
-DIRECT, DRIVE, UNRELEASED = 'fpn_poolformer_s12', 'retinanet_poolformer_s12', 'retinanet_caformer_s18'
+# released: a direct URL, only a Google Drive page, nothing
+DIRECT, DRIVE, UNRELEASED = ('fpn_poolformer_s12', 'retinanet_poolformer_s12',
+                             'retinanet_caformer_s18')
 
 
 @pytest.fixture(scope='session')
