@@ -93,9 +93,10 @@ def test_safetensors_over_http_and_by_name(reference_dir, timm_safetensors, http
 def test_safetensors_missing_a_tensor_is_refused_like_a_pth(reference_dir, tmp_path):
     state = _reference(reference_dir, 'timm.pth')
     del state['stages.2.blocks.0.mlp.fc1.weight']
+    pth = str(tmp_path / 'short.pth')
+    torch.save(state, pth)
     messages = []
-    for path in (_save(state, tmp_path / 'short.safetensors'), str(tmp_path / 'short.pth')):
-        torch.save(state, path) if path.endswith('.pth') else None
+    for path in (_save(state, tmp_path / 'short.safetensors'), pth):
         model = MetaFormer(arch=TINY_POOLFORMER, init_cfg=dict(type='Pretrained',
                                                                checkpoint=path))
         with pytest.raises(CheckpointError) as info:
