@@ -88,3 +88,11 @@ def test_unknown_model_name_is_an_error_naming_the_scope():
     with pytest.raises(ValueError, match='Cannot find model: retinanet_poolformer_s13 in '
                                          'metaformer_mm'):
         DetInferencer(model='retinanet_poolformer_s13', scope=SCOPE, device='cpu')
+
+
+def test_list_models_lists_the_index():
+    from mmdet.apis import DetInferencer
+    from metaformer_mm.zoo import model_index
+    names = DetInferencer.list_models(SCOPE)
+    assert set(model_index()) <= set(names)
+    assert 'retinanet_poolformer_s12_fpn_1x_coco' in names  # aliases too
