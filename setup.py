@@ -93,6 +93,7 @@ setup(
         'mmengine>=0.10.0,<1.0',
         'mmcv>=2.0.0,<2.2.0',
         'numpy',
+        'safetensors',  # timm's weights on the Hugging Face Hub
     ],
     extras_require={
         # mmdet and mmseg are both optional at import time: a user of one needs only that one.

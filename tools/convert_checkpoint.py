@@ -100,7 +100,9 @@ def convert(src: str, dst: str, source: str = 'auto') -> Tuple[str, int]:
             return _save_backbone(ckpt, state, dst, layout)
     if source in MODEL_SOURCES:
         layout, count = ckpt.convert_detector_file(src, dst, source)
-        return f'{source} (backbone: {layout or "not a MetaFormer"})', count
+        from metaformer_mm.checkpoint.convert import model_file_kind
+        return (f'{model_file_kind(source, layout)} '
+                f'(backbone: {layout or "not a MetaFormer"})'), count
     layout = ckpt.detect_layout(state)
     if layout not in BACKBONE_SOURCES[source]:
         raise ckpt.CheckpointError(f'{src} is in the {layout} layout, not --from {source}')

@@ -27,9 +27,19 @@ from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
 from .io import CheckpointError, atomic_save, read_checkpoint
-from .layouts import StateDict, convert_state_dict, detect_layout, extract_state_dict
+from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
+                      extract_state_dict)
 
 KINDS = ('mmdet2', 'mmseg0')  # mmdet 2.x -> 3.x, mmseg 0.x -> 1.x
+# A whole model whose backbone is already in this project's layout was saved by mmdet 3.x /
+# mmseg 1.x with its configs: labelling it "mmdet2" would be wrong.
+_CURRENT_KINDS = {'mmdet2': 'mmdet3', 'mmseg0': 'mmseg1'}
+
+
+def model_file_kind(kind: str, layout: Optional[str]) -> str:
+    """What a whole-model file is, for messages and ``meta.converted_from``: ``kind``, or
+    'mmdet3' / 'mmseg1' when its backbone ``layout`` is this project's."""
+    return _CURRENT_KINDS[kind] if layout in NATIVE_LAYOUTS else kind
 
 
 def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
@@ -86,7 +96,7 @@ def convert_detector_file(src: str, dst: str, kind: str = 'mmdet2') -> Tuple[Opt
     state = extract_state_dict(raw, src)
     layout = detector_backbone_layout(state)
     converted = convert_detector_checkpoint(state, kind)
-    meta: Dict[str, Any] = {'converted_from': f'{kind}/{layout}'}
+    meta: Dict[str, Any] = {'converted_from': f'{model_file_kind(kind, layout)}/{layout}'}
     dataset_meta = detector_dataset_meta(raw)
     if dataset_meta:
         meta['dataset_meta'] = dataset_meta

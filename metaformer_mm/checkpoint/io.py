@@ -1,7 +1,8 @@
 """Checkpoint files: safe reading, diagnosis of unreadable files, all-or-nothing writing.
 
-External files are always read with ``torch.load(weights_only=True)``: nothing a file
-holds is executed. :func:`read_checkpoint` also records which file the tensors it returns
+External files are always read with ``torch.load(weights_only=True)``, or as
+``.safetensors`` (timm's files on the Hugging Face Hub: tensors only): nothing a file holds
+is executed. :func:`read_checkpoint` also records which file the tensors it returns
 came from (:func:`checkpoint_source`), so that a load that fails later, inside a module's
 ``load_state_dict``, can name the file.
 """
@@ -39,7 +40,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
-    """Reads a checkpoint file or URL with ``weights_only=True``.
+    """Reads a checkpoint file or URL with ``weights_only=True`` (a ``.safetensors`` file,
+    recognised by its header, as its flat dict of tensors).
 
     URLs are downloaded once into torch's hub cache (see :func:`_read_url`), by rank 0
     first under ``torch.distributed``. Errors name the file: missing, a directory, empty,
@@ -61,8 +63,7 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
             raise CheckpointNotFoundError(f'checkpoint file not found: {path}')
         if osp.getsize(path) == 0:
             raise CheckpointError(f'checkpoint file is empty: {path}')
-        obj = _guarded(path, lambda: torch.load(path, map_location=map_location,
-                                                weights_only=True))
+        obj = _guarded(path, lambda: _load_file(path, map_location))
     _record_source(path, obj)
     return obj
 
@@ -84,7 +85,7 @@ def _read_url(url: str, map_location: Any) -> Any:
     temporary file is removed), and a cache file that no longer loads is downloaded again.
     """
     cached = url_cache_file(url)
-    load = lambda p: torch.load(p, map_location=map_location, weights_only=True)  # noqa: E731
+    load = lambda p: _load_file(p, map_location)  # noqa: E731
     if osp.isfile(cached):
         try:
             return _guarded(cached, lambda: load(cached), shown=f'{url} (cached as {cached})')
@@ -155,6 +156,34 @@ def _diagnose(path: str) -> Optional[str]:
 _EXTERNAL_SAFE_TYPES = [argparse.Namespace]
 
 
+class _Unreadable(CheckpointError):
+    """Why a file cannot be read; :func:`_guarded` adds the file's name."""
+
+
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian),
+    then the header's ``{``; a ``.safetensors`` name that is not a zip or pickle counts too,
+    so that a corrupt one gets the safetensors reader's error."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if head[8:9] == b'{':  # byte 8 of a torch file: zip or pickle data, never '{'
+        return True
+    return path.endswith('.safetensors') and not head.startswith((_ZIP_MAGIC, b'\x80'))
+
+
+def _load_file(path: str, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``, or its tensors if it is safetensors."""
+    if not _is_safetensors(path):
+        return torch.load(path, map_location=map_location, weights_only=True)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
+    try:
+        return load_file(path, device=str(device))
+    except SafetensorError as err:
+        raise _Unreadable(f'it is a corrupt or truncated .safetensors file ({err})') from None
+
+
 def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) -> Any:
     """``load()`` of the local file ``path``; its errors become one :class:`CheckpointError`
     naming ``shown`` (default: ``path``; the URL of a download) and the problem."""
@@ -165,6 +194,8 @@ def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) ->
             return load()
         with safe_globals(_EXTERNAL_SAFE_TYPES):
             return load()
+    except _Unreadable as err:
+        raise CheckpointError(f'cannot load {shown}: {err}') from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
             AttributeError, IndexError, TypeError) as err:
         # The legacy loader reads a non-checkpoint as a pickle and fails in many ways

@@ -25,7 +25,8 @@ REDUCTIONS = ('mean', 'absmean', 'l2')
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('image', help='image file')
-    parser.add_argument('config', help='detection or segmentation config with a MetaFormer backbone')
+    parser.add_argument('config', help='detection or segmentation config with a MetaFormer '
+                        'backbone: a file, a model name or a metaformer_mm:: path')
     parser.add_argument('checkpoint', nargs='?', default=None,
                         help='whole-model or backbone checkpoint (default: random weights)')
     parser.add_argument('--out-file', required=True, help='PNG to write')
@@ -117,9 +118,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     import torch
     from metaformer_mm.checkpoint import CheckpointError
     from metaformer_mm.cli.config import ToolError
-    for path, what in ((args.image, 'image'), (args.config, 'config')):
-        if not osp.isfile(path):
-            sys.exit(f'error: {what} file not found: {path}')
+    if not osp.isfile(args.image):
+        sys.exit(f'error: image file not found: {args.image}')
+    # The config (a file, model name or metaformer_mm:: path) is read by load_config.
     try:
         backbone, cfg, report = build_backbone(args.config, args.checkpoint)
         image, x = preprocess(args.image, cfg, args.size)
