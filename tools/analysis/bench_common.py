@@ -89,6 +89,23 @@ class Limits:
         """The least time ``flops`` at the GEMM rate and ``nbytes`` at the copy rate take."""
         return max(flops / self.rate[precision], nbytes / self.rate['copy'] if nbytes else 0.0)
 
+    def describe(self, flops: float, only: Optional[str] = None) -> str:
+        """The measured rates and ``flops``' limit at each, for a table's note."""
+        gemm = [p for p in self.rate if p != 'copy' and only in (None, p)]
+        text = 'GEMM rate (2048^3, best round) ' + ', '.join(
+            f'{p} {self.rate[p] / 1e9:.0f}' for p in gemm) + ' GFLOP/s'
+        if flops:
+            text += '; limit ' + ', '.join(
+                f'{p} {_num(self.seconds(flops, precision=p) * 1e3)}' for p in gemm) + ' ms'
+        if 'copy' in self.rate:
+            text += f'; copy bandwidth {self.rate["copy"] / 1e9:.1f} GB/s (read + write)'
+        return text
+
+
+def precision_of(case: str) -> str:
+    """The precision a case's name says (``'default bf16'``, ``'compiled fp16 AMP'``)."""
+    return next((p for p in ('fp16', 'bf16') if p in case), 'fp32')
+
 
 def time_cases(cases: Dict[str, Case], repeats: int, warmup: int = 1, device: str = 'cpu',
                limits: Optional[Limits] = None) -> Dict[str, List[float]]:

@@ -39,7 +39,7 @@ warnings.filterwarnings('ignore')
 import torch  # noqa: E402
 
 from bench_common import (DTYPES, REPO, RESNETS, Case, Limits, Table, build,  # noqa: E402
-                          conv_macs, machine_line, peak_memory, start, sync,
+                          conv_macs, machine_line, peak_memory, precision_of, start, sync,
                           time_cases)  # (this folder is on sys.path)
 
 SHARED = os.environ.get('METAFORMER_SHARED', osp.join(REPO, '..', 'shared'))
@@ -54,8 +54,7 @@ SUITES = {  # suite: its default models
        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
        'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'],
     'bf16': POOL + ['retinanet_poolformer_s12', 'mask_rcnn_poolformer_s12', 'fpn_poolformer_s12'],
-    'traffic': POOL[:1],
-    'compile': POOL[:1],
+    'traffic': POOL[:1], 'compile': POOL[:1],
     'cuda': POOL + ['resnet50', 'timm_poolformer_s12', 'fpn_poolformer_s12',
                     'retinanet_poolformer_s12'],
 }
@@ -127,33 +126,6 @@ def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None)
     return fn if dtype is None else run
 
 
-def precision_of(case: str) -> str:
-    return next((p for p in ('fp16', 'bf16') if p in case), 'fp32')
-
-
-def where(args) -> str:
-    return f'{args.threads} threads' if args.device == 'cpu' else args.device
-
-
-def measured(title: str, note: Callable[[], str], cases: Dict[str, Case], args,
-             limits: Optional[Limits] = None, limit: Callable[[str], float] = None,
-             batch: int = 1, grad: bool = False, memory_vs: Optional[Dict] = None) -> Table:
-    """Times ``cases`` (with ``limits``' runs) into a table, each row against the first case;
-    ``note`` is called after the timing, when the limits' rates are known."""
-    first = next(iter(cases))
-    with torch.set_grad_enabled(grad):
-        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
-        table = Table(title, note())
-        for case, seconds in times.items():
-            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
-            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
-                cases[case], args.device)
-            table.add(case, seconds, batch, limit(case) if limit else None,
-                      first if case != first else None, mem,
-                      memory_baseline=(memory_vs or {}).get(case))
-    return table
-
-
 def first_call(fn: Case, device: str = 'cpu', grad: bool = False) -> float:
     """Seconds of one call of ``fn`` (of a compiled model: its compile time)."""
     begin = time.perf_counter()
@@ -163,27 +135,31 @@ def first_call(fn: Case, device: str = 'cpu', grad: bool = False) -> float:
     return time.perf_counter() - begin
 
 
-def compile_rows(cases: Dict[str, Case], model, x) -> str:
-    """Adds ``torch.compile`` of a copy of ``model`` (its plain forward) on ``x``, without and
-    with Inductor's freezing, and returns their first calls' seconds, cold (an empty FX graph
-    cache) and warm (after a dynamo reset the graph comes from that cache, as a rerun of a job
-    finds it). The reset also drops earlier compiled cases' code: their warm-up recompiles."""
-    seconds = []
-    for case, freezing in (('compiled', False), ('compiled, freezing', True)):
-        saved = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
-        os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='metaformer_inductor_')
-        try:
-            for _ in range(2):
-                torch._dynamo.reset()
-                cases[case] = functools.partial(torch.compile(
-                    copy.deepcopy(model), options={'freezing': freezing}), x)
-                seconds.append(f'{first_call(cases[case], x.device.type):.0f}')
-        finally:
-            os.environ.pop('TORCHINDUCTOR_CACHE_DIR')
-            if saved is not None:
-                os.environ['TORCHINDUCTOR_CACHE_DIR'] = saved
-    return (f'compile s cold / warm: compiled {seconds[0]} / {seconds[1]}, compiled, freezing '
-            f'{seconds[2]} / {seconds[3]}')
+def where(args) -> str:
+    return f'{args.threads} threads' if args.device == 'cpu' else args.device
+
+
+def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (),
+             flops: float = 0.0, batch: int = 1, grad: bool = False,
+             memory_vs: Optional[Dict[str, str]] = None) -> Table:
+    """Times ``cases`` into a table, each row against the first case and, with ``flops``,
+    against its limit: ``flops`` at the GEMM rate of the precision its name says, measured
+    in the same rounds."""
+    first, limits = next(iter(cases)), None
+    if flops:
+        limits = Limits(args.device, ['fp32', *sorted({*map(precision_of, cases)} - {'fp32'})])
+    with torch.set_grad_enabled(grad):
+        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
+        table = Table(title, '; '.join([*([limits.describe(flops)] if limits else []),
+                                        *filter(None, notes)]))
+        for case, seconds in times.items():
+            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
+            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
+                cases[case], args.device)
+            table.add(case, seconds, batch, limits and limits.seconds(
+                flops, precision=precision_of(case)), first if case != first else None, mem,
+                memory_baseline=(memory_vs or {}).get(case))
+    return table
 
 
 def train_step(model, x, device: str = 'cpu', dtype=None, kernels: Optional[str] = None,
@@ -208,7 +184,9 @@ def backbones(name: str, args) -> List[Table]:
     model, _ = build(name, args.device)
     h, w = args.shape or (800, 1216)
     x = torch.randn(args.batch, 3, h, w, device=args.device)
-    ours, cpu, cases, notes = is_metaformer(model), args.device == 'cpu', {}, []
+    ours, cpu, cases = is_metaformer(model), args.device == 'cpu', {}
+    notes = [f'default = {ops.default_gemm()} kernels (CPU capability '
+             f'{torch.backends.cpu.get_cpu_capability()})' if ours else '']
     if ours and cpu:
         cases['eager'] = lambda: plain_forward(model, x, channels_last=False)
         # The same plain code on channels-last activations: what the layout alone gives.
@@ -224,6 +202,7 @@ def backbones(name: str, args) -> List[Table]:
         notes.append(onnx_rows(cases, model, x, args.threads, 'deploy' in cases))
     macs, pw = conv_macs(model, functools.partial(run_with, model, 'reference' if ours else None,
                                                   x))
+    notes.insert(0, f'conv/linear MACs {macs / 1e9:.2f} G (1x1 convs {pw / 1e9:.2f} G)')
     for p, dtype in args.precisions.items():
         for base in ('eager, channels-last', 'default', 'compiled', 'compiled, freezing'):
             if base in cases:
@@ -234,28 +213,38 @@ def backbones(name: str, args) -> List[Table]:
             err = max(float((a - b.float()).abs().max() / (a.max() - a.min()))
                       for a, b in zip(cases['default'](), cases[f'default {p}']()))
         notes.append(f'{p} max error / map range: {err:.1e}')
-    limits = Limits(args.device, ['fp32', *map(precision_of, args.precisions)])
-    default = (f'{ops.default_gemm()} kernels (CPU capability '
-               f'{torch.backends.cpu.get_cpu_capability()})' if ours else 'the module itself')
-
-    def note() -> str:
-        return '; '.join([
-            f'conv/linear MACs {macs / 1e9:.2f} G (1x1 convs {pw / 1e9:.2f} G); GEMM rate '
-            f'(2048^3, best of this table\'s rounds) ' + ', '.join(
-                f'{p} {r / 1e9:.0f}' for p, r in limits.rate.items()) + ' GFLOP/s; limit '
-            + ', '.join(f'{p} {limits.seconds(2 * macs, precision=p) * 1e3:.0f}'
-                        for p in limits.rate) + f' ms; default = {default}', *filter(None, notes)])
     table = measured(f'{f"mmdet ResNet-{RESNETS[name]}" if name in RESNETS else name}, '
-                     f'{args.batch}x3x{h}x{w}, {where(args)}, inference', note, cases, args,
-                     limits, lambda c: limits.seconds(2.0 * macs, precision=precision_of(c)),
-                     args.batch)
+                     f'{args.batch}x3x{h}x{w}, {where(args)}, inference', cases, args, notes,
+                     2.0 * macs, args.batch)
     med = {r['name']: r['median'] for r in table.rows}
     for p in args.precisions:
         table.note += f'; default {p}: {med["default"] / med[f"default {p}"]:.2f}x faster than ' \
             'default' + (f', {med[f"eager, channels-last {p}"] / med[f"default {p}"]:.2f}x than '
-                         f'eager, channels-last {p} (the original under autocast)'
-                         if f'eager, channels-last {p}' in med else '')
+                         f'eager, channels-last {p} (the original under autocast)' if cpu else '')
     return [table]
+
+
+def compile_rows(cases: Dict[str, Case], model, x) -> str:
+    """Adds ``torch.compile`` of a copy of ``model`` (its plain forward) on ``x``, without and
+    with Inductor's freezing, and returns their first calls' seconds, cold (an empty FX graph
+    cache) and warm (after a dynamo reset the graph comes from that cache, as a rerun of a job
+    finds it). The reset also drops earlier compiled cases' code: their warm-up recompiles."""
+    seconds = []
+    for case, freezing in (('compiled', False), ('compiled, freezing', True)):
+        saved = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='metaformer_inductor_')
+        try:
+            for _ in range(2):
+                torch._dynamo.reset()
+                cases[case] = functools.partial(torch.compile(
+                    copy.deepcopy(model), options={'freezing': freezing}), x)
+                seconds.append(f'{first_call(cases[case], x.device.type):.0f}')
+        finally:
+            os.environ.pop('TORCHINDUCTOR_CACHE_DIR')
+            if saved is not None:
+                os.environ['TORCHINDUCTOR_CACHE_DIR'] = saved
+    return (f'compile s cold / warm: compiled {seconds[0]} / {seconds[1]}, compiled, freezing '
+            f'{seconds[2]} / {seconds[3]}')
 
 
 def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> str:
@@ -306,18 +295,14 @@ def train(name: str, args) -> List[Table]:
             case = f'{label} {p}'.strip()
             cases[case] = train_step(net, x, args.device, dtype, owner=owner)
             if owner is not None:  # the first step compiles forward and backward
-                notes.append(f'{case}: first step {first_call(cases[case], args.device, True):.0f} s')
+                notes.append(f'{case}: first step {first_call(cases[case], args.device, 1):.0f} s')
     macs = conv_macs(model, functools.partial(
         run_with, model, 'reference' if ours else None, x[:1]))[0] * batch
-    limits = Limits(args.device, ['fp32', *map(precision_of, args.precisions)])
     # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
-    return [measured(
-        f'{name}, training step (forward + backward), {batch}x3x{h}x{w}, {where(args)}',
-        lambda: '; '.join([f'limit: 3 x conv MACs {macs / 1e9:.1f} G at ' + ', '.join(
-            f'{p} {r / 1e9:.0f} GFLOP/s = {limits.seconds(6 * macs, precision=p) * 1e3:.0f} ms'
-            for p, r in limits.rate.items()), *notes]),
-        cases, args, limits, lambda c: limits.seconds(6.0 * macs, precision=precision_of(c)),
-        batch, grad=True, memory_vs={'with_cp': 'default'})]
+    return [measured(f'{name}, training step (forward + backward), {batch}x3x{h}x{w}, '
+                     f'{where(args)}', cases, args,
+                     [f'limit: 3 x conv MACs {macs / 1e9:.1f} G', *notes], 6.0 * macs, batch,
+                     grad=True, memory_vs={'with_cp': 'default'})]
 
 
 def models(name: str, args) -> List[Table]:
@@ -349,14 +334,10 @@ def models(name: str, args) -> List[Table]:
         cases['bf16 (enable_bf16_inference)'] = predict(enable_bf16_inference(
             copy.deepcopy(model)))
     macs = conv_macs(model, next(iter(cases.values())))[0]
-    limits = Limits(args.device)
     return [measured(
         f'{osp.basename(name)} ({type(model).__name__}, {type(model.backbone).__name__}), '
-        f'{args.batch}x3x{h}x{w}, fp32, {where(args)}, predict',
-        lambda: f'conv/linear MACs {macs / 1e9:.1f} G (whole model); GEMM rate '
-                f'{limits.rate["fp32"] / 1e9:.0f} GFLOP/s; limit '
-                f'{limits.seconds(2.0 * macs) * 1e3:.0f} ms',
-        cases, args, limits, lambda case: limits.seconds(2.0 * macs), args.batch)]
+        f'{args.batch}x3x{h}x{w}, fp32, {where(args)}, predict', cases, args,
+        [f'conv/linear MACs {macs / 1e9:.1f} G (whole model)'], 2.0 * macs, args.batch)]
 
 
 def pipeline_bf16(name: str, args) -> List[Table]:
@@ -375,15 +356,15 @@ def pipeline_bf16(name: str, args) -> List[Table]:
     label = 'bf16' if bf16_state(fast).use_bf16 else 'bf16 (no bf16 units: ran fp32)'
     return [measured(
         f'{name}, pipeline included ({infer.__name__} on {osp.basename(image)}), {where(args)}',
-        lambda: "random weights with the config's initialisation",
-        {'fp32': lambda: infer(model, image), label: lambda: infer(fast, image)}, args)]
+        {'fp32': lambda: infer(model, image), label: lambda: infer(fast, image)}, args,
+        ["random weights with the config's initialisation"])]
 
 
 def step_hooks(model, itemsize: int, records: list) -> list:
-    """Forward hooks that cut each block's forward into ``STEPS``; each block's call appends
-    (stage, seconds per step, bytes per step, MLP FLOPs) to ``records``. Bytes: what a step
-    must move at least (every input map read once, every output written once, the MLP's
-    weights of ``itemsize`` bytes once; its hidden activation stays in cache by design)."""
+    """Forward hooks that cut each block's forward into ``STEPS``; each block call appends
+    (stage, step, seconds, bytes, FLOPs) per step to ``records``. Bytes: what a step must move
+    at least (every input map read once, every output written once, the MLP's weights of
+    ``itemsize`` bytes once; its hidden activation stays in cache by design)."""
     handles = []
     for stage, layer in enumerate(model.stages):
         for block in layer.blocks:
@@ -403,8 +384,9 @@ def step_hooks(model, itemsize: int, records: list) -> list:
                 moved = (nb(x) + nb(y), nb(y) + nb(p) if p is not y else 0,  # identity: nothing
                          nb(x) + nb(p) + nb(s), nb(s) + nb(z),
                          nb(z) + nb(s) + nb(out) + weights * itemsize)
-                records.append((stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, end - t4), moved,
-                                2.0 * weights * z.numel() / z.shape[1]))
+                seconds = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, end - t4)
+                flops = (0, 0, 0, 0, 2.0 * weights * z.numel() / z.shape[1])
+                records.extend(zip([stage] * 5, range(5), seconds, moved, flops))
             handles += [block.register_forward_pre_hook(mark('start')),
                         block.norm1.register_forward_hook(mark('norm1')),
                         block.token_mixer.register_forward_hook(mark('mixer')),
@@ -435,25 +417,22 @@ def traffic(name: str, args) -> List[Table]:
     with torch.no_grad():
         times = time_cases({p: traced(p) for p in records}, args.repeats, args.warmup,
                            'cpu', limits)
-    n, tables = sum(len(s.blocks) for s in model.stages), []
+    tables, runs = [], args.warmup + args.repeats
     for p, recs in records.items():
-        runs = [recs[i:i + n] for i in range(len(recs) - n * args.repeats, len(recs), n)]
         table = Table(f'{name}, 1x3x{h}x{w}, {p}, per block step of the default path, '
-                      f'{where(args)}',
-                      f'copy bandwidth {limits.rate["copy"] / 1e9:.1f} GB/s (read + write); '
-                      f'GEMM {p} {limits.rate[p] / 1e12:.3f} TFLOP/s; limit: the bytes at the '
-                      'copy bandwidth, or the MLP FLOPs at the GEMM rate if larger')
-        total, total_limit, total_bytes = [0.0] * len(runs), 0.0, 0
-        for stage in range(len(model.stages)):
-            for i, step in enumerate(STEPS):
-                secs = [sum(r[1][i] for r in run if r[0] == stage) for run in runs]
-                moved = sum(r[2][i] for r in runs[0] if r[0] == stage)
-                flops = sum(r[3] for r in runs[0] if r[0] == stage) if i == 4 else 0.0
-                row = table.add(f'{stage} {step}', secs, None, limits.seconds(flops, moved, p),
-                                **{'MB moved': moved / 1e6})
-                row['extra']['GB/s'] = moved / max(row['median'], 1e-12) / 1e9
-                total = [a + b for a, b in zip(total, secs)]
-                total_limit, total_bytes = total_limit + row['limit_s'], total_bytes + moved
+                      f'{where(args)}', f'{limits.describe(0, p)}; limit: the bytes at the copy '
+                      'bandwidth, or the MLP FLOPs at the GEMM rate if larger')
+        total, total_limit, total_bytes = [0.0] * args.repeats, 0.0, 0
+        for key in dict.fromkeys(r[:2] for r in recs):
+            mine = [r for r in recs if r[:2] == key]  # per run, the stage's blocks in order
+            k = len(mine) // runs
+            secs = [sum(r[2] for r in mine[i * k:(i + 1) * k]) for i in range(runs)][-args.repeats:]
+            moved, flops = (sum(r[j] for r in mine[:k]) for j in (3, 4))
+            row = table.add(f'{key[0]} {STEPS[key[1]]}', secs, None,
+                            limits.seconds(flops, moved, p), **{'MB moved': moved / 1e6})
+            row['extra']['GB/s'] = moved / max(row['median'], 1e-12) / 1e9
+            total = [a + b for a, b in zip(total, secs)]
+            total_limit, total_bytes = total_limit + row['limit_s'], total_bytes + moved
         table.add('blocks, all stages', total, None, total_limit, **{'MB moved': total_bytes / 1e6})
         table.add('whole backbone (stem, downsampling, output norms and copies included)',
                   times[p], None)
@@ -471,15 +450,14 @@ def plan(args) -> List[Tuple[Callable, str, argparse.Namespace]]:
     bf16, compiled = names('bf16', 'metaformer'), names('compile', 'metaformer')
 
     def opts(fn: Callable, name: str, device: str = 'cpu', **kw) -> argparse.Namespace:
-        return argparse.Namespace(**dict(
-            vars(args), device=device, compile=name in compiled, **kw,
-            repeats=args.repeats or (10 if device == 'cuda' else REPEATS[fn.__name__])))
+        return argparse.Namespace(**{
+            **vars(args), 'device': device, 'compile': name in compiled, 'precisions': {}, **kw,
+            'repeats': args.repeats or (10 if device == 'cuda' else REPEATS[fn.__name__])})
     tabled = names('backbones', 'metaformer', 'backbone') + bf16 + (
         compiled if chosen == {'compile'} else [])
-    jobs = [(backbones, n, opts(backbones, n, precisions={'bf16': torch.bfloat16} if n in bf16
-                                else {})) for n in dict.fromkeys(tabled)]
-    jobs += [(train, n, opts(train, n, precisions={}))
-             for n in names('train', 'metaformer', 'backbone')]
+    jobs = [(backbones, n, opts(backbones, n, precisions={'bf16': torch.bfloat16}
+                                if n in bf16 else {})) for n in dict.fromkeys(tabled)]
+    jobs += [(train, n, opts(train, n)) for n in names('train', 'metaformer', 'backbone')]
     jobs += [(models, n, opts(models, n)) for n in names('models', 'config')]
     jobs += [(pipeline_bf16, n, opts(pipeline_bf16, n)) for n in names('bf16', 'config')]
     jobs += [(traffic, n, opts(traffic, n)) for n in names('traffic', 'metaformer')]
