@@ -33,6 +33,7 @@ import tempfile
 import time
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 warnings.filterwarnings('ignore')
 
@@ -231,18 +232,13 @@ def compile_rows(cases: Dict[str, Case], model, x) -> str:
     finds it). The reset also drops earlier compiled cases' code: their warm-up recompiles."""
     seconds = []
     for case, freezing in (('compiled', False), ('compiled, freezing', True)):
-        saved = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
-        os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='metaformer_inductor_')
-        try:
+        cache = tempfile.mkdtemp(prefix='metaformer_inductor_')
+        with mock.patch.dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache):
             for _ in range(2):
                 torch._dynamo.reset()
                 cases[case] = functools.partial(torch.compile(
                     copy.deepcopy(model), options={'freezing': freezing}), x)
                 seconds.append(f'{first_call(cases[case], x.device.type):.0f}')
-        finally:
-            os.environ.pop('TORCHINDUCTOR_CACHE_DIR')
-            if saved is not None:
-                os.environ['TORCHINDUCTOR_CACHE_DIR'] = saved
     return (f'compile s cold / warm: compiled {seconds[0]} / {seconds[1]}, compiled, freezing '
             f'{seconds[2]} / {seconds[3]}')
 
@@ -295,7 +291,8 @@ def train(name: str, args) -> List[Table]:
             case = f'{label} {p}'.strip()
             cases[case] = train_step(net, x, args.device, dtype, owner=owner)
             if owner is not None:  # the first step compiles forward and backward
-                notes.append(f'{case}: first step {first_call(cases[case], args.device, 1):.0f} s')
+                seconds = first_call(cases[case], args.device, grad=True)
+                notes.append(f'{case}: first step {seconds:.0f} s')
     macs = conv_macs(model, functools.partial(
         run_with, model, 'reference' if ours else None, x[:1]))[0] * batch
     # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
