@@ -249,7 +249,8 @@ class Table:
         head = ['case', 'median ms', 'IQR ms', 'min ms', 'images/s', 'peak MB', 'x limit',
                 'speed-up', *extra]
         lines = [f'### {self.title}', '', *([self.note, ''] if self.note else []),
-                 '| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+                 *(['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+                   if self.rows else [])]
         for r in self.rows:
             mem = '-' if r['memory'] is None else f"{r['memory'] / 2 ** 20:.0f}"
             mem += f" ({r['memory_kind']})" if r['memory_kind'] else ''
