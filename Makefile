@@ -28,9 +28,6 @@ test: setup
 
 bench: setup
 	$(PY) tools/analysis/benchmark.py --suite all
-	$(PY) tools/analysis/bf16_bench.py --compile --backbones poolformer_s12 poolformer_s24 poolformer_m36 \
-		--models retinanet_poolformer_s12 mask_rcnn_poolformer_s12 fpn_poolformer_s12
-	$(PY) tools/analysis/block_traffic.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -302,12 +302,13 @@ def _benchmark(repo_root, tmp_path, *args):
 
 
 def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
-    """The README's ``--suite backbones`` command at a tiny size (times are not checked)."""
-    text, tables = _benchmark(repo_root, tmp_path, '--suite', 'backbones', '--models',
-                              'poolformer_s12', 'resnet18', '--shape', '64', '96', '--repeats',
-                              '2', '--warmup', '1', '--train-models', 'poolformer_s12')
+    """The README's backbone, training and compile suites at a tiny size (times unchecked)."""
+    text, tables = _benchmark(repo_root, tmp_path, '--suite', 'backbones', 'train', 'compile',
+                              '--models', 'poolformer_s12', 'resnet18', '--shape', '64', '96',
+                              '--repeats', '2', '--warmup', '1')
     assert text.startswith('machine: ') and 'GEMM rate' in text
-    s12, r18, train = tables
+    assert ' flags ' in text.splitlines()[0] and 'bf16 units: ' in text.splitlines()[0]
+    s12, r18, train, r18_train = tables
     onednn = ['onednn'] if ops.available('onednn_linear') else []
     assert [r['name'] for r in s12['rows']] == [
         'eager', 'eager, channels-last', 'aten', *onednn, 'default', 'deploy', 'compiled',
@@ -318,12 +319,12 @@ def test_benchmark_backbones_suite_prints_every_row(repo_root, tmp_path):
     assert [r['name'] for r in r18['rows']] == ['default']
     assert [r['name'] for r in train['rows']] == ['eager', 'default', 'with_cp', 'compiled']
     assert 'compiled: first step' in train['note']
+    assert [r['name'] for r in r18_train['rows']] == ['default']
     for table in tables:
-        assert table['limit_s'] > 0
         for row in table['rows']:
             assert 0 < row['min'] <= row['median'] <= row['max']
-            assert row['x_limit'] > 0 and row['memory'] > 0
-    assert s12['rows'][-1]['memory_kind'] == 'rss'
+            assert row['limit_s'] > 0 and row['x_limit'] > 0
+            assert row['name'] == 'onnxruntime' or row['memory'] > 0
     assert all(r['speedup'] > 0 for r in s12['rows'][1:])
     cp = train['rows'][2]
     assert cp['memory_vs'] == 'default' and cp['memory_ratio'] < 1.0
@@ -338,8 +339,8 @@ def test_benchmark_suite_all_refuses_named_models(repo_root):
 
 
 def test_benchmark_whole_models_from_configs(repo_root, tmp_path):
-    """``--config PATH`` and ``--suite models --models ...`` (the README's model commands)."""
-    _, tables = _benchmark(repo_root, tmp_path, '--config',
+    """``--suite models --models ...`` (the README's model commands)."""
+    _, tables = _benchmark(repo_root, tmp_path, '--suite', 'models', '--models',
                            'configs/detection/retinanet_poolformer_s12.py', '--shape', '96',
                            '128', '--repeats', '1', '--warmup', '0', '--no-memory')
     (table,) = tables

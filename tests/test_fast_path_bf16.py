@@ -111,9 +111,9 @@ def test_chunked_mlp_on_bf16_weights_adds_into_the_residual_stream(onednn, strea
     assert float((dst.float() - expected).abs().max()) <= tol * float(expected.abs().max())
 
 
-def _script(repo_root, name, *args) -> str:
-    """Runs tools/analysis/NAME as a user would; returns its stdout."""
-    proc = subprocess.run([sys.executable, osp.join('tools', 'analysis', name), *args],
+def _script(repo_root, *args) -> str:
+    """Runs tools/analysis/benchmark.py as a user would; returns its stdout."""
+    proc = subprocess.run([sys.executable, osp.join('tools', 'analysis', 'benchmark.py'), *args],
                           cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -125,40 +125,41 @@ def _table(text: str, first_cell: str) -> List[List[str]]:
             if line.startswith('| ' + first_cell)]
 
 
-def test_bf16_bench_prints_gemm_backbone_and_model_rows(repo_root, tmp_path):
+def test_bf16_suite_prints_backbone_and_model_rows(repo_root, tmp_path):
     out = tmp_path / 'bf16.md'
-    text = _script(repo_root, 'bf16_bench.py', '--backbones', 'poolformer_s12', '--shape', '64',
-                   '96', '--models', 'fpn_poolformer_s12', '--repeats', '1', '--threads', '2',
+    text = _script(repo_root, '--suite', 'bf16', '--models', 'poolformer_s12',
+                   'fpn_poolformer_s12', '--shape', '64', '96', '--repeats', '1', '--no-onnx',
                    '--out', str(out))
     # stdout is the tables alone (log lines, such as the no-bf16-units warning, go to stderr).
     assert text.strip() == out.read_text().strip()
     assert 'bf16 units:' in text.splitlines()[0]  # the CPU line heads the output
-    gemm = {r[0]: float(r[1]) for r in _table(text, '') if r[0] in ('fp32', 'bf16')}
-    assert set(gemm) == {'fp32', 'bf16'} and min(gemm.values()) > 0  # TFLOP/s
-    names = {'fp32 default', 'fp32 deploy', 'eager bf16 CL', 'bf16 CL'}
-    cases = {r[0]: r for r in _table(text, '') if r[0] in names}
+    backbone = text[text.index('### poolformer_s12'):text.index('### fpn_poolformer_s12')]
+    assert 'GEMM rate (2048^3, best round) fp32 ' in backbone and ', bf16 ' in backbone
+    names = {'default', 'deploy', 'eager, channels-last bf16', 'default bf16'}
+    cases = {r[0]: r for r in _table(backbone, '') if r[0] in names}
     assert set(cases) == names
-    assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in cases.values())  # s, time / limit
-    assert 'GEMM-bound limit fp32' in text and 'bf16 max error / map range' in text
-    (model,) = _table(text, 'fpn_poolformer_s12')
-    assert float(model[1]) > 0 and float(model[2].split()[0]) > 0
+    assert all(float(r[1]) > 0 and float(r[6]) > 0 for r in cases.values())  # ms, x limit
+    assert 'bf16 max error / map range' in backbone and 'the original under autocast' in backbone
+    model = text[text.index('### fpn_poolformer_s12, pipeline included'):]
+    rows = {r[0]: r for r in _table(model, 'fp32') + _table(model, 'bf16')}
+    assert float(rows['fp32'][1]) > 0
     # Without bf16 units the model runs fp32, and its row says so.
-    assert ('no bf16 units: ran fp32' in model[2]) == (not cpu_bf16_flags())
+    assert ('bf16 (no bf16 units: ran fp32)' in rows) == (not cpu_bf16_flags())
 
 
-def test_block_traffic_prints_every_step_of_every_stage(repo_root):
-    text = _script(repo_root, 'block_traffic.py', '--backbone', 'poolformer_s12', '--shape',
+def test_traffic_suite_prints_every_step_of_every_stage(repo_root):
+    text = _script(repo_root, '--suite', 'traffic', '--models', 'poolformer_s12', '--shape',
                    '64', '96', '--repeats', '1', '--threads', '2')
     assert 'copy bandwidth' in text and 'bf16 units:' in text
     for precision in ('fp32', 'bf16'):
-        head = text.index(f'| {precision}: stage, step')
-        rows = _table(text[head:].split('\n\n')[0], '')[1:]
+        head = text.index(f'{precision}, per block step')
+        rows = _table(text[head:].split('\n\n')[2], '')[1:]
         steps = [r[0] for r in rows[:-2]]
         assert steps == [f'{s} {step}' for s in range(4) for step in
                          ('norm1', 'token mixer', 'residual 1', 'norm2', 'MLP + residual 2')]
-        assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows[:-2])  # ms, MB moved
-        assert rows[-2][0] == 'blocks, all stages' and float(rows[-2][5]) > 0
+        assert all(float(r[1]) > 0 and float(r[8]) > 0 for r in rows[:-2])  # ms, MB moved
+        assert rows[-2][0] == 'blocks, all stages' and float(rows[-2][6]) > 0
     # bf16 moves fewer bytes in the MLPs (bf16 weights and activations).
-    mb = {p: sum(float(r[2]) for r in _table(text[text.index(f'| {p}: stage'):], '')
-                 if 'MLP' in r[0][:12]) for p in ('fp32', 'bf16')}
+    mb = {p: sum(float(r[8]) for r in _table(text[text.index(f'{p}, per block step'):].split(
+        '\n\n')[2], '') if 'MLP' in r[0][:12]) for p in ('fp32', 'bf16')}
     assert mb['bf16'] < mb['fp32']

@@ -1,102 +1,265 @@
-"""What the benchmark scripts of this folder share: the machine line every figure needs, the
-matrix-product rate and the multiply-adds of a model's convolutions and linears."""
+"""What the suites of ``benchmark.py`` share: the machine line, one timing helper, one limit
+helper (GEMM rate and copy bandwidth), one model builder, peak memory and the Markdown table."""
 import logging
+import math
 import os
 import os.path as osp
 import platform
+import re
+import statistics
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+RESNETS = {'resnet50': 50, 'resnet18': 18}
+Case = Callable[[], object]
 
 
-def cpu_line() -> str:
-    """CPU model, logical CPUs, threads, bf16 units, Python, torch and the load average."""
-    cpu, count = platform.processor() or platform.machine(), os.cpu_count()
+def start(threads: int) -> None:
+    """Thread count, this repository importable, a quiet mmengine logger on stderr (stdout
+    carries the tables alone: they are piped and compared with ``--out`` files)."""
+    torch.set_num_threads(threads)
+    sys.path.insert(0, REPO)
+    from mmengine.logging import MMLogger
+    for handler in MMLogger.get_instance('benchmark', log_level='WARNING').handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
+def machine_line(device: str = 'cpu') -> str:
+    """CPU model and flags (avx512f, avx512_bf16, amx), threads, versions and load average (and
+    the GPU): what every figure of a run is read against."""
+    from metaformer_mm.inference import cpu_bf16_flags
     try:
         with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-        cpu, count = names[0], len(names)
-    except (OSError, IndexError):
-        pass
-    from metaformer_mm.inference import cpu_bf16_flags
-    flags = ' '.join(cpu_bf16_flags()) or 'none (bf16 emulated)'
-    load = ' / '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else '?'
-    return (f'{cpu}, {count} logical CPUs, {torch.get_num_threads()} threads, bf16 units: '
-            f'{flags}; Python {platform.python_version()}, torch {torch.__version__}; load '
-            f'average {load}')
+            info = f.read()
+    except OSError:  # not Linux
+        info = ''
+    cpu = (re.findall(r'^model name\s*:\s*(.*)$', info, re.M) or [platform.processor()])[0]
+    flags = set(' '.join(re.findall(r'^flags\s*:(.*)$', info, re.M)).split())
+    shown = [f for f in ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16') if f in flags]
+    try:
+        import onnxruntime
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = 'not installed'
+    line = (f'{cpu}, {os.cpu_count()} logical CPUs, flags {" ".join(shown) or "-"} (capability '
+            f'{torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, bf16 '
+            f'units: {" ".join(cpu_bf16_flags()) or "none (bf16 emulated)"}; Python '
+            f'{platform.python_version()}, torch {torch.__version__}, onnxruntime {ort}; load '
+            f'average {" / ".join(f"{v:.1f}" for v in os.getloadavg())}')
+    if device == 'cuda':
+        line += (f'; GPU {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, cuDNN TF32 '
+                 f'{torch.backends.cudnn.allow_tf32}, bf16 {torch.cuda.is_bf16_supported()}')
+    return line
 
 
-def gemm_rate(dtype: torch.dtype = torch.float32, repeats: int = 3, size: int = 2048) -> float:
-    """FLOP/s of a ``size``^3 matrix product in ``dtype`` on the CPU (best of ``repeats``)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    best = float('inf')
+def sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+class Limits:
+    """A table's limits, measured in its own rounds: a 2048^3 GEMM per precision (FLOP/s) and,
+    with ``copy``, a 256 MiB copy (bytes/s, read + written). A rate is its best round (the
+    machine's), a case's time its median: contention only makes time / limit look worse."""
+
+    def __init__(self, device: str = 'cpu', precisions: Sequence[str] = ('fp32',),
+                 copy: bool = False, size: int = 2048) -> None:
+        self.cases: Dict[str, Tuple[Case, float]] = {}
+        self.rate: Dict[str, float] = {}
+        for p in precisions:
+            a, b = (torch.randn(size, size, device=device, dtype=DTYPES[p]) for _ in 'ab')
+            self.cases[f'limit {p}'] = (lambda a=a, b=b: torch.mm(a, b)), 2.0 * size ** 3
+        if copy:
+            src = torch.randn(64 * 2 ** 20, device=device)
+            dst = torch.empty_like(src)
+            self.cases['limit copy'] = (lambda: dst.copy_(src)), 2.0 * src.nbytes
+
+    def measure(self, times: Dict[str, List[float]]) -> None:
+        for name, (_, work) in self.cases.items():
+            self.rate[name.split()[1]] = work / min(times.pop(name))
+
+    def seconds(self, flops: float = 0.0, nbytes: float = 0.0, precision: str = 'fp32') -> float:
+        """The least time ``flops`` at the GEMM rate and ``nbytes`` at the copy rate take."""
+        return max(flops / self.rate[precision], nbytes / self.rate['copy'] if nbytes else 0.0)
+
+    def describe(self, flops: float, only: Optional[str] = None) -> str:
+        """The measured rates and ``flops``' limit at each, for a table's note."""
+        gemm = [p for p in self.rate if p != 'copy' and only in (None, p)]
+        text = 'GEMM rate (2048^3, best round) ' + ', '.join(
+            f'{p} {self.rate[p] / 1e9:.0f}' for p in gemm) + ' GFLOP/s'
+        if flops:
+            text += '; limit ' + ', '.join(
+                f'{p} {_num(self.seconds(flops, precision=p) * 1e3)}' for p in gemm) + ' ms'
+        if 'copy' in self.rate:
+            text += f'; copy bandwidth {self.rate["copy"] / 1e9:.1f} GB/s (read + write)'
+        return text
+
+
+def precision_of(case: str) -> str:
+    """The precision a case's name says (``'default bf16'``, ``'compiled fp16 AMP'``)."""
+    return next((p for p in ('fp16', 'bf16') if p in case), 'fp32')
+
+
+def time_cases(cases: Dict[str, Case], repeats: int, warmup: int = 1, device: str = 'cpu',
+               limits: Optional[Limits] = None) -> Dict[str, List[float]]:
+    """Seconds of each case's ``repeats`` runs after ``warmup`` untimed ones, in interleaved
+    rounds (one run of every case, ``limits``' too, per round), so that a busy machine slows
+    every case of a table alike."""
+    runs = dict({k: fn for k, (fn, _) in limits.cases.items()} if limits else {}, **cases)
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best
+        for name, fn in runs.items():
+            sync(device)
+            begin = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - begin)
+    if limits:
+        limits.measure(times)
+    return times
 
 
-def conv_macs(model: nn.Module, run: Callable[[], object]) -> Tuple[int, int]:
+def build(name: str, device: str = 'cpu') -> Tuple[nn.Module, str]:
+    """A model with its own random initialisation (seed 0), in eval mode, and its kind.
+
+    ``'backbone'``: a preset of ``ARCH_SETTINGS`` (the four-map MetaFormer), ``resnet50`` /
+    ``resnet18`` (mmdet's) or ``timm_NAME`` (timm's features); the scope (``'mmdet'`` /
+    ``'mmseg'``): a detector/segmentor config (a file, a model name or ``mmdet::``/``mmseg::``).
+    """
+    import metaformer_mm  # noqa: F401  (registers the backbones)
+    from metaformer_mm.models import ARCH_SETTINGS, MetaFormer
+    torch.manual_seed(0)
+    kind = 'backbone'
+    if name in RESNETS:
+        from mmdet.models.backbones import ResNet
+        model = ResNet(depth=RESNETS[name])
+    elif name.startswith('timm_'):
+        import timm  # an ImportError names the missing package
+        model = timm.create_model(name[5:], pretrained=False, features_only=True)
+    elif name in ARCH_SETTINGS:
+        model = MetaFormer(arch=name, fork_feat=True, out_indices=(0, 1, 2, 3))
+    else:
+        from metaformer_mm.cli.config import ToolError
+        from metaformer_mm.cli.models import build_model_from_config
+        try:
+            model = build_model_from_config(osp.join(REPO, name) if osp.exists(
+                osp.join(REPO, name)) else name)
+        except (ToolError, FileNotFoundError, ValueError) as err:
+            raise SystemExit(f'--models: {name!r} is no backbone (a preset of ARCH_SETTINGS, '
+                             f'{", ".join(RESNETS)}, timm_NAME) and no config: {err}')
+        kind = model.cfg.default_scope
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
+    model.to(device).eval()  # (mmdet's ResNet.train() returns None: no chaining)
+    return model, kind
+
+
+def conv_macs(model: nn.Module, run: Case) -> Tuple[int, int]:
     """Multiply-adds of every Conv2d/Linear call during ``run()``: (all, 1x1 convs only)."""
     totals = [0, 0]
 
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            macs = output.numel() * module.in_channels // module.groups * k
-            totals[1] += macs if k == 1 and module.groups == 1 else 0
-        else:
-            macs = output.numel() * module.in_features
+    def hook(m, inputs, out):
+        conv = isinstance(m, nn.Conv2d)
+        k = m.kernel_size[0] * m.kernel_size[1] if conv else 1
+        macs = out.numel() * (m.in_channels // m.groups * k if conv else m.in_features)
         totals[0] += macs
-
+        totals[1] += macs if conv and k == 1 and m.groups == 1 else 0
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
             run()
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     return totals[0], totals[1]
 
 
-def start_script(name: str, threads: Optional[int]) -> None:
-    """What each script does first: its thread count, this repository importable and a
-    quiet mmengine logger (no weight-initialisation reports between the tables)."""
-    if threads:
-        torch.set_num_threads(threads)
-    sys.path.insert(0, REPO)
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_instance(name, log_level='WARNING')
-    # stdout carries the tables alone (they are piped and compared with --out files); log
-    # lines such as "no bf16 units" go to stderr.
-    for handler in logger.handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
-            handler.setStream(sys.stderr)
+def peak_memory(fn: Case, device: str = 'cpu') -> int:
+    """Peak bytes of the tensors allocated during ``fn()`` above those allocated before."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+    saved = os.dup(2)  # silences descriptor 2 (the profiler's C++ start/stop lines) meanwhile
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    current = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results
+                            .events() if e.name() == '[memory]'):
+        current += nbytes
+        peak = max(peak, current)
+    return peak
 
 
-def finish_script(lines: List[str], out: Optional[str]) -> str:
-    """Prints the tables and writes them to ``out`` too (if given); returns the text."""
-    text = '\n'.join(lines)
-    print(text)
-    if out:
-        with open(out, 'w') as f:
-            f.write(text + '\n')
-    return text
+def _num(value: float) -> str:
+    """Three significant digits without an exponent (2917, 493, 12.3, 0.0312)."""
+    return f'{value:.{max(0, 2 - math.floor(math.log10(abs(value))))}f}' if value else '0'
 
 
-def metaformer_preset(name: str, option: str) -> nn.Module:
-    """The four-map backbone of preset ``name`` in eval mode (seed 0); a clear exit naming
-    ``option`` for an unknown preset."""
-    from metaformer_mm.models import ARCH_SETTINGS, MetaFormer
-    if name not in ARCH_SETTINGS:
-        raise SystemExit(f'{option}: unknown preset {name!r}; one of {sorted(ARCH_SETTINGS)}')
-    torch.manual_seed(0)
-    return MetaFormer(arch=name, fork_feat=True, out_indices=(0, 1, 2, 3)).eval()
+class Table:
+    """One benchmark table: a title, a note and rows of timed cases, rendered as Markdown."""
+
+    def __init__(self, title: str, note: str = '') -> None:
+        self.title, self.note, self.rows = title, note, []
+
+    def add(self, name: str, seconds: List[float], batch: Optional[int] = 1,
+            limit: Optional[float] = None, baseline: Optional[str] = None,
+            memory: Optional[int] = None, memory_kind: str = '',
+            memory_baseline: Optional[str] = None, **extra: float) -> Dict:
+        """A row: median, spread (IQR) and best of ``seconds``, median / ``limit``, speed-up
+        against row ``baseline``, peak memory against row ``memory_baseline`` (default
+        ``baseline``); ``extra`` columns as given."""
+        ordered = sorted(seconds)
+        q = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+        row = dict(name=name, batch=batch, median=statistics.median(ordered), iqr=q[2] - q[0],
+                   min=ordered[0], max=ordered[-1], memory=memory, memory_kind=memory_kind,
+                   limit_s=limit, extra=extra)
+        row['x_limit'] = row['median'] / limit if limit else None
+        rows = {r['name']: r for r in self.rows}
+        base, mem = rows.get(baseline), rows.get(memory_baseline or baseline)
+        row['speedup'] = base['median'] / row['median'] if base else None
+        if mem and mem['memory'] and memory is not None and not memory_kind:
+            row.update(memory_ratio=memory / mem['memory'], memory_vs=mem['name'])
+        self.rows.append(row)
+        return row
+
+    def render(self) -> str:
+        extra = list(dict.fromkeys(k for r in self.rows for k in r['extra']))
+        head = ['case', 'median ms', 'IQR ms', 'min ms', 'images/s', 'peak MB', 'x limit',
+                'speed-up', *extra]
+        lines = [f'### {self.title}', '', *([self.note, ''] if self.note else []),
+                 *(['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+                   if self.rows else [])]
+        for r in self.rows:
+            mem = '-' if r['memory'] is None else f"{r['memory'] / 2 ** 20:.0f}"
+            mem += f" ({r['memory_kind']})" if r['memory_kind'] else ''
+            if 'memory_ratio' in r:
+                mem += f" ({r['memory_ratio']:.2f}x {r['memory_vs']})"
+            cells = [r['name'], *(_num(r[k] * 1e3) for k in ('median', 'iqr', 'min')),
+                     f"{r['batch'] / r['median']:.2f}" if r['batch'] else '-', mem,
+                     f"{r['x_limit']:.2f}" if r['x_limit'] else '-',
+                     f"{r['speedup']:.2f}x" if r['speedup'] else '-',
+                     *(_num(r['extra'][k]) if k in r['extra'] else '' for k in extra)]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        return '\n'.join(lines)

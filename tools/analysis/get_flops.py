@@ -3,16 +3,19 @@
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--paper]
 
-MACs are counted by mmengine's complexity analysis (``mmengine.analysis``, fvcore's rules):
-one multiply-add of a conv, linear, matmul or attention product is one MAC; pooling, norms
-and element-wise ops are not counted, as in the papers' tables. ``--paper`` adds the paper's numbers beside ours: the backbone as the
-ImageNet classifier at 224x224 (params and MACs), and the whole model's parameters.
+MACs follow mmengine's complexity analysis (fvcore's rules): a multiply-add of a conv,
+linear, matmul or attention product is one MAC; pooling, norms and element-wise ops are not
+counted, as in the papers. ``--paper`` puts the papers' numbers beside ours: the backbone
+as the ImageNet classifier at 224x224 (params, MACs) and the whole model's parameters.
 """
 import argparse
 import logging
+import math
 import sys
 import warnings
 from typing import Dict, List, Optional, Tuple
+
+import torch.nn as nn
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
@@ -44,8 +47,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='detection or segmentation config')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
-                        help='input size (default: 800 1280 for detection, 512 512 for '
-                             'segmentation)')
+                        help='input size (default: detection 800 1280, segmentation 512 512)')
     parser.add_argument('--paper', action='store_true',
                         help="also print the paper's parameter and MAC counts beside ours")
     parser.add_argument('--verbose', action='store_true',
@@ -71,24 +73,16 @@ def preset_name(backbone_cfg: Dict) -> Optional[str]:
 
 def model_family(model_cfg: Dict) -> Optional[str]:
     """The row of ``PAPER_MODELS`` a model config belongs to."""
-    kind = model_cfg.get('type')
-    if kind == 'RetinaNet':
-        return 'RetinaNet'
-    if kind == 'MaskRCNN':
-        return 'Mask R-CNN'
-    if kind == 'EncoderDecoder' and (model_cfg.get('decode_head') or {}).get('type') == 'FPNHead':
-        return 'Semantic FPN'
-    return None
+    head = (model_cfg.get('decode_head') or {}).get('type')
+    return {'RetinaNet': 'RetinaNet', 'MaskRCNN': 'Mask R-CNN'}.get(
+        model_cfg.get('type'), 'Semantic FPN' if head == 'FPNHead' else None)
 
 
 def sdpa_macs(inputs: List, outputs: List) -> int:
     """MACs of ``aten::scaled_dot_product_attention`` (Q K^T and A V), which fvcore skips."""
     from mmengine.analysis.jit_handles import get_shape
     q, k, v = (get_shape(x) for x in inputs[:3])
-    batch_heads = 1
-    for d in q[:-2]:
-        batch_heads *= d
-    return batch_heads * q[-2] * k[-2] * (q[-1] + v[-1])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
@@ -106,29 +100,19 @@ def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
     return float(parameter_count(module)['']), float(flops.total())
 
 
-class TensorForward:
-    """Wraps a detector so that ``model(x)`` runs its ``mode='tensor'`` forward.
+class TensorForward(nn.Module):
+    """``model(x)`` as a detector's ``mode='tensor'`` forward: two-stage detectors need each
+    image's shape in a data sample to make proposals."""
 
-    Two-stage detectors need each image's shape in a data sample to make proposals.
-    """
-
-    @staticmethod
-    def wrap(model, scope: str, shape: Tuple[int, int]):
-        import torch.nn as nn
-        if scope != 'mmdet':
-            return model  # mmseg's forward(inputs) already defaults to mode='tensor'
+    def __init__(self, model: nn.Module, shape: Tuple[int, int]) -> None:
+        super().__init__()
         from mmdet.structures import DetDataSample
-        meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
-                    scale_factor=(1.0, 1.0))
+        self.model, self.sample = model, DetDataSample(metainfo=dict(
+            img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+            scale_factor=(1.0, 1.0)))
 
-        class _Wrapped(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, x):
-                return self.model(x, [DetDataSample(metainfo=meta)], mode='tensor')
-        return _Wrapped()
+    def forward(self, x):
+        return self.model(x, [self.sample], mode='tensor')
 
 
 def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
@@ -140,7 +124,8 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
     cfg, model_cfg = model.cfg, model.cfg.model
     scope = cfg.default_scope
     shape = tuple(shape) if shape else ((800, 1280) if scope == 'mmdet' else (512, 512))
-    params, macs = complexity(TensorForward.wrap(model, scope, shape), shape)
+    # mmseg's forward(inputs) already defaults to mode='tensor'.
+    params, macs = complexity(TensorForward(model, shape) if scope == 'mmdet' else model, shape)
     bb_params, bb_macs = complexity(model.backbone, shape)
     out = dict(config=config, model=model_cfg.type, shape=shape, params=params, macs=macs,
                backbone=model_cfg.backbone.type, backbone_params=bb_params, backbone_macs=bb_macs)
@@ -148,10 +133,9 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
         name = preset_name(cfg.model.backbone)
         out['preset'] = name
         classifier_cfg = dict(type=cfg.model.backbone.type, arch=cfg.model.backbone.get('arch'),
-                              fork_feat=False, num_classes=1000)
-        for key in ('image_size', 'resize_mode'):
-            if key in cfg.model.backbone:
-                classifier_cfg[key] = cfg.model.backbone[key]
+                              fork_feat=False, num_classes=1000, **{
+                                  k: v for k, v in cfg.model.backbone.items()
+                                  if k in ('image_size', 'resize_mode')})
         classifier = model_registry(scope).build(classifier_cfg).eval()
         out['classifier_params'], out['classifier_macs'] = complexity(classifier, (224, 224))
         out['paper_backbone'] = PAPER_BACKBONES.get(name)
@@ -179,8 +163,7 @@ def report(r: Dict[str, object]) -> str:
                   f'| whole {r["family"] or r["model"]}, params | {r["params"] / 1e6:.2f}M | '
                   f'{_fmt(r["paper_model"], "M")} |']
     lines += ['', 'MACs: multiply-adds of convs, linears, matmuls and attention (mmengine/fvcore '
-                  'rules); '
-                  'pooling, norms and element-wise ops are not counted.']
+                  'rules); pooling, norms and element-wise ops are not counted.']
     return '\n'.join(lines)
 
 

@@ -10,8 +10,8 @@
 #    tensors) to OUT_DIR/env.txt;
 # 3. runs tests/test_cuda.py (CUDA equals CPU, AMP fp16 training finite, bf16 inference)
 #    -> OUT_DIR/cuda_tests.txt (+ junit xml);
-# 4. runs tools/analysis/cuda_bench.py -> OUT_DIR/cuda_bench.md (the table for the README),
-#    written row by row so a timeout keeps what was measured.
+# 4. runs tools/analysis/benchmark.py --suite cuda compile -> OUT_DIR/cuda_bench.md (the tables
+#    for the README), written table by table so a timeout keeps what was measured.
 # Each step has its own time limit; the exit status is the tests' (the benchmark's if they pass).
 # WHEELS for a GPU image without network (e.g. CPython 3.12, its own torch/numpy/opencv),
 # fetched where pip works:
@@ -87,8 +87,8 @@ timeout "${TESTS_LIMIT:-200}" "$PY" -m pytest tests/test_cuda.py -q -rs -p no:ca
   --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 tests=${PIPESTATUS[0]}
 
-timeout "${BENCH_LIMIT:-180}" "$PY" tools/analysis/cuda_bench.py --out "$OUT/cuda_bench.md" \
-  >"$OUT/cuda_bench.log" 2>&1
+timeout "${BENCH_LIMIT:-180}" "$PY" tools/analysis/benchmark.py --suite cuda compile \
+  --out "$OUT/cuda_bench.md" >"$OUT/cuda_bench.log" 2>&1
 bench=$?
 cat "$OUT/cuda_bench.md" 2>/dev/null; tail -5 "$OUT/cuda_bench.log"
 echo "[gpu_check] tests exit $tests, benchmark exit $bench; results in $OUT/"
