@@ -13,24 +13,23 @@ module              concern
 ``embedded_config`` configs stored in checkpoints: data only, checked when read
 ==================  ===================================================================
 """
-from .convert import (convert_detector_checkpoint, convert_detector_file,
-                      detector_backbone_layout, detector_dataset_meta, save_converted)
+from .convert import (convert_detector_checkpoint, detector_backbone_layout,
+                      detector_dataset_meta, save_converted)
 from .embedded_config import check_config_text, config_text_problem, guard_embedded_configs
 from .io import (CheckpointError, CheckpointNotFoundError, allow_mmengine_checkpoint_types,
-                 atomic_save, atomic_write, checkpoint_source, loading_source, read_checkpoint,
-                 url_cache_file)
-from .layouts import (CONVERTERS, NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
-                      extract_state_dict, state_dict_problem, unwrap_weights)
+                 atomic_save, atomic_write, checkpoint_source, is_url, loading_source,
+                 read_checkpoint, unwrap_weights, url_cache_file)
+from .layouts import (StateDict, convert_state_dict, detect_layout, extract_state_dict,
+                      state_dict_problem)
 from .loading import (convert_backbone_keys, load_pretrained, partial_loading,
                       prepare_checkpoint, resolve_weights)
 
 __all__ = [
-    'CONVERTERS', 'CheckpointError', 'CheckpointNotFoundError', 'NATIVE_LAYOUTS', 'StateDict',
-    'allow_mmengine_checkpoint_types', 'atomic_save', 'atomic_write', 'check_config_text',
-    'checkpoint_source', 'config_text_problem', 'convert_backbone_keys',
-    'convert_detector_checkpoint', 'convert_detector_file', 'convert_state_dict',
-    'detect_layout', 'detector_backbone_layout', 'detector_dataset_meta', 'extract_state_dict',
-    'guard_embedded_configs', 'load_pretrained', 'loading_source', 'partial_loading',
+    'CheckpointError', 'CheckpointNotFoundError', 'StateDict', 'allow_mmengine_checkpoint_types',
+    'atomic_save', 'atomic_write', 'check_config_text', 'checkpoint_source', 'config_text_problem',
+    'convert_backbone_keys', 'convert_detector_checkpoint', 'convert_state_dict', 'detect_layout',
+    'detector_backbone_layout', 'detector_dataset_meta', 'extract_state_dict',
+    'guard_embedded_configs', 'is_url', 'load_pretrained', 'loading_source', 'partial_loading',
     'prepare_checkpoint', 'read_checkpoint', 'resolve_weights', 'save_converted',
     'state_dict_problem', 'unwrap_weights', 'url_cache_file'
 ]

@@ -33,7 +33,7 @@ KINDS = ('mmdet2', 'mmseg0')  # mmdet 2.x -> 3.x, mmseg 0.x -> 1.x
 
 
 def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
-    """Layout of the ``prefix`` keys of a whole-model state dict; None if none or unknown."""
+    """Layout of the ``prefix`` keys of a (whole-model) state dict; None if none or unknown."""
     backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
     if not backbone:
         return None
@@ -74,31 +74,48 @@ def detector_dataset_meta(obj: Any) -> Dict[str, Any]:
     return {k.lower(): meta[k] for k in ('CLASSES', 'PALETTE') if meta.get(k) is not None}
 
 
-def convert_detector_file(src: str, dst: str, kind: str = 'mmdet2') -> Tuple[Optional[str], int]:
-    """Writes ``src`` (a whole-model checkpoint) converted for this project's configs to ``dst``.
+# ``source`` of :func:`save_converted` -> the backbone layouts it stands for.
+BACKBONE_SOURCES = {'official': ('official_v1', 'official_v2'), 'timm': ('timm',),
+                    'mmpretrain': ('mmpretrain',), 'spach': ('spach',)}
 
-    The output is ``{'state_dict': ..., 'meta': {'dataset_meta': ..., 'converted_from': ...}}``,
-    which ``tools/test.py``, ``init_detector`` and ``load_from`` read; any config embedded
-    in ``src`` is left out. Returns the layout the backbone was found in and the number of
-    tensors written.
+
+def save_converted(src: str, dst: str, source: str = 'auto') -> Tuple[str, int]:
+    """Writes checkpoint ``src`` converted to this project's keys to ``dst`` (all or nothing).
+
+    ``source``: ``'auto'`` (recognise it), a key of :data:`BACKBONE_SOURCES` (a backbone file)
+    or one of :data:`KINDS` (a whole detector / segmentor). The output is
+    ``{'state_dict': ..., 'meta': {'converted_from': ..., 'dataset_meta': ...}}``, which
+    ``init_cfg``, ``tools/test.py``, ``init_detector`` and ``load_from`` read; a config
+    embedded in ``src`` is left out. Linear weights stay ``[out, in]``: every load reshapes
+    them to the model's 1x1 convs. Returns ``converted_from`` (the backbone layout, or
+    ``'mmdet2/official_v1'`` for a whole model) and the number of tensors written.
     """
     raw = read_checkpoint(src)
     state = extract_state_dict(raw, src)
-    layout = detector_backbone_layout(state)
-    converted = convert_detector_checkpoint(state, kind)
-    meta: Dict[str, Any] = {'converted_from': f'{kind}/{layout}'}
-    dataset_meta = detector_dataset_meta(raw)
-    if dataset_meta:
-        meta['dataset_meta'] = dataset_meta
+    if source == 'auto':
+        try:
+            layout = detect_layout(state)
+        except CheckpointError:
+            if not any(k.startswith('backbone.') for k in state):
+                raise
+            # A whole model: the segmentor files have a decode head, the detector files not.
+            source = 'mmseg0' if any(k.startswith('decode_head.') for k in state) else 'mmdet2'
+        else:
+            source = next(s for s, layouts in BACKBONE_SOURCES.items() if layout in layouts)
+    meta: Dict[str, Any] = {}
+    if source in KINDS:
+        layout = detector_backbone_layout(state)
+        converted = convert_detector_checkpoint(state, source)
+        meta['converted_from'] = f'{source}/{layout}'
+        if detector_dataset_meta(raw):
+            meta['dataset_meta'] = detector_dataset_meta(raw)
+    elif source in BACKBONE_SOURCES:
+        layout, converted = convert_state_dict(state)
+        if layout not in BACKBONE_SOURCES[source]:
+            raise CheckpointError(f'{src} is in the {layout} layout, not --from {source}')
+        meta['converted_from'] = layout
+    else:
+        raise ValueError(f'unknown source {source!r}; allowed: '
+                         f'{["auto", *BACKBONE_SOURCES, *KINDS]}')
     atomic_save({'state_dict': converted, 'meta': meta}, dst)
-    return layout, len(converted)
-
-
-def save_converted(src: str, dst: str, layout: Optional[str] = None,
-                   prefix: Optional[str] = None) -> Tuple[str, int]:
-    """Writes backbone file ``src`` converted to this project's keys as ``{'state_dict': ...}``
-    at ``dst`` (all or nothing). Returns the detected layout and the number of tensors."""
-    state = extract_state_dict(read_checkpoint(src), src, prefix)
-    layout, converted = convert_state_dict(state, layout)
-    atomic_save({'state_dict': converted, 'meta': {'converted_from': layout}}, dst)
-    return layout, len(converted)
+    return meta['converted_from'], len(converted)

@@ -19,7 +19,7 @@ import uuid
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from mmengine.dist import barrier, get_dist_info
@@ -31,6 +31,7 @@ class CheckpointError(RuntimeError):
 
 # --------------------------------------------------------------------------- reading files
 def is_url(path: str) -> bool:
+    """Whether :func:`read_checkpoint` downloads ``path`` (http/https) rather than opens it."""
     return path.startswith(('http://', 'https://'))
 
 
@@ -198,18 +199,24 @@ _LAST_READ: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_last_
 _EXPLICIT: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_source', default=None)
 
 
-def _weights(obj: Any) -> Dict[str, Any]:
-    """The weights of a loaded checkpoint (not its optimizer state), or {}."""
+# Where the weights sit in a checkpoint: mmengine's 'state_dict', DeiT-style 'model', DDP's
+# 'module'; else the checkpoint is the state dict itself.
+_WRAPPERS = ('state_dict', 'model', 'module')
+
+
+def unwrap_weights(obj: Any) -> Tuple[Optional[str], Any]:
+    """``(key, weights)``: the weights of a loaded checkpoint and the key they are under
+    (None when ``obj`` itself is the state dict)."""
     if isinstance(obj, dict):
-        for key in ('state_dict', 'model', 'module'):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        return obj
-    return {}
+        for key in _WRAPPERS:
+            if key in obj and (isinstance(obj[key], dict) or key == 'state_dict'):
+                return key, obj[key]
+    return None, obj
 
 
 def _record_source(path: str, obj: Any) -> None:
-    weights = _weights(obj)
+    weights = unwrap_weights(obj)[1]
+    weights = weights if isinstance(weights, dict) else {}
     refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
     meta = obj.get('meta') if isinstance(obj, dict) else None
     config = meta.get('cfg') if isinstance(meta, dict) else None

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .io import CheckpointError
+from .io import CheckpointError, unwrap_weights
 
 StateDict = Dict[str, torch.Tensor]
 Replacement = Union[str, Callable[[re.Match], Optional[str]]]
@@ -35,25 +35,10 @@ NATIVE_LAYOUTS = ('metaformer_mm', 'timm')
 _SHOWN = 5  # keys listed in an error
 
 
-# Where the weights sit in a checkpoint: mmengine's 'state_dict', DeiT-style 'model', DDP's
-# 'module'; else the checkpoint is the state dict itself.
-_WRAPPERS = ('state_dict', 'model', 'module')
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return 'None'
     return f'a {type(value).__name__}'
-
-
-def unwrap_weights(obj: Any) -> Tuple[Optional[str], Any]:
-    """``(key, weights)``: the weights of a loaded checkpoint and the key they are under
-    (None when ``obj`` itself is the state dict)."""
-    if isinstance(obj, dict):
-        for key in _WRAPPERS:
-            if key in obj and (isinstance(obj[key], dict) or key == 'state_dict'):
-                return key, obj[key]
-    return None, obj
 
 
 def state_dict_problem(obj: Any) -> Optional[str]:

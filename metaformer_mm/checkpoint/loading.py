@@ -31,11 +31,12 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
+from .convert import detector_backbone_layout
 from .embedded_config import guard_embedded_configs
 from .family import check_architecture
 from .io import (CheckpointError, checkpoint_config_text, checkpoint_first_keys,
                  checkpoint_source, loading_source, read_checkpoint)
-from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
+from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict,
                       extract_state_dict, unwrap_weights)
 
 _PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
@@ -89,11 +90,8 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
     """
     keys = [k for k in state_dict if k.startswith(prefix)]
     local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
-    layout = None
-    try:
-        layout = detect_layout(local) if local else None
-    except CheckpointError:
-        pass  # not a layout we know: every key is reported as unexpected below
+    # None for a layout we do not know: every key is then reported as unexpected below.
+    layout = detector_backbone_layout(local, prefix='')
     source = checkpoint_source(list(local.values())[:8]) or 'the state dict'
     converted_from = None
     if layout is not None and layout not in NATIVE_LAYOUTS:
@@ -229,13 +227,17 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     (see :func:`_output_norms_absent`). Everything else is as strict as every other load
     (:func:`convert_backbone_keys`, one message): a missing, unexpected or misshapen tensor,
     or a file that names another architecture, raises :class:`CheckpointError`, unless
-    ``strict_load=False`` / :func:`partial_loading` (then logged as a warning). Logs one
+    ``strict_load=False`` / :func:`partial_loading` (then logged as a warning).
+    ``prefix='auto'`` (the tools) takes a whole model's ``backbone.`` keys. Logs one
     line with the format, the count and the keys not loaded; returns the same facts.
     """
     logger = logger or MMLogger.get_current_instance()
     path = resolve_weights(path)
     raw = read_checkpoint(path, map_location)
-    state = extract_state_dict(raw, path, prefix)
+    state = extract_state_dict(raw, path, None if prefix == 'auto' else prefix)
+    if prefix == 'auto' and detector_backbone_layout(state, prefix='') is None \
+            and any(k.startswith('backbone.') for k in state):
+        state = extract_state_dict(state, path, 'backbone.')  # a whole model's file
     try:
         layout, converted = convert_state_dict(state)
     except CheckpointError as err:  # e.g. keys that match no known layout: name the file

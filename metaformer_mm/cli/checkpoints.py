@@ -16,35 +16,21 @@ from mmengine.logging import MMLogger
 
 from .config import ToolError
 
-# Checkpoint conversion kind of each scope (see metaformer_mm.checkpoint).
-LEGACY_KIND = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}
-
-
-def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
-    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta``.
-
-    Released mmdet 2.x / mmseg 0.x checkpoints (a MetaFormer backbone in a foreign layout,
-    such as the sail-sg releases) are converted in memory; this project's own come as they are.
-    """
-    from ..checkpoint import (convert_detector_checkpoint, detector_backbone_layout,
-                             detector_dataset_meta, extract_state_dict, read_checkpoint)
+def load_test_checkpoint(path: str) -> Tuple[Dict, Dict]:
+    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta`` (3.x or
+    2.x metadata). A MetaFormer backbone in a released layout (the sail-sg mmdet 2.x /
+    mmseg 0.x files) is converted by the backbone's own load (``convert_backbone_keys``)."""
+    from ..checkpoint import detector_dataset_meta, extract_state_dict, read_checkpoint
     raw = read_checkpoint(path)
-    state = extract_state_dict(raw, path)
-    layout = detector_backbone_layout(state)
-    if layout not in (None, 'metaformer_mm'):
-        state = convert_detector_checkpoint(state, LEGACY_KIND[scope])
-        MMLogger.get_current_instance().info(
-            f'{path}: backbone in the {layout} layout ({LEGACY_KIND[scope]} release); '
-            f'converted {len(state)} tensors to this project\'s keys')
-    return state, detector_dataset_meta(raw)
+    return extract_state_dict(raw, path), detector_dataset_meta(raw)
 
 
 def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None:
     """Loads a state dict into the Runner's model strictly: a checkpoint of another config
     is an error, not an evaluation of half-initialised weights."""
-    from mmengine.model import is_model_wrapper
     from ..checkpoint import CheckpointError
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    from ..engine.guard import runner_model
+    model = runner_model(runner)
     try:
         # strict=False only to word the error: any missing or unexpected key is refused below.
         result = model.load_state_dict(state, strict=False)

@@ -19,7 +19,7 @@ from typing import Any, Union
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from ..checkpoint import atomic_write, prepare_checkpoint, read_checkpoint
+from ..checkpoint import atomic_write, is_url, prepare_checkpoint, read_checkpoint
 
 ATOMIC_BACKEND = 'atomic_local'
 
@@ -51,7 +51,7 @@ def load_from_safe(filename: str, map_location: Any = None) -> Any:
 
     (mmengine logs "Loads checkpoint by safe backend": it names loaders by their suffix.)
     """
-    path = filename if '://' in filename else osp.expanduser(filename)
+    path = filename if is_url(filename) else osp.expanduser(filename)
     return prepare_checkpoint(read_checkpoint(path, map_location), path)
 
 

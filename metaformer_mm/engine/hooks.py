@@ -24,11 +24,10 @@ from typing import Any, Dict, List, Set, Tuple
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from .checkpoint_io import ATOMIC_BACKEND, atomic_write
-from .guard import NonFiniteError, non_finite_tensors
+from .guard import NonFiniteError, non_finite_tensors, runner_model
 
 
 class _DeferredRemovals:
@@ -69,8 +68,7 @@ class SafeCheckpointHook(CheckpointHook):
             self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
 
     def _refuse_non_finite(self, runner, what: str) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        bad = non_finite_tensors(model.state_dict())
+        bad = non_finite_tensors(runner_model(runner).state_dict())
         if bad:
             last = runner.message_hub.get_info('last_ckpt')
             raise NonFiniteError(
