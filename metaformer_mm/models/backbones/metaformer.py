@@ -22,8 +22,7 @@ from ...registry import register_backbone
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
-from .arch import NUM_STAGES, check_arguments, resolve_arch
-from .presets import ARCH_SETTINGS, FAMILIES
+from .arch import MIXER_OPTIONS, NUM_STAGES, check_arguments, resolve_arch
 
 
 def _per_stage(value, name: str) -> List:
@@ -138,23 +137,19 @@ class MetaFormer(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             weights in any supported layout (see ``metaformer_mm.checkpoint``).
         **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
-            and ``pool_size``, which sets the pool size of every pooling mixer.
+            and of ``MIXER_OPTIONS``, options of every token mixer of their kind: ``pool_size``
+            (pooling), ``image_size`` (random, smlp), ``max_matrix_mb`` (random),
+            ``resize_mode`` (smlp); one that no mixer of the model takes is refused.
     """
 
-    # Subclasses resolve short names such as 's12' to f'{arch_prefix}s12'.
+    # A family class (``presets.py``) builds its table's presets only, and resolves short
+    # names such as 's12' to f'{arch_prefix}s12'; None: every preset (``ARCH_SETTINGS``).
     arch_prefix, default_arch = '', 'poolformer_s12'
-    arch_settings = ARCH_SETTINGS
+    arch_settings: Optional[Dict[str, Dict]] = None
     # Installs a ``kernels`` choice on a model: registered by the acceleration layer
     # (``metaformer_mm.accel``, imported with the package), which imports this module; the
     # model itself only has its plain forward.
     kernel_installer: Optional[Callable[['MetaFormer', str], None]] = None
-
-    def __init_subclass__(cls, family: Optional[str] = None, **kwargs) -> None:
-        """``class PoolFormer(MetaFormer, family='poolformer')`` builds that family's presets
-        only (``presets.FAMILIES``) and takes their short names."""
-        super().__init_subclass__(**kwargs)
-        if family is not None:
-            cls.arch_prefix, cls.arch_settings = f'{family}_', FAMILIES[family]
 
     def __init__(self, arch: Union[str, Dict, None] = None, in_channels: int = 3,
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -181,7 +176,6 @@ class MetaFormer(BaseModule):
         mixers = _per_stage(settings['token_mixers'], 'token_mixers')
         mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
         res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
-        pool_size = settings.get('pool_size')
         ls_init = settings.get('layer_scale_init_value')
 
         stem = dict(settings['stem'])
@@ -193,8 +187,9 @@ class MetaFormer(BaseModule):
             down = (Downsample(dims[i - 1], dims[i], **settings['downsample'])
                     if i > 0 else nn.Identity())
             mixer_cfg = mixers[i] if isinstance(mixers[i], dict) else dict(type=mixers[i])
-            if pool_size is not None and mixer_cfg.get('type') == 'pooling':
-                mixer_cfg = dict(mixer_cfg, pool_size=pool_size)
+            mixer_cfg = dict(mixer_cfg, **{
+                key: settings[key] for key, types in MIXER_OPTIONS.items()
+                if settings.get(key) is not None and mixer_cfg.get('type') in types})
             blocks = [
                 MetaFormerBlock(
                     dims[i],
