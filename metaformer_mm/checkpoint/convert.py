@@ -1,27 +1,16 @@
-"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys.
+"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys,
+and :func:`save_converted`, the one writer of converted files.
 
-The sail-sg releases were trained with mmdet 2.19 (RetinaNet, Mask R-CNN) and mmseg 0.19
-(Semantic FPN); mmseg 0.x's own PoolFormer FPN files use mmpretrain's PoolFormer, with the
-same keys. Their backbone keys are the official_v1 layout under ``backbone.``
-(``network.N...``, output norms ``norm{0,2,4,6}``; RetinaNet's files lack ``norm0``, which
-was an ``nn.Identity`` under ``FORK_LAST3=1``). Only the backbone keys change: everything
-else was compared, module by module, between mmdet 2.x / mmseg 0.x and the installed
-mmdet 3.3 / mmseg 1.2 sources:
-
-  FPN               neck.lateral_convs.N.conv.*, neck.fpn_convs.N.conv.*
-  RetinaHead        bbox_head.{cls_convs,reg_convs}.N.conv.*, bbox_head.retina_{cls,reg}.*
-  RPNHead           rpn_head.rpn_conv.*, rpn_head.rpn_{cls,reg}.*  (num_convs=1: a Conv2d)
-  Shared2FCBBoxHead roi_head.bbox_head.shared_fcs.N.*, roi_head.bbox_head.fc_{cls,reg}.*
-  FCNMaskHead       roi_head.mask_head.convs.N.conv.*, .upsample.*, .conv_logits.*
-  FPNHead (mmseg)   decode_head.scale_heads.N.M.{conv,bn}.*, decode_head.conv_seg.*
-
-All of these names are unchanged (ConvModule still names its parts ``conv``/``bn``/``gn``),
-and the FPN index of RetinaNet's first lateral conv is 0 both for 2.x's
-``in_channels=[64,128,320,512], start_level=1`` and for our ``[128,320,512], start_level=0``.
-Should a head's names ever differ, a rule table in ``layouts`` style belongs here.
-
-The same conversion happens in memory wherever a checkpoint is loaded into a MetaFormer
-(see ``loading.convert_backbone_keys``); these functions write converted files.
+The sail-sg releases (mmdet 2.19 RetinaNet / Mask R-CNN, mmseg 0.19 Semantic FPN; mmseg 0.x's
+own PoolFormer FPN files have the same keys) hold the official_v1 backbone layout under
+``backbone.`` (output norms ``norm{0,2,4,6}``; RetinaNet's lack ``norm0``, an ``nn.Identity``
+under ``FORK_LAST3=1``). Only the backbone keys change: the neck and head names of FPN,
+RetinaHead, RPNHead, Shared2FCBBoxHead, FCNMaskHead and mmseg's FPNHead were compared module
+by module between mmdet 2.x / mmseg 0.x and mmdet 3.3 / mmseg 1.2 and are unchanged
+(ConvModule still names its parts ``conv``/``bn``/``gn``; RetinaNet's first lateral conv is
+index 0 both for 2.x's ``start_level=1`` and our ``start_level=0``). Should a head's names
+ever differ, a rule table in ``layouts`` style belongs here. Loads convert in memory the same
+way (``loading.convert_backbone_keys``).
 """
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple

@@ -60,15 +60,13 @@ def _rank() -> str:
 
 
 def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
-    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``)
-    it also becomes this run's alone.
+    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``,
+    rank 0) it also becomes this run's alone.
 
-    Two training runs in one work dir would share its log directory and replace each other's
-    checkpoints and ``last_checkpoint``: the second is refused, naming the first. The lock is
-    an ``flock`` on ``work_dir/.train.lock``, held by the open file until the process ends, so
-    the operating system releases it whenever a run stops, killed (``kill -9``) or not; no lock
-    is ever left behind. Only rank 0 of a distributed run takes it (its other ranks write
-    nothing there). Evaluation (``tools/test.py``) into a training run's work dir is allowed.
+    Two training runs in one work dir would replace each other's checkpoints and logs: the
+    second is refused, naming the first. The lock is an ``flock`` on ``work_dir/.train.lock``
+    held by the open file, so the operating system releases it however the run ends
+    (``kill -9`` included). Evaluation into a training run's work dir is allowed.
     """
     try:
         os.makedirs(work_dir, exist_ok=True)
@@ -172,10 +170,9 @@ def _candidates(directories: List[str]) -> List[str]:
 def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     """The checkpoint ``--resume`` continues from, and what was found when there is none.
 
-    ``work_dir/last_checkpoint`` names it. When that file is missing or empty, or names a
-    file that is gone or incomplete (a deleted checkpoint, a work dir moved elsewhere), the
-    newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the directory
-    ``last_checkpoint`` names) is taken instead, and the fallback is logged.
+    ``work_dir/last_checkpoint`` names it; when it is missing, empty, or names a file gone or
+    incomplete, the newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the
+    directory it names) is taken instead, and the fallback is logged.
     """
     logger = MMLogger.get_current_instance()
     pointer = osp.join(work_dir, 'last_checkpoint')
@@ -213,13 +210,8 @@ def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
 
 
 def check_resumable(path: str) -> None:
-    """Refuses a ``--resume`` file that holds no training state (a weights-only file).
-
-    mmengine's ``Runner.resume`` needs ``meta['epoch']``, ``meta['iter']`` and the
-    ``message_hub`` that its CheckpointHook writes; without them it fails with a
-    ``KeyError``. Starting a run from such weights is ``load_from``, which is what the
-    error says.
-    """
+    """Refuses a ``--resume`` file without the training state ``Runner.resume`` needs
+    (``meta['epoch']``, ``meta['iter']``, ``message_hub``; else a ``KeyError``)."""
     from ..checkpoint import read_checkpoint
     obj = read_checkpoint(path)
     meta = obj.get('meta') if isinstance(obj, dict) else None
@@ -235,13 +227,9 @@ def check_resumable(path: str) -> None:
 
 
 def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
-    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume`` (``resume`` is its value).
-
-    ``None``: no resume. A path: that checkpoint. :data:`RESUME_LATEST` (the option without
-    a value): the latest checkpoint of the work dir (see :func:`find_resume_checkpoint`), an
-    error when there is none. :data:`RESUME_AUTO`: the same, but training from scratch
-    (logged) when the work dir holds no checkpoint.
-    """
+    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume``'s value: None (no resume), a path,
+    :data:`RESUME_LATEST` (the work dir's latest, an error when there is none) or
+    :data:`RESUME_AUTO` (the same, but training from scratch when there is none)."""
     if not resume:
         return
     if resume not in (RESUME_LATEST, RESUME_AUTO):
