@@ -69,9 +69,8 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
 
 
 def url_cache_file(url: str) -> str:
-    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache
-    (``$TORCH_HOME/hub/checkpoints``), the file name prefixed with a hash of the whole URL,
-    so that two URLs ending in the same file name never share an entry."""
+    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache, the file
+    name prefixed with a hash of the whole URL (two URLs ending alike never share an entry)."""
     name = osp.basename(urllib.parse.urlparse(url).path) or 'checkpoint'
     digest = hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]
     return osp.join(torch.hub.get_dir(), 'checkpoints', f'{digest}_{name}')
@@ -80,9 +79,9 @@ def url_cache_file(url: str) -> str:
 def _read_url(url: str, map_location: Any) -> Any:
     """Loads ``url`` from its cache file, downloading it first when it is not cached.
 
-    A download is written to a temporary file beside the cache file and renamed into place
-    only once it loads: a failed, partial or non-checkpoint download is never cached (its
-    temporary file is removed), and a cache file that no longer loads is downloaded again.
+    A download goes to a temporary file renamed into place only once it loads: a failed,
+    partial or non-checkpoint download is never cached, and a cache file that no longer
+    loads is downloaded again.
     """
     cached = url_cache_file(url)
     load = lambda p: torch.load(p, map_location=map_location, weights_only=True)  # noqa: E731
@@ -250,17 +249,21 @@ def checkpoint_source(tensors: Iterable[Any] = ()) -> Optional[str]:
     return last[0] if last else None
 
 
+def _of_file_being_loaded(field: int) -> Any:
+    """A field of the last read (2: its first keys, 3: its embedded config text, unparsed)
+    while its tensors are alive and it is the file being loaded; else None."""
+    last = _last_read()
+    return last[field] if last and _EXPLICIT.get() in (None, last[0]) else None
+
+
 def checkpoint_first_keys() -> List[str]:
     """The first keys of the weights of the last file read, while its tensors are alive."""
-    last = _last_read()
-    return last[2] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else []
+    return _of_file_being_loaded(2) or []
 
 
 def checkpoint_config_text() -> Optional[str]:
-    """The config text embedded in the last file read (``meta.cfg``), while its tensors are
-    alive and it is the file being loaded; not parsed here."""
-    last = _last_read()
-    return last[3] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else None
+    """The config text embedded in the last file read (``meta.cfg``), see above."""
+    return _of_file_being_loaded(3)
 
 
 @contextlib.contextmanager
@@ -275,12 +278,8 @@ def loading_source(path: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- writing files
 def atomic_write(data: Union[bytes, str], path: Union[str, Path]) -> None:
-    """Writes ``data`` to ``path`` completely or not at all (temporary file + rename).
-
-    The temporary file is hidden, unique and in the same directory (``os.replace`` is
-    atomic only within a filesystem); file and directory are synced, so the new content
-    survives a crash once this returns.
-    """
+    """Writes ``data`` to ``path`` completely or not at all: a hidden temporary file in the
+    same directory (``os.replace`` is atomic only within a filesystem), synced, renamed."""
     path = str(path)
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -7,14 +7,13 @@ import os
 import os.path as osp
 import re
 import socket
-import tempfile
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from .config import ToolError
+from .config import ToolError, unwritable
 
 def load_test_checkpoint(path: str) -> Tuple[Dict, Dict]:
     """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta`` (3.x or
@@ -68,14 +67,9 @@ def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
     held by the open file, so the operating system releases it however the run ends
     (``kill -9`` included). Evaluation into a training run's work dir is allowed.
     """
-    try:
-        os.makedirs(work_dir, exist_ok=True)
-        # A real write: permission bits say nothing for root, or on a read-only mount.
-        with tempfile.TemporaryFile(dir=work_dir):
-            pass
-    except OSError as err:
-        raise ToolError(f'work dir {work_dir} is not writable ({err.strerror or err}); give a '
-                        f'writable --work-dir') from None
+    why = unwritable(work_dir)
+    if why:
+        raise ToolError(f'work dir {work_dir} is not writable ({why}); give a writable --work-dir')
     if not lock or _rank() != '0' or osp.realpath(work_dir) in _held_locks:
         return
     try:

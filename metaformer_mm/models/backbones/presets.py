@@ -57,6 +57,7 @@ class PoolFormer(MetaFormer):
     arch_prefix, default_arch = 'poolformer_', 's12'
     arch_settings = family_presets(POOLFORMER_COMMON, POOLFORMER)
 
+
 # --------------------------------------------------------------------------- MetaFormer baselines
 # "MetaFormer Baselines for Vision" (TPAMI 2024), sail-sg/metaformer: StarReLU MLPs without
 # bias, bias-free norms, res-scale in stages 3-4, no layer scale, pooled-then-normed head.
@@ -88,6 +89,7 @@ class PoolFormerV2(MetaFormer):
     arch_prefix, default_arch = 'poolformerv2_', 's12'
     arch_settings = family_presets(POOLFORMERV2_COMMON, POOLFORMERV2)
 
+
 IDENTITYFORMER_COMMON = dict(_BASELINES, token_mixers='identity',
                              norm_cfg=dict(type='GN1', eps=1e-6, bias=False))
 IDENTITYFORMER = {
@@ -104,6 +106,7 @@ class IdentityFormer(MetaFormer):
     """IdentityFormer S12..M48 of the MetaFormer baselines (no token mixing at all)."""
     arch_prefix, default_arch = 'identityformer_', 's12'
     arch_settings = family_presets(IDENTITYFORMER_COMMON, IDENTITYFORMER)
+
 
 # RandFormer: identity mixing in stages 1-2, a frozen random token-mixing matrix in stages 3-4
 # (:class:`~metaformer_mm.models.random_mixing.RandomMixing`, the "MetaFormer is a
@@ -133,6 +136,7 @@ class RandFormer(MetaFormer):
     """
     arch_prefix, default_arch = 'randformer_', 's12'
     arch_settings = family_presets(RANDFORMER_COMMON, RANDFORMER)
+
 
     def _check_input(self, x: torch.Tensor) -> None:
         super()._check_input(x)
@@ -164,6 +168,7 @@ class ConvFormer(MetaFormer):
     arch_prefix, default_arch = 'convformer_', 's18'
     arch_settings = family_presets(CONVFORMER_COMMON, CONVFORMER)
 
+
 CAFORMER_COMMON = dict(CONVFORMER_COMMON,
                        token_mixers=[_SEPCONV, _SEPCONV, _ATTENTION, _ATTENTION])
 CAFORMER = {
@@ -179,6 +184,7 @@ class CAFormer(MetaFormer):
     """CAFormer S18/S36/M36/B36: separable convs in stages 0-1, attention in stages 2-3."""
     arch_prefix, default_arch = 'caformer_', 's18'
     arch_settings = family_presets(CAFORMER_COMMON, CAFORMER)
+
 
 # --------------------------------------------------------------------------- sMLPNet
 # "Sparse MLP for Image Recognition" (AAAI 2022), microsoft/SPACH: the sMLP mixer (with
