@@ -1,7 +1,7 @@
 """Turning ``arch=`` (a preset name or a dict) and keyword overrides into backbone settings.
 
-Each family class (``presets.py``) holds the presets it builds (``arch_settings``, its
-table; None for the general ``MetaFormer``: all of them) and the prefix its short names
+Each family class (``families.py``) holds the presets it builds (``arch_settings``, its
+table of ``presets.py``; all of them for the general ``MetaFormer``) and the prefix its short names
 take (``'s12'`` -> ``'poolformer_s12'``). A preset of another family is refused with the
 class, the name and the allowed presets; an unknown keyword with the valid arguments and the
 closest match. ``check_arguments`` checks every argument against ``ARGUMENT_CHECKS``.
@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 from mmengine.model import BaseModule
 
 from ..checks import ArgumentError, check_bool, check_int, check_number, fail, is_int, is_number
+from .presets import FAMILIES
 
 NUM_STAGES = 4
 
@@ -27,22 +28,15 @@ MIXER_OPTIONS = {'pool_size': ('pooling',), 'image_size': ('random', 'smlp'),
                  'max_matrix_mb': ('random',), 'resize_mode': ('smlp',)}
 
 
-def _presets(cls: type) -> Tuple[Dict[str, Dict], Dict[str, Dict[str, Dict]]]:
-    """The presets ``cls`` builds and every family's (imported here: ``presets.py``
-    defines the family classes, subclasses of the model that imports this module)."""
-    from .presets import ARCH_SETTINGS, FAMILIES
-    return cls.arch_settings or ARCH_SETTINGS, FAMILIES
-
-
 def preset_name(cls: type, arch: str, base: bool = False) -> str:
     """The full preset name of ``arch`` (an ``arch=`` string, or with ``base`` the base of an
     arch dict) for ``cls``; refuses unknown names and the presets of another family."""
-    (presets, families), prefix = _presets(cls), cls.arch_prefix
+    presets, prefix = cls.arch_settings, cls.arch_prefix
     name = arch if arch in presets else f'{prefix}{arch}'
     if name in presets:
         return name
     allowed = sorted(k[len(prefix):] for k in presets if k.startswith(prefix))
-    family = next((f for f, members in families.items() if arch in members or name in members),
+    family = next((f for f, members in FAMILIES.items() if arch in members or name in members),
                   None)
     if family is not None:
         raise ValueError(f'{cls.__name__} does not build arch {arch!r}, a preset of the '
@@ -72,7 +66,7 @@ def constructor_args(cls: type) -> List[str]:
 def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
     """Settings of ``arch`` (a preset name of ``cls`` or a dict, optionally with ``base``)
     updated by ``overrides``; keys a preset leaves out take PoolFormer-S12's values."""
-    presets, families = _presets(cls)
+    presets = cls.arch_settings
     if isinstance(arch, str):
         settings = copy.deepcopy(presets[preset_name(cls, arch)])
     elif isinstance(arch, dict):
@@ -99,7 +93,7 @@ def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
     missing = {'depths', 'dims', 'stem', 'downsample'} - set(settings)
     if missing:
         raise ValueError(f'arch dict lacks {sorted(missing)}; give them or base=PRESET')
-    for key, value in families['poolformer']['poolformer_s12'].items():
+    for key, value in FAMILIES['poolformer']['poolformer_s12'].items():
         settings.setdefault(key, copy.deepcopy(value))
     return settings
 

@@ -23,6 +23,7 @@ from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
 from .arch import MIXER_OPTIONS, NUM_STAGES, check_arguments, resolve_arch
+from .presets import ARCH_SETTINGS
 
 
 def _per_stage(value, name: str) -> List:
@@ -137,10 +138,10 @@ class MetaFormer(BaseModule):
             ``resize_mode`` (smlp); one that no mixer of the model takes is refused.
     """
 
-    # A family class (``presets.py``) builds its table's presets only, and resolves short
-    # names such as 's12' to f'{arch_prefix}s12'; None: every preset (``ARCH_SETTINGS``).
+    # A family class (``families.py``) builds its table's presets only, and resolves short
+    # names such as 's12' to f'{arch_prefix}s12'.
     arch_prefix, default_arch = '', 'poolformer_s12'
-    arch_settings: Optional[Dict[str, Dict]] = None
+    arch_settings: Dict[str, Dict] = ARCH_SETTINGS
     # Installs a ``kernels`` choice on a model: registered by the acceleration layer
     # (``metaformer_mm.accel``, imported with the package), which imports this module; the
     # model itself only has its plain forward.

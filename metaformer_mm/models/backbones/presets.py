@@ -1,12 +1,10 @@
-"""The MetaFormer families: each one's presets (a literal table) and its class, side by side.
+"""Presets of every MetaFormer family member, one literal table per family.
 
 Each family has the settings its members share (``*_COMMON``) and a table of what differs
 per size (depths, widths, layer-scale values), in the style of mmpretrain's
 ``arch_settings``: ``grep caformer_s18`` finds the line that defines it. A preset is the
-family's common settings updated by its row (:func:`family_presets`). The family class
-below its table is ``MetaFormer`` (``metaformer.py``) with that table as ``arch_settings``:
-it builds those presets only, by full or short name (``PoolFormer(arch='s12')``), and
-refuses another family's. ``ARCH_SETTINGS`` holds every preset by full name, for
+family's common settings updated by its row. Each family's class (``families.py``) takes its
+table as ``arch_settings``; ``ARCH_SETTINGS`` holds every preset by full name, for
 ``MetaFormer`` itself.
 
 The keys are the ``MetaFormer`` architecture arguments (``ARCH_KEYS`` in ``arch.py``).
@@ -15,17 +13,6 @@ baselines' ``LayerNormGeneral(normalized_dim=(1, 2, 3))``), ``LN2d`` the channel
 an NCHW map, ``LN`` LayerNorm of (N, C) head features (see ``models/norms.py``).
 """
 from typing import Dict
-
-import torch
-
-from ...registry import register_backbone
-from .metaformer import NUM_STAGES, MetaFormer
-
-
-def family_presets(common: Dict, table: Dict[str, Dict]) -> Dict[str, Dict]:
-    """Every preset of a family: its common settings updated by each row of its table."""
-    return {name: {**common, **row} for name, row in table.items()}
-
 
 # --------------------------------------------------------------------------- PoolFormer
 # "MetaFormer is Actually What You Need for Vision" (CVPR 2022), sail-sg/poolformer.
@@ -48,15 +35,6 @@ POOLFORMER = {
     'poolformer_m48': dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768],
                            layer_scale_init_value=1e-6),
 }
-
-
-@register_backbone
-class PoolFormer(MetaFormer):
-    """PoolFormer S12/S24/S36/M36/M48 (https://arxiv.org/abs/2111.11418): pooling mixer,
-    GroupNorm(1), layer scale."""
-    arch_prefix, default_arch = 'poolformer_', 's12'
-    arch_settings = family_presets(POOLFORMER_COMMON, POOLFORMER)
-
 
 # --------------------------------------------------------------------------- MetaFormer baselines
 # "MetaFormer Baselines for Vision" (TPAMI 2024), sail-sg/metaformer: StarReLU MLPs without
@@ -82,14 +60,6 @@ POOLFORMERV2 = {
 }
 
 
-@register_backbone
-class PoolFormerV2(MetaFormer):
-    """PoolFormerV2 S12..M48 of the MetaFormer baselines (https://arxiv.org/abs/2210.13452):
-    StarReLU, bias-free norms."""
-    arch_prefix, default_arch = 'poolformerv2_', 's12'
-    arch_settings = family_presets(POOLFORMERV2_COMMON, POOLFORMERV2)
-
-
 IDENTITYFORMER_COMMON = dict(_BASELINES, token_mixers='identity',
                              norm_cfg=dict(type='GN1', eps=1e-6, bias=False))
 IDENTITYFORMER = {
@@ -99,14 +69,6 @@ IDENTITYFORMER = {
     'identityformer_m36': dict(depths=[6, 6, 18, 6], dims=[96, 192, 384, 768]),
     'identityformer_m48': dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768]),
 }
-
-
-@register_backbone
-class IdentityFormer(MetaFormer):
-    """IdentityFormer S12..M48 of the MetaFormer baselines (no token mixing at all)."""
-    arch_prefix, default_arch = 'identityformer_', 's12'
-    arch_settings = family_presets(IDENTITYFORMER_COMMON, IDENTITYFORMER)
-
 
 # RandFormer: identity mixing in stages 1-2, a frozen random token-mixing matrix in stages 3-4
 # (:class:`~metaformer_mm.models.random_mixing.RandomMixing`, the "MetaFormer is a
@@ -124,28 +86,6 @@ RANDFORMER = {
     'randformer_m48': dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768]),
 }
 
-
-@register_backbone
-class RandFormer(MetaFormer):
-    """RandFormer S12/S24/S36/M36/M48 (ImageNet top-1 76.6/78.2/79.5/81.2/81.4) at any size.
-
-    ``image_size`` (int or (H, W)) and ``max_matrix_mb`` (the largest resampled matrix a
-    mixer builds, fp32 MB; larger inputs are refused naming the size) set every random
-    mixer's (see ``RandomMixing``). The matrices are parameters with ``requires_grad=False``:
-    in the state dict (the released checkpoints load unchanged), never trained.
-    """
-    arch_prefix, default_arch = 'randformer_', 's12'
-    arch_settings = family_presets(RANDFORMER_COMMON, RANDFORMER)
-
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        super()._check_input(x)
-        stride = self.stem.conv.stride[0] * 2 ** (NUM_STAGES - 1)
-        if x.shape[-2] < stride or x.shape[-1] < stride:
-            raise ValueError(f'RandFormer needs an input x of at least {stride}x{stride} pixels '
-                             f'(one token in stage 4, stride {stride}), got shape '
-                             f'{tuple(x.shape)}')
-
 # ConvFormer/CAFormer: LayerNorm (channels) without bias, MLP classifier head; M36 ends at
 # 576 channels, not PoolFormer M's 768.
 _MLP_HEAD = dict(norm_cfg=dict(type='LN', eps=1e-6), pool_first=True, mlp=True)
@@ -162,13 +102,6 @@ CONVFORMER = {
 }
 
 
-@register_backbone
-class ConvFormer(MetaFormer):
-    """ConvFormer S18/S36/M36/B36: separable-conv mixer in every stage."""
-    arch_prefix, default_arch = 'convformer_', 's18'
-    arch_settings = family_presets(CONVFORMER_COMMON, CONVFORMER)
-
-
 CAFORMER_COMMON = dict(CONVFORMER_COMMON,
                        token_mixers=[_SEPCONV, _SEPCONV, _ATTENTION, _ATTENTION])
 CAFORMER = {
@@ -177,14 +110,6 @@ CAFORMER = {
     'caformer_m36': dict(depths=[3, 12, 18, 3], dims=[96, 192, 384, 576]),
     'caformer_b36': dict(depths=[3, 12, 18, 3], dims=[128, 256, 512, 768]),
 }
-
-
-@register_backbone
-class CAFormer(MetaFormer):
-    """CAFormer S18/S36/M36/B36: separable convs in stages 0-1, attention in stages 2-3."""
-    arch_prefix, default_arch = 'caformer_', 's18'
-    arch_settings = family_presets(CAFORMER_COMMON, CAFORMER)
-
 
 # --------------------------------------------------------------------------- sMLPNet
 # "Sparse MLP for Image Recognition" (AAAI 2022), microsoft/SPACH: the sMLP mixer (with
@@ -206,26 +131,21 @@ SMLPNET = {
     'smlpnet_base': dict(depths=[2, 10, 24, 2], dims=[112, 224, 448, 896]),
 }
 
-
-
-@register_backbone
-class SMLPNet(MetaFormer):
-    """sMLPNet tiny/small/base (ImageNet top-1 81.9/83.1/83.4) at any input size.
-
-    ``image_size`` is the training resolution the axial weights belong to (224 for the
-    released weights); ``resize_mode`` (``'interpolate'`` or ``'window'``) says how they
-    apply at other sizes (see :class:`~metaformer_mm.models.mixers.SMLP`). Its mixers hold
-    BatchNorm, so detection configs set ``norm_eval=True`` to keep ImageNet statistics
-    under small per-GPU batches.
-    """
-    arch_prefix, default_arch = 'smlpnet_', 'tiny'
-    arch_settings = family_presets(SMLPNET_COMMON, SMLPNET)
-
+# Family -> (common settings, size table).
+FAMILY_TABLES = {
+    'poolformer': (POOLFORMER_COMMON, POOLFORMER),
+    'poolformerv2': (POOLFORMERV2_COMMON, POOLFORMERV2),
+    'identityformer': (IDENTITYFORMER_COMMON, IDENTITYFORMER),
+    'randformer': (RANDFORMER_COMMON, RANDFORMER),
+    'convformer': (CONVFORMER_COMMON, CONVFORMER),
+    'caformer': (CAFORMER_COMMON, CAFORMER),
+    'smlpnet': (SMLPNET_COMMON, SMLPNET),
+}
 
 # Full settings by family: {family: {preset name: settings}}.
 FAMILIES: Dict[str, Dict[str, Dict]] = {
-    cls.arch_prefix[:-1]: cls.arch_settings for cls in (
-        PoolFormer, PoolFormerV2, IdentityFormer, RandFormer, ConvFormer, CAFormer, SMLPNet)}
+    family: {name: {**common, **row} for name, row in table.items()}
+    for family, (common, table) in FAMILY_TABLES.items()}
 
 # Every preset by its full name (``MetaFormer(arch='caformer_s18')``).
 ARCH_SETTINGS: Dict[str, Dict] = {
