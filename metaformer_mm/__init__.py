@@ -19,15 +19,13 @@ from .version import __version__, check_torch
 check_torch(torch.__version__)
 
 from . import datasets  # noqa: F401,E402  (registers CheckedCompose)
-from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
-from .engine import install_checkpoint_loader  # noqa: E402
+from .engine import mmengine_internals  # noqa: E402
 from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
 from . import accel  # noqa: F401,E402  (the eager kernels; registers itself with the model)
 from .startup import register_package_configs  # noqa: E402
 
-allow_mmengine_checkpoint_types()
-install_checkpoint_loader()
+mmengine_internals.install()
 register_package_configs()
 
 __all__ = ['__version__', 'apply_bf16', 'enable_bf16_inference']

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metaformer_mm.models.backbones.metaformer import MetaFormer
-from metaformer_mm.models.backbones.smlpnet import SMLPNet
+from metaformer_mm.models.backbones import SMLPNet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'detection', 'demo', 'retinanet_poolformer_s12_shapes.py')

@@ -13,7 +13,7 @@ from mmengine.registry import init_default_scope
 
 from legacy_layouts import to_legacy
 from metaformer_mm.checkpoint import (CheckpointError, convert_detector_checkpoint,
-                                      convert_detector_file, detector_backbone_layout)
+                                      detector_backbone_layout, save_converted)
 
 def coco_classes():
     from mmdet.datasets import CocoDataset
@@ -168,8 +168,8 @@ def test_convert_detector_file_keeps_classes(repo_root, tmp_path):
     torch.save({'meta': {'CLASSES': classes, 'mmdet_version': '2.19.0', 'epoch': 12},
                 'state_dict': to_legacy(model.state_dict()),
                 'optimizer': {'state': {}, 'param_groups': []}}, src)
-    layout, count = convert_detector_file(str(src), str(dst))
-    assert (layout, count) == ('official_v1', len(model.state_dict()))
+    converted_from, count = save_converted(str(src), str(dst), 'mmdet2')
+    assert (converted_from, count) == ('mmdet2/official_v1', len(model.state_dict()))
     saved = torch.load(dst)
     assert saved['meta']['dataset_meta'] == {'classes': classes}
     cfg.dump(str(tmp_path / 'tiny.py'))
@@ -187,7 +187,7 @@ def test_test_py_evaluates_a_released_checkpoint(repo_root, coco_mini_run, tmp_p
     released, converted = tmp_path / 'released.pth', tmp_path / 'converted.pth'
     torch.save({'meta': {'CLASSES': coco_classes()},
                 'state_dict': to_legacy(model.state_dict())}, released)
-    convert_detector_file(str(released), str(converted))
+    save_converted(str(released), str(converted), 'mmdet2')
 
     config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
     preds = {}

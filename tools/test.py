@@ -80,9 +80,8 @@ def main(argv=None) -> None:
         check_annotation_files(cfg, 'test')
         check_neck_inputs(cfg)
         name_files_in_errors(cfg, 'test')
-        # Loaded here rather than through cfg.load_from: strictly, and released
-        # mmdet 2.x / mmseg 0.x files are converted on the way.
-        state, dataset_meta = load_test_checkpoint(args.checkpoint, cfg.default_scope)
+        # Loaded here rather than through cfg.load_from: strictly (mmengine only warns).
+        state, dataset_meta = load_test_checkpoint(args.checkpoint)
         cfg.load_from = None
         init_distributed_without_cuda(cfg, args.launcher)
 

@@ -1,27 +1,16 @@
-"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys.
+"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys,
+and :func:`save_converted`, the one writer of converted files.
 
-The sail-sg releases were trained with mmdet 2.19 (RetinaNet, Mask R-CNN) and mmseg 0.19
-(Semantic FPN); mmseg 0.x's own PoolFormer FPN files use mmpretrain's PoolFormer, with the
-same keys. Their backbone keys are the official_v1 layout under ``backbone.``
-(``network.N...``, output norms ``norm{0,2,4,6}``; RetinaNet's files lack ``norm0``, which
-was an ``nn.Identity`` under ``FORK_LAST3=1``). Only the backbone keys change: everything
-else was compared, module by module, between mmdet 2.x / mmseg 0.x and the installed
-mmdet 3.3 / mmseg 1.2 sources:
-
-  FPN               neck.lateral_convs.N.conv.*, neck.fpn_convs.N.conv.*
-  RetinaHead        bbox_head.{cls_convs,reg_convs}.N.conv.*, bbox_head.retina_{cls,reg}.*
-  RPNHead           rpn_head.rpn_conv.*, rpn_head.rpn_{cls,reg}.*  (num_convs=1: a Conv2d)
-  Shared2FCBBoxHead roi_head.bbox_head.shared_fcs.N.*, roi_head.bbox_head.fc_{cls,reg}.*
-  FCNMaskHead       roi_head.mask_head.convs.N.conv.*, .upsample.*, .conv_logits.*
-  FPNHead (mmseg)   decode_head.scale_heads.N.M.{conv,bn}.*, decode_head.conv_seg.*
-
-All of these names are unchanged (ConvModule still names its parts ``conv``/``bn``/``gn``),
-and the FPN index of RetinaNet's first lateral conv is 0 both for 2.x's
-``in_channels=[64,128,320,512], start_level=1`` and for our ``[128,320,512], start_level=0``.
-Should a head's names ever differ, a rule table in ``layouts`` style belongs here.
-
-The same conversion happens in memory wherever a checkpoint is loaded into a MetaFormer
-(see ``loading.convert_backbone_keys``); these functions write converted files.
+The sail-sg releases (mmdet 2.19 RetinaNet / Mask R-CNN, mmseg 0.19 Semantic FPN; mmseg 0.x's
+own PoolFormer FPN files have the same keys) hold the official_v1 backbone layout under
+``backbone.`` (output norms ``norm{0,2,4,6}``; RetinaNet's lack ``norm0``, an ``nn.Identity``
+under ``FORK_LAST3=1``). Only the backbone keys change: the neck and head names of FPN,
+RetinaHead, RPNHead, Shared2FCBBoxHead, FCNMaskHead and mmseg's FPNHead were compared module
+by module between mmdet 2.x / mmseg 0.x and mmdet 3.3 / mmseg 1.2 and are unchanged
+(ConvModule still names its parts ``conv``/``bn``/``gn``; RetinaNet's first lateral conv is
+index 0 both for 2.x's ``start_level=1`` and our ``start_level=0``). Should a head's names
+ever differ, a rule table in ``layouts`` style belongs here. Loads convert in memory the same
+way (``loading.convert_backbone_keys``).
 """
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
@@ -36,14 +25,8 @@ KINDS = ('mmdet2', 'mmseg0')  # mmdet 2.x -> 3.x, mmseg 0.x -> 1.x
 _CURRENT_KINDS = {'mmdet2': 'mmdet3', 'mmseg0': 'mmseg1'}
 
 
-def model_file_kind(kind: str, layout: Optional[str]) -> str:
-    """What a whole-model file is, for messages and ``meta.converted_from``: ``kind``, or
-    'mmdet3' / 'mmseg1' when its backbone ``layout`` is this project's."""
-    return _CURRENT_KINDS[kind] if layout in NATIVE_LAYOUTS else kind
-
-
 def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
-    """Layout of the ``prefix`` keys of a whole-model state dict; None if none or unknown."""
+    """Layout of the ``prefix`` keys of a (whole-model) state dict; None if none or unknown."""
     backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
     if not backbone:
         return None
@@ -84,31 +67,49 @@ def detector_dataset_meta(obj: Any) -> Dict[str, Any]:
     return {k.lower(): meta[k] for k in ('CLASSES', 'PALETTE') if meta.get(k) is not None}
 
 
-def convert_detector_file(src: str, dst: str, kind: str = 'mmdet2') -> Tuple[Optional[str], int]:
-    """Writes ``src`` (a whole-model checkpoint) converted for this project's configs to ``dst``.
+# ``source`` of :func:`save_converted` -> the backbone layouts it stands for.
+BACKBONE_SOURCES = {'official': ('official_v1', 'official_v2'), 'timm': ('timm',),
+                    'mmpretrain': ('mmpretrain',), 'spach': ('spach',)}
 
-    The output is ``{'state_dict': ..., 'meta': {'dataset_meta': ..., 'converted_from': ...}}``,
-    which ``tools/test.py``, ``init_detector`` and ``load_from`` read; any config embedded
-    in ``src`` is left out. Returns the layout the backbone was found in and the number of
-    tensors written.
+
+def save_converted(src: str, dst: str, source: str = 'auto') -> Tuple[str, int]:
+    """Writes checkpoint ``src`` converted to this project's keys to ``dst`` (all or nothing).
+
+    ``source``: ``'auto'`` (recognise it), a key of :data:`BACKBONE_SOURCES` (a backbone file)
+    or one of :data:`KINDS` (a whole detector / segmentor). The output is
+    ``{'state_dict': ..., 'meta': {'converted_from': ..., 'dataset_meta': ...}}``, which
+    ``init_cfg``, ``tools/test.py``, ``init_detector`` and ``load_from`` read; a config
+    embedded in ``src`` is left out. Linear weights stay ``[out, in]``: every load reshapes
+    them to the model's 1x1 convs. Returns ``converted_from`` (the backbone layout, or
+    ``'mmdet2/official_v1'`` for a whole model) and the number of tensors written.
     """
     raw = read_checkpoint(src)
     state = extract_state_dict(raw, src)
-    layout = detector_backbone_layout(state)
-    converted = convert_detector_checkpoint(state, kind)
-    meta: Dict[str, Any] = {'converted_from': f'{model_file_kind(kind, layout)}/{layout}'}
-    dataset_meta = detector_dataset_meta(raw)
-    if dataset_meta:
-        meta['dataset_meta'] = dataset_meta
+    if source == 'auto':
+        try:
+            layout = detect_layout(state)
+        except CheckpointError:
+            if not any(k.startswith('backbone.') for k in state):
+                raise
+            # A whole model: the segmentor files have a decode head, the detector files not.
+            source = 'mmseg0' if any(k.startswith('decode_head.') for k in state) else 'mmdet2'
+        else:
+            source = next(s for s, layouts in BACKBONE_SOURCES.items() if layout in layouts)
+    meta: Dict[str, Any] = {}
+    if source in KINDS:
+        layout = detector_backbone_layout(state)
+        converted = convert_detector_checkpoint(state, source)
+        kind = _CURRENT_KINDS[source] if layout in NATIVE_LAYOUTS else source
+        meta['converted_from'] = f'{kind}/{layout}'
+        if detector_dataset_meta(raw):
+            meta['dataset_meta'] = detector_dataset_meta(raw)
+    elif source in BACKBONE_SOURCES:
+        layout, converted = convert_state_dict(state)
+        if layout not in BACKBONE_SOURCES[source]:
+            raise CheckpointError(f'{src} is in the {layout} layout, not --from {source}')
+        meta['converted_from'] = layout
+    else:
+        raise ValueError(f'unknown source {source!r}; allowed: '
+                         f'{["auto", *BACKBONE_SOURCES, *KINDS]}')
     atomic_save({'state_dict': converted, 'meta': meta}, dst)
-    return layout, len(converted)
-
-
-def save_converted(src: str, dst: str, layout: Optional[str] = None,
-                   prefix: Optional[str] = None) -> Tuple[str, int]:
-    """Writes backbone file ``src`` converted to this project's keys as ``{'state_dict': ...}``
-    at ``dst`` (all or nothing). Returns the detected layout and the number of tensors."""
-    state = extract_state_dict(read_checkpoint(src), src, prefix)
-    layout, converted = convert_state_dict(state, layout)
-    atomic_save({'state_dict': converted, 'meta': {'converted_from': layout}}, dst)
-    return layout, len(converted)
+    return meta['converted_from'], len(converted)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-from .io import CheckpointError
+from .io import CheckpointError, is_url
 
 _SCAN_CHARS = 1 << 16  # a backbone entry is a few hundred characters
 _TOKEN = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|[()\[\]{}]|(\w+)\s*=(?!=)""")
@@ -93,7 +93,7 @@ def named_architecture(path: str, config_text: Optional[str]) -> Optional[Tuple[
                 return family, f'its embedded config (model.backbone {key}={fields[key]!r})'
         if fields:
             return None
-    name = osp.basename(urllib.parse.urlparse(path).path if '://' in path else path)
+    name = osp.basename(urllib.parse.urlparse(path).path if is_url(path) else path)
     family = _family_in(name, families)
     return (family, f'its file name ({name})') if family else None
 

@@ -20,7 +20,7 @@ import uuid
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from mmengine.dist import barrier, get_dist_info
@@ -32,6 +32,7 @@ class CheckpointError(RuntimeError):
 
 # --------------------------------------------------------------------------- reading files
 def is_url(path: str) -> bool:
+    """Whether :func:`read_checkpoint` downloads ``path`` (http/https) rather than opens it."""
     return path.startswith(('http://', 'https://'))
 
 
@@ -69,9 +70,8 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
 
 
 def url_cache_file(url: str) -> str:
-    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache
-    (``$TORCH_HOME/hub/checkpoints``), the file name prefixed with a hash of the whole URL,
-    so that two URLs ending in the same file name never share an entry."""
+    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache, the file
+    name prefixed with a hash of the whole URL (two URLs ending alike never share an entry)."""
     name = osp.basename(urllib.parse.urlparse(url).path) or 'checkpoint'
     digest = hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]
     return osp.join(torch.hub.get_dir(), 'checkpoints', f'{digest}_{name}')
@@ -80,9 +80,9 @@ def url_cache_file(url: str) -> str:
 def _read_url(url: str, map_location: Any) -> Any:
     """Loads ``url`` from its cache file, downloading it first when it is not cached.
 
-    A download is written to a temporary file beside the cache file and renamed into place
-    only once it loads: a failed, partial or non-checkpoint download is never cached (its
-    temporary file is removed), and a cache file that no longer loads is downloaded again.
+    A download goes to a temporary file renamed into place only once it loads: a failed,
+    partial or non-checkpoint download is never cached, and a cache file that no longer
+    loads is downloaded again.
     """
     cached = url_cache_file(url)
     load = lambda p: _load_file(p, map_location)  # noqa: E731
@@ -229,18 +229,24 @@ _LAST_READ: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_last_
 _EXPLICIT: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_source', default=None)
 
 
-def _weights(obj: Any) -> Dict[str, Any]:
-    """The weights of a loaded checkpoint (not its optimizer state), or {}."""
+# Where the weights sit in a checkpoint: mmengine's 'state_dict', DeiT-style 'model', DDP's
+# 'module'; else the checkpoint is the state dict itself.
+_WRAPPERS = ('state_dict', 'model', 'module')
+
+
+def unwrap_weights(obj: Any) -> Tuple[Optional[str], Any]:
+    """``(key, weights)``: the weights of a loaded checkpoint and the key they are under
+    (None when ``obj`` itself is the state dict)."""
     if isinstance(obj, dict):
-        for key in ('state_dict', 'model', 'module'):
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        return obj
-    return {}
+        for key in _WRAPPERS:
+            if key in obj and (isinstance(obj[key], dict) or key == 'state_dict'):
+                return key, obj[key]
+    return None, obj
 
 
 def _record_source(path: str, obj: Any) -> None:
-    weights = _weights(obj)
+    weights = unwrap_weights(obj)[1]
+    weights = weights if isinstance(weights, dict) else {}
     refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
     meta = obj.get('meta') if isinstance(obj, dict) else None
     config = meta.get('cfg') if isinstance(meta, dict) else None
@@ -274,17 +280,21 @@ def checkpoint_source(tensors: Iterable[Any] = ()) -> Optional[str]:
     return last[0] if last else None
 
 
+def _of_file_being_loaded(field: int) -> Any:
+    """A field of the last read (2: its first keys, 3: its embedded config text, unparsed)
+    while its tensors are alive and it is the file being loaded; else None."""
+    last = _last_read()
+    return last[field] if last and _EXPLICIT.get() in (None, last[0]) else None
+
+
 def checkpoint_first_keys() -> List[str]:
     """The first keys of the weights of the last file read, while its tensors are alive."""
-    last = _last_read()
-    return last[2] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else []
+    return _of_file_being_loaded(2) or []
 
 
 def checkpoint_config_text() -> Optional[str]:
-    """The config text embedded in the last file read (``meta.cfg``), while its tensors are
-    alive and it is the file being loaded; not parsed here."""
-    last = _last_read()
-    return last[3] if last and (not _EXPLICIT.get() or _EXPLICIT.get() == last[0]) else None
+    """The config text embedded in the last file read (``meta.cfg``), see above."""
+    return _of_file_being_loaded(3)
 
 
 @contextlib.contextmanager
@@ -299,12 +309,8 @@ def loading_source(path: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- writing files
 def atomic_write(data: Union[bytes, str], path: Union[str, Path]) -> None:
-    """Writes ``data`` to ``path`` completely or not at all (temporary file + rename).
-
-    The temporary file is hidden, unique and in the same directory (``os.replace`` is
-    atomic only within a filesystem); file and directory are synced, so the new content
-    survives a crash once this returns.
-    """
+    """Writes ``data`` to ``path`` completely or not at all: a hidden temporary file in the
+    same directory (``os.replace`` is atomic only within a filesystem), synced, renamed."""
     path = str(path)
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -342,44 +348,3 @@ def atomic_save(obj: Any, dst: Union[str, Path]) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(buffer.getvalue(), dst)
-
-
-# --------------------------------------------------------------------------- mmengine's types
-def _reduce_history_buffer(buffer: Any) -> tuple:
-    """Pickles a ``HistoryBuffer`` as its data only.
-
-    mmengine's ``HistoryBuffer.__getstate__`` also stores the class-wide statistics
-    methods (``HistoryBuffer.min`` ...), which pickle as ``getattr`` calls; allowing
-    ``getattr`` would open the weights-only unpickler far wider than needed.
-    ``__setstate__`` registers the default methods again on load, so nothing is lost.
-    """
-    state = {k: v for k, v in vars(buffer).items() if k != 'statistics_methods'}
-    return type(buffer), (), state
-
-
-def allow_mmengine_checkpoint_types() -> None:
-    """Lets ``weights_only=True`` load mmengine's own training checkpoints.
-
-    With torch >= 2.6, ``torch.load`` defaults to ``weights_only=True`` and refuses the
-    checkpoints mmengine writes (``resume``, ``load_from``): their ``message_hub`` holds
-    ``HistoryBuffer`` objects with numpy arrays. This allow-lists exactly those types
-    (``HistoryBuffer``, numpy arrays, dtypes and scalars) and registers a data-only pickle
-    form for ``HistoryBuffer`` (see ``_reduce_history_buffer``). The weights-only
-    unpickler stays on for everything else; nothing that can run code is allowed.
-    """
-    import copyreg
-
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is None:  # torch < 2.4 has no weights-only default to satisfy
-        return
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = {type(np.dtype(t)) for t in np.typecodes['All'] if t not in 'OV'}
-    types: List[Any] = [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype,
-                        *dtype_classes]
-    add(types)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .io import CheckpointError
+from .io import CheckpointError, unwrap_weights
 
 StateDict = Dict[str, torch.Tensor]
 Replacement = Union[str, Callable[[re.Match], Optional[str]]]
@@ -35,25 +35,10 @@ NATIVE_LAYOUTS = ('metaformer_mm', 'timm')
 _SHOWN = 5  # keys listed in an error
 
 
-# Where the weights sit in a checkpoint: mmengine's 'state_dict', DeiT-style 'model', DDP's
-# 'module'; else the checkpoint is the state dict itself.
-_WRAPPERS = ('state_dict', 'model', 'module')
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return 'None'
     return f'a {type(value).__name__}'
-
-
-def unwrap_weights(obj: Any) -> Tuple[Optional[str], Any]:
-    """``(key, weights)``: the weights of a loaded checkpoint and the key they are under
-    (None when ``obj`` itself is the state dict)."""
-    if isinstance(obj, dict):
-        for key in _WRAPPERS:
-            if key in obj and (isinstance(obj[key], dict) or key == 'state_dict'):
-                return key, obj[key]
-    return None, obj
 
 
 def state_dict_problem(obj: Any) -> Optional[str]:
@@ -147,11 +132,6 @@ _V1_RULES: Rules = [
 _V1_CLASSIFIER_RULES: Rules = [(r'norm6\.(.+)', r'head.norm.\1'), *_V1_RULES]
 
 
-def _convert_official_v1(state: StateDict, classifier: bool) -> StateDict:
-    """sail-sg/poolformer (and its mmdet/mmseg/mmpretrain forms) -> our keys."""
-    return apply_rules(state, _V1_CLASSIFIER_RULES if classifier else _V1_RULES)
-
-
 # --------------------------------------------------------------------------- official_v2
 _V2_RULES: Rules = [
     (r'downsample_layers\.0\.conv\.(.+)', r'stem.conv.\1'),
@@ -163,11 +143,6 @@ _V2_RULES: Rules = [
     (r'head\.(fc1|norm|fc2)\.(.+)', r'head.fc.\1.\2'),
     (r'head\.(weight|bias)', r'head.fc.\1'),
 ]
-
-
-def _convert_official_v2(state: StateDict, classifier: bool) -> StateDict:
-    """sail-sg/metaformer (PoolFormerV2, ConvFormer, CAFormer, ...) -> our keys."""
-    return apply_rules(state, _V2_RULES)
 
 
 # --------------------------------------------------------------------------- spach
@@ -196,7 +171,7 @@ def _spach_depths(state: StateDict) -> List[int]:
     return [widths.count(w) for w in sorted(set(widths))]
 
 
-def _convert_spach(state: StateDict, classifier: bool) -> StateDict:
+def _convert_spach(state: StateDict) -> StateDict:
     """microsoft/SPACH sMLPNet -> our keys (blocks are numbered globally there)."""
     block_of = [(s, j) for s, d in enumerate(_spach_depths(state)) for j in range(d)]
 
@@ -214,10 +189,6 @@ def _convert_spach(state: StateDict, classifier: bool) -> StateDict:
         (r'batch_norm\.(.+)', r'head.norm.\1'),
         (r'mlp_head\.0\.(.+)', r'head.fc.\1'),
     ])
-
-
-def _identity(state: StateDict, classifier: bool) -> StateDict:
-    return OrderedDict(state)
 
 
 # --------------------------------------------------------------------------- detection
@@ -255,26 +226,21 @@ def detect_layout(state: StateDict) -> str:
         'and metaformer_mm checkpoints (give prefix="backbone." for detector/segmentor files)')
 
 
-CONVERTERS: Dict[str, Callable[[StateDict, bool], StateDict]] = {
-    'official_v1': _convert_official_v1,
-    'official_v2': _convert_official_v2,
-    'spach': _convert_spach,
-    'timm': _identity,
-    'metaformer_mm': _identity,
-}
-
-
 def convert_state_dict(state: StateDict, layout: Optional[str] = None) -> Tuple[str, StateDict]:
     """Maps a backbone state dict in any supported layout to this project's keys."""
     layout = layout or detect_layout(state)
-    if layout == 'mmpretrain':
-        backbone = OrderedDict((k[len('backbone.'):], v) for k, v in state.items()
-                               if k.startswith('backbone.'))
-        heads = OrderedDict((k, v) for k, v in state.items() if k.startswith('head.'))
-        classifier = bool(heads)
-        return layout, _convert_official_v1(OrderedDict(**backbone, **heads), classifier)
-    if layout not in CONVERTERS:
-        allowed = sorted([*CONVERTERS, 'mmpretrain'])
-        raise ValueError(f'unknown layout {layout!r}; allowed: {allowed}')
-    classifier = any(k.startswith(('head.', 'mlp_head.')) for k in state)
-    return layout, CONVERTERS[layout](state, classifier)
+    if layout == 'mmpretrain':  # official_v1 keys under 'backbone.', beside 'head.'
+        state = OrderedDict([(k[len('backbone.'):], v) for k, v in state.items()
+                             if k.startswith('backbone.')]
+                            + [(k, v) for k, v in state.items() if k.startswith('head.')])
+    if layout in ('official_v1', 'mmpretrain'):
+        classifier = any(k.startswith('head.') for k in state)
+        return layout, apply_rules(state, _V1_CLASSIFIER_RULES if classifier else _V1_RULES)
+    if layout == 'official_v2':
+        return layout, apply_rules(state, _V2_RULES)
+    if layout == 'spach':
+        return layout, _convert_spach(state)
+    if layout in NATIVE_LAYOUTS:
+        return layout, OrderedDict(state)
+    allowed = sorted(['official_v1', 'official_v2', 'spach', 'mmpretrain', *NATIVE_LAYOUTS])
+    raise ValueError(f'unknown layout {layout!r}; allowed: {allowed}')

@@ -1,25 +1,17 @@
 """Loading weights into a MetaFormer: ImageNet ``Pretrained`` files and whole-model checkpoints.
 
-Two ways in, one set of rules:
-
-* :func:`load_pretrained` (the backbone's ``init_cfg=dict(type='Pretrained', ...)``) reads a
-  backbone file in any supported layout, drops a classifier the dense-prediction model
-  does not have and logs what loaded; a misfit is refused as in every other load (below).
+* :func:`load_pretrained` (``init_cfg=dict(type='Pretrained', ...)``) reads a backbone file
+  in any supported layout, drops a classifier the dense model does not have, logs what loaded.
 * :func:`convert_backbone_keys`, called by ``MetaFormer._load_from_state_dict``, runs inside
-  every ``load_state_dict`` of a model that holds a MetaFormer (mmengine's
-  ``load_checkpoint``: ``init_detector``, ``init_model``, the inferencers, ``load_from``,
-  ``resume``; torch's ``Module.load_state_dict``). It converts the keys under the
-  backbone's prefix from a known foreign layout in place, logs one line naming the layout,
-  and refuses a state dict that leaves backbone tensors missing, carries unexpected keys
-  under the prefix or holds tensors of another shape: :class:`CheckpointError` naming the
-  file, the counts and the first keys. mmengine only warns about such keys, so a
-  checkpoint of another config would otherwise give a silently random backbone.
+  every ``load_state_dict`` that reaches a MetaFormer (mmengine's ``load_checkpoint``, hence
+  ``init_detector``, ``init_model``, the inferencers, ``load_from``, ``resume``; torch's). It
+  converts a known foreign layout under the backbone's prefix in place and refuses missing,
+  unexpected or misshapen backbone tensors with a :class:`CheckpointError` naming the file:
+  mmengine only warns, so a checkpoint of another config would give a silently random backbone.
 
-Deliberately partial loads: ``with partial_loading(): ...`` around the load, or the
-backbone argument ``strict_load=False`` (``--cfg-options model.backbone.strict_load=False``).
-They still convert, and log the counts as a warning instead of raising. These are the only
-switches: torch's and mmengine's ``load_state_dict`` pass ``strict=True`` to every module's
-``_load_from_state_dict`` whatever their own ``strict`` argument says.
+Deliberate partial loads: ``with partial_loading(): ...`` or the backbone's
+``strict_load=False``; they still convert, and log the counts as a warning. These are the only
+switches: torch and mmengine pass ``strict=True`` to every ``_load_from_state_dict``.
 """
 import contextlib
 import contextvars
@@ -31,11 +23,12 @@ import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
+from .convert import detector_backbone_layout
 from .embedded_config import guard_embedded_configs
 from .family import check_architecture
 from .io import (CheckpointError, checkpoint_config_text, checkpoint_first_keys,
                  checkpoint_source, loading_source, read_checkpoint)
-from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
+from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict,
                       extract_state_dict, unwrap_weights)
 
 _PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
@@ -44,12 +37,8 @@ _SHOWN = 5  # keys listed per kind in an error
 
 @contextlib.contextmanager
 def partial_loading() -> Iterator[None]:
-    """Allows loads that leave MetaFormer tensors missing or unexpected, inside the block.
-
-    For deliberate partial loads (e.g. a checkpoint of a model with fewer blocks); the
-    counts are logged as a warning. Tensors of another shape are never copied: torch's
-    ``load_state_dict`` raises on them, mmengine's skips them with a warning.
-    """
+    """Allows loads that leave MetaFormer tensors missing or unexpected inside the block (logged
+    as a warning). Tensors of another shape are never copied."""
     token = _PARTIAL.set(True)
     try:
         yield
@@ -66,8 +55,7 @@ def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
 
 
 def _why_shape(model: nn.Module, key: str, shape: tuple) -> str:
-    """The owning module's own explanation of a shape misfit (e.g. a RandFormer matrix of
-    another token grid: ``shape_mismatch``), or nothing."""
+    """The owning module's ``shape_mismatch`` explanation of a misfit (RandFormer), or ''."""
     try:
         owner = model.get_submodule(key.rsplit('.', 1)[0]) if '.' in key else model
     except AttributeError:
@@ -81,19 +69,14 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
                           strict: bool = True) -> Optional[str]:
     """Converts the keys of ``state_dict`` under ``prefix`` for ``module`` in place, then checks.
 
-    ``state_dict`` is the dict torch/mmengine hands to ``module._load_from_state_dict``; its
-    children are loaded from it afterwards, so renamed and reshaped tensors reach them.
-    Returns the layout converted from (None when the keys already were ours). With
-    ``strict`` (always True from torch and mmengine), outside :func:`partial_loading` and
-    unless the module's ``strict_load`` is False, a misfit raises :class:`CheckpointError`.
+    The children load from ``state_dict`` afterwards, so renamed and reshaped tensors reach
+    them. Returns the layout converted from (None when already ours). A misfit raises
+    :class:`CheckpointError` unless :func:`partial_loading` or ``strict_load=False``.
     """
     keys = [k for k in state_dict if k.startswith(prefix)]
     local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
-    layout = None
-    try:
-        layout = detect_layout(local) if local else None
-    except CheckpointError:
-        pass  # not a layout we know: every key is reported as unexpected below
+    # None for a layout we do not know: every key is then reported as unexpected below.
+    layout = detector_backbone_layout(local, prefix='')
     source = checkpoint_source(list(local.values())[:8]) or 'the state dict'
     converted_from = None
     if layout is not None and layout not in NATIVE_LAYOUTS:
@@ -159,8 +142,7 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
 
 # --------------------------------------------------------------------------- Pretrained
 def resolve_weights(path: str) -> str:
-    """The file or URL that ``path`` names: an ImageNet weight name (``'poolformer_s12'``)
-    through ``metaformer_mm.zoo``'s table; a path or URL as it is."""
+    """The file or URL that ``path`` names (a weight name through ``metaformer_mm.zoo``)."""
     from ..zoo import resolve_weights as zoo_resolve
     try:
         return zoo_resolve(path)
@@ -188,14 +170,9 @@ def _check_depths(converted: StateDict, own: StateDict, path: str) -> None:
 
 
 def prepare_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
-    """The checkpoint ``obj`` read from ``path`` as every mmengine load gets it.
-
-    Refuses what is not a state dict (a list, None, an empty dict, non-string keys) and
-    non-finite weights, naming the file; puts weights found under ``model``/``module`` or at
-    the top level under ``state_dict`` and adds an empty ``meta`` when there is none (mmseg's
-    ``init_model`` reads both); makes embedded configs checked when read
-    (:func:`~.embedded_config.guard_embedded_configs`).
-    """
+    """The checkpoint ``obj`` read from ``path`` as every mmengine load gets it: refused unless
+    a finite state dict (naming the file), the weights under ``state_dict``, a ``meta``
+    (mmseg's ``init_model`` reads both), embedded configs checked when read."""
     extract_state_dict(obj, path)
     key, weights = unwrap_weights(obj)
     if key != 'state_dict':
@@ -207,12 +184,9 @@ def prepare_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
 
 
 def _output_norms_absent(converted: StateDict, own: StateDict) -> List[str]:
-    """The model's output-norm tensors of the stages the file holds no output norm for.
-
-    Output norms exist for the stages a dense model outputs: a classification file has none,
-    a detector's file none for the stages it did not use. They keep their initial values,
-    as in the original ``fork_feat`` models; every other tensor must come from the file.
-    """
+    """The model's output-norm tensors of the stages the file holds no output norm for (a
+    classification file has none): they keep their initial values, as in the original
+    ``fork_feat`` models; every other tensor must come from the file."""
     stage = lambda k: k.split('.')[1]  # noqa: E731  ('out_norms.N.weight')
     present = {stage(k) for k in converted if k.startswith('out_norms.')}
     return [k for k in own if k.startswith('out_norms.') and stage(k) not in present]
@@ -223,19 +197,18 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
                     logger: Optional[MMLogger] = None) -> Dict[str, Any]:
     """Loads backbone weights in any supported layout into ``model`` (a MetaFormer).
 
-    A classification file's head and final norm are dropped when the model has
-    ``fork_feat``, and so are a file's output norms of stages the model does not output;
-    output norms of stages the file has none for keep their initial values
-    (see :func:`_output_norms_absent`). Everything else is as strict as every other load
-    (:func:`convert_backbone_keys`, one message): a missing, unexpected or misshapen tensor,
-    or a file that names another architecture, raises :class:`CheckpointError`, unless
-    ``strict_load=False`` / :func:`partial_loading` (then logged as a warning). Logs one
-    line with the format, the count and the keys not loaded; returns the same facts.
+    With ``fork_feat`` a classification file's head and a file's output norms of stages the
+    model does not output are dropped (:func:`_output_norms_absent` for the converse).
+    Otherwise as strict as every load (:func:`convert_backbone_keys`). ``prefix='auto'``
+    (the tools) takes a whole model's ``backbone.`` keys. Logs and returns what loaded.
     """
     logger = logger or MMLogger.get_current_instance()
     path = resolve_weights(path)
     raw = read_checkpoint(path, map_location)
-    state = extract_state_dict(raw, path, prefix)
+    state = extract_state_dict(raw, path, None if prefix == 'auto' else prefix)
+    if prefix == 'auto' and detector_backbone_layout(state, prefix='') is None \
+            and any(k.startswith('backbone.') for k in state):
+        state = extract_state_dict(state, path, 'backbone.')  # a whole model's file
     try:
         layout, converted = convert_state_dict(state)
     except CheckpointError as err:  # e.g. keys that match no known layout: name the file

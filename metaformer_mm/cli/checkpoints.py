@@ -7,44 +7,29 @@ import os
 import os.path as osp
 import re
 import socket
-import tempfile
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from .config import ToolError
+from .config import ToolError, unwritable
 
-# Checkpoint conversion kind of each scope (see metaformer_mm.checkpoint).
-LEGACY_KIND = {'mmdet': 'mmdet2', 'mmseg': 'mmseg0'}
-
-
-def load_test_checkpoint(path: str, scope: str) -> Tuple[Dict, Dict]:
-    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta``.
-
-    Released mmdet 2.x / mmseg 0.x checkpoints (a MetaFormer backbone in a foreign layout,
-    such as the sail-sg releases) are converted in memory; this project's own come as they are.
-    """
-    from ..checkpoint import (convert_detector_checkpoint, detector_backbone_layout,
-                             detector_dataset_meta, extract_state_dict, read_checkpoint)
+def load_test_checkpoint(path: str) -> Tuple[Dict, Dict]:
+    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta`` (3.x or
+    2.x metadata). A MetaFormer backbone in a released layout (the sail-sg mmdet 2.x /
+    mmseg 0.x files) is converted by the backbone's own load (``convert_backbone_keys``)."""
+    from ..checkpoint import detector_dataset_meta, extract_state_dict, read_checkpoint
     raw = read_checkpoint(path)
-    state = extract_state_dict(raw, path)
-    layout = detector_backbone_layout(state)
-    if layout not in (None, 'metaformer_mm'):
-        state = convert_detector_checkpoint(state, LEGACY_KIND[scope])
-        MMLogger.get_current_instance().info(
-            f'{path}: backbone in the {layout} layout ({LEGACY_KIND[scope]} release); '
-            f'converted {len(state)} tensors to this project\'s keys')
-    return state, detector_dataset_meta(raw)
+    return extract_state_dict(raw, path), detector_dataset_meta(raw)
 
 
 def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None:
     """Loads a state dict into the Runner's model strictly: a checkpoint of another config
     is an error, not an evaluation of half-initialised weights."""
-    from mmengine.model import is_model_wrapper
     from ..checkpoint import CheckpointError
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    from ..engine.guard import runner_model
+    model = runner_model(runner)
     try:
         # strict=False only to word the error: any missing or unexpected key is refused below.
         result = model.load_state_dict(state, strict=False)
@@ -74,24 +59,17 @@ def _rank() -> str:
 
 
 def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
-    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``)
-    it also becomes this run's alone.
+    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``,
+    rank 0) it also becomes this run's alone.
 
-    Two training runs in one work dir would share its log directory and replace each other's
-    checkpoints and ``last_checkpoint``: the second is refused, naming the first. The lock is
-    an ``flock`` on ``work_dir/.train.lock``, held by the open file until the process ends, so
-    the operating system releases it whenever a run stops, killed (``kill -9``) or not; no lock
-    is ever left behind. Only rank 0 of a distributed run takes it (its other ranks write
-    nothing there). Evaluation (``tools/test.py``) into a training run's work dir is allowed.
+    Two training runs in one work dir would replace each other's checkpoints and logs: the
+    second is refused, naming the first. The lock is an ``flock`` on ``work_dir/.train.lock``
+    held by the open file, so the operating system releases it however the run ends
+    (``kill -9`` included). Evaluation into a training run's work dir is allowed.
     """
-    try:
-        os.makedirs(work_dir, exist_ok=True)
-        # A real write: permission bits say nothing for root, or on a read-only mount.
-        with tempfile.TemporaryFile(dir=work_dir):
-            pass
-    except OSError as err:
-        raise ToolError(f'work dir {work_dir} is not writable ({err.strerror or err}); give a '
-                        f'writable --work-dir') from None
+    why = unwritable(work_dir)
+    if why:
+        raise ToolError(f'work dir {work_dir} is not writable ({why}); give a writable --work-dir')
     if not lock or _rank() != '0' or osp.realpath(work_dir) in _held_locks:
         return
     try:
@@ -186,10 +164,9 @@ def _candidates(directories: List[str]) -> List[str]:
 def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     """The checkpoint ``--resume`` continues from, and what was found when there is none.
 
-    ``work_dir/last_checkpoint`` names it. When that file is missing or empty, or names a
-    file that is gone or incomplete (a deleted checkpoint, a work dir moved elsewhere), the
-    newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the directory
-    ``last_checkpoint`` names) is taken instead, and the fallback is logged.
+    ``work_dir/last_checkpoint`` names it; when it is missing, empty, or names a file gone or
+    incomplete, the newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the
+    directory it names) is taken instead, and the fallback is logged.
     """
     logger = MMLogger.get_current_instance()
     pointer = osp.join(work_dir, 'last_checkpoint')
@@ -227,13 +204,8 @@ def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
 
 
 def check_resumable(path: str) -> None:
-    """Refuses a ``--resume`` file that holds no training state (a weights-only file).
-
-    mmengine's ``Runner.resume`` needs ``meta['epoch']``, ``meta['iter']`` and the
-    ``message_hub`` that its CheckpointHook writes; without them it fails with a
-    ``KeyError``. Starting a run from such weights is ``load_from``, which is what the
-    error says.
-    """
+    """Refuses a ``--resume`` file without the training state ``Runner.resume`` needs
+    (``meta['epoch']``, ``meta['iter']``, ``message_hub``; else a ``KeyError``)."""
     from ..checkpoint import read_checkpoint
     obj = read_checkpoint(path)
     meta = obj.get('meta') if isinstance(obj, dict) else None
@@ -249,13 +221,9 @@ def check_resumable(path: str) -> None:
 
 
 def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
-    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume`` (``resume`` is its value).
-
-    ``None``: no resume. A path: that checkpoint. :data:`RESUME_LATEST` (the option without
-    a value): the latest checkpoint of the work dir (see :func:`find_resume_checkpoint`), an
-    error when there is none. :data:`RESUME_AUTO`: the same, but training from scratch
-    (logged) when the work dir holds no checkpoint.
-    """
+    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume``'s value: None (no resume), a path,
+    :data:`RESUME_LATEST` (the work dir's latest, an error when there is none) or
+    :data:`RESUME_AUTO` (the same, but training from scratch when there is none)."""
     if not resume:
         return
     if resume not in (RESUME_LATEST, RESUME_AUTO):

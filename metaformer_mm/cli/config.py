@@ -120,14 +120,22 @@ def output_file(path: str, option: str, overwrite: bool = True,
         if not overwrite:
             raise ToolError(f'{option} {shown} exists; give --force to overwrite it')
     directory = osp.dirname(target)
+    why = unwritable(directory)
+    if why:
+        raise ToolError(f'{option} {shown}: cannot write in {directory} ({why})')
+    return target
+
+
+def unwritable(directory: str) -> Optional[str]:
+    """Why no file can be written in ``directory`` (created if missing), or None. A real
+    write: permission bits say nothing for root, or on a read-only mount."""
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as err:
-        raise ToolError(f'{option} {shown}: cannot write in {directory} '
-                        f'({err.strerror or err})') from None
-    return target
+        return str(err.strerror or err)
+    return None
 
 
 # errno values of a write that failed for want of space or permission, not a bug.

@@ -36,13 +36,8 @@ def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> Dict:
     """Loads a whole-model checkpoint's ``backbone.*`` or backbone weights in any layout
     ``metaformer_mm.checkpoint`` reads into ``backbone``, as strictly as ``init_cfg``
     (:func:`~metaformer_mm.checkpoint.load_pretrained`); returns the loading report."""
-    from metaformer_mm.checkpoint import extract_state_dict, load_pretrained, read_checkpoint
-    state = extract_state_dict(read_checkpoint(checkpoint), checkpoint)
-    prefix = 'backbone.' if any(k.startswith('backbone.') for k in state) else None
-    if prefix and any(k.startswith('backbone.patch_embed.') for k in state) and \
-            any(k.startswith('head.fc.') for k in state):
-        prefix = None  # an mmpretrain classifier: its loader handles the prefix
-    return load_pretrained(backbone, checkpoint, prefix=prefix)
+    from metaformer_mm.checkpoint import load_pretrained
+    return load_pretrained(backbone, checkpoint, prefix='auto')
 
 
 def build_model_from_config(config: Union[str, Config], checkpoint: Optional[str] = None,

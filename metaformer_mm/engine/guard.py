@@ -32,6 +32,11 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
 
+def runner_model(runner: Any) -> torch.nn.Module:
+    """The Runner's model without its DDP/FSDP wrapper."""
+    return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
 def compiles(cfg) -> bool:
     """Whether a runner config compiles its train step: mmengine compiles for any
     ``compile`` value but None and False (``{}`` and ``dict(backend=...)`` included)."""
@@ -144,8 +149,7 @@ class NonFiniteGuardHook(Hook):
             problems.append(f'non-finite gradient norm ({self._bad_grad_norm}); '
                             f'the optimizer step was skipped')
         if self.check_params and not problems:
-            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-            bad = non_finite_tensors(dict(model.named_parameters()))
+            bad = non_finite_tensors(dict(runner_model(runner).named_parameters()))
             if bad:  # the step itself overflowed: nothing to skip, stop now
                 self._remove_hooks()
                 raise NonFiniteError(self._message(runner, [

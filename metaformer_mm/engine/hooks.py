@@ -7,7 +7,8 @@ the file ``--resume`` reads, in place too. A full disk at the wrong moment can t
 run with no loadable checkpoint at all. This hook, a drop-in replacement:
 
 * writes checkpoints and ``last_checkpoint`` all-or-nothing (temporary file + rename,
-  see :mod:`metaformer_mm.engine.checkpoint_io`) when they go to a local directory;
+  :func:`~metaformer_mm.checkpoint.atomic_write`, through the file backend
+  ``'atomic_local'``, :class:`AtomicLocalBackend`) when they go to a local directory;
 * points ``last_checkpoint`` at a checkpoint only once that file is complete;
 * deletes expired and superseded checkpoints only after that;
 * refuses to write a checkpoint whose model holds a non-finite tensor (raising
@@ -19,16 +20,41 @@ Use it with ``default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))``
 argument of ``CheckpointHook`` keeps its meaning.
 """
 import os.path as osp
-from typing import Any, Dict, List, Set, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Set, Tuple, Union
 
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.fileio import LocalBackend, get_file_backend, register_backend
 from mmengine.hooks import CheckpointHook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from .checkpoint_io import ATOMIC_BACKEND, atomic_write
-from .guard import NonFiniteError, non_finite_tensors
+from ..checkpoint import atomic_write
+from .guard import NonFiniteError, non_finite_tensors, runner_model
+
+
+ATOMIC_BACKEND = 'atomic_local'
+
+
+@register_backend(ATOMIC_BACKEND)
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend whose writes are all-or-nothing (see :func:`atomic_write`)."""
+
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        _named_write(obj, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+        _named_write(obj.encode(encoding), filepath)
+
+
+def _named_write(data: bytes, filepath: Union[str, Path]) -> None:
+    """:func:`atomic_write`; a failed write (a full disk: ``write`` errors carry no file name)
+    names the file it was for."""
+    try:
+        atomic_write(data, filepath)
+    except OSError as err:
+        if err.filename or not err.errno:
+            raise
+        raise OSError(err.errno, err.strerror, str(filepath)) from err
 
 
 class _DeferredRemovals:
@@ -69,8 +95,7 @@ class SafeCheckpointHook(CheckpointHook):
             self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
 
     def _refuse_non_finite(self, runner, what: str) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        bad = non_finite_tensors(model.state_dict())
+        bad = non_finite_tensors(runner_model(runner).state_dict())
         if bad:
             last = runner.message_hub.get_info('last_ckpt')
             raise NonFiniteError(

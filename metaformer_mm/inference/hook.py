@@ -13,10 +13,8 @@ from typing import Any, Dict, Optional, Union
 
 from mmengine.config import Config, ConfigDict
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
-from torch import nn
-
+from ..engine.guard import runner_model
 from .bf16 import bf16_state, disable_bf16_inference, enable_bf16_inference
 
 __all__ = ['Bf16InferenceHook', 'apply_bf16']
@@ -36,18 +34,14 @@ class Bf16InferenceHook(Hook):
         self.options = dict(channels_last=channels_last, fp32_classifier=fp32_classifier,
                             force=force)
 
-    @staticmethod
-    def _model(runner: Any) -> nn.Module:
-        return runner.model.module if is_model_wrapper(runner.model) else runner.model
-
     def before_test(self, runner: Any) -> None:
-        enable_bf16_inference(self._model(runner), **self.options)
+        enable_bf16_inference(runner_model(runner), **self.options)
 
     def before_val(self, runner: Any) -> None:
-        enable_bf16_inference(self._model(runner), **self.options)
+        enable_bf16_inference(runner_model(runner), **self.options)
 
     def _finish(self, runner: Any) -> None:
-        model = self._model(runner)
+        model = runner_model(runner)
         state = bf16_state(model)
         if state is not None:
             runner.logger.info(f'bf16 inference: {state.calls["bf16"]} steps in bf16, '

@@ -1,7 +1,7 @@
 """Turning ``arch=`` (a preset name or a dict) and keyword overrides into backbone settings.
 
-Each backbone class holds the presets it builds (``arch_settings``, its family's table from
-``presets.py``; all of them for the general ``MetaFormer``) and the prefix its short names
+Each family class (``families.py``) holds the presets it builds (``arch_settings``, its
+table of ``presets.py``; all of them for the general ``MetaFormer``) and the prefix its short names
 take (``'s12'`` -> ``'poolformer_s12'``). A preset of another family is refused with the
 class, the name and the allowed presets; an unknown keyword with the valid arguments and the
 closest match. ``check_arguments`` checks every argument against ``ARGUMENT_CHECKS``.
@@ -15,17 +15,17 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 from mmengine.model import BaseModule
 
 from ..checks import ArgumentError, check_bool, check_int, check_number, fail, is_int, is_number
-from .presets import ARCH_SETTINGS, FAMILIES
+from .presets import FAMILIES
 
 NUM_STAGES = 4
 
 # Arguments a user may override on top of a preset (or give in full as ``arch=dict(...)``).
 ARCH_KEYS = ('depths', 'dims', 'token_mixers', 'mlp_ratios', 'norm_cfg', 'act_cfg', 'mlp_bias',
              'layer_scale_init_value', 'res_scale_init_values', 'stem', 'downsample',
-             'out_norm_cfg', 'head')
-# Keywords beside ARCH_KEYS: the pool size of every pooling mixer, and sMLPNet's missing
-# pre-mixer norm (``norm1_cfg=None``).
-EXTRA_KEYS = ('pool_size', 'norm1_cfg')
+             'out_norm_cfg', 'head', 'norm1_cfg')
+# Keywords beside ARCH_KEYS: an option of every token mixer of the kinds named.
+MIXER_OPTIONS = {'pool_size': ('pooling',), 'image_size': ('random', 'smlp'),
+                 'max_matrix_mb': ('random',), 'resize_mode': ('smlp',)}
 
 
 def preset_name(cls: type, arch: str, base: bool = False) -> str:
@@ -36,9 +36,9 @@ def preset_name(cls: type, arch: str, base: bool = False) -> str:
     if name in presets:
         return name
     allowed = sorted(k[len(prefix):] for k in presets if k.startswith(prefix))
-    other = arch if arch in ARCH_SETTINGS else name if name in ARCH_SETTINGS else None
-    if other is not None:
-        family = next(f for f, members in FAMILIES.items() if other in members)
+    family = next((f for f, members in FAMILIES.items() if arch in members or name in members),
+                  None)
+    if family is not None:
         raise ValueError(f'{cls.__name__} does not build arch {arch!r}, a preset of the '
                          f'{family} family; allowed for {cls.__name__}: {allowed} (the general '
                          f'MetaFormer class takes any preset)')
@@ -66,23 +66,24 @@ def constructor_args(cls: type) -> List[str]:
 def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
     """Settings of ``arch`` (a preset name of ``cls`` or a dict, optionally with ``base``)
     updated by ``overrides``; keys a preset leaves out take PoolFormer-S12's values."""
+    presets = cls.arch_settings
     if isinstance(arch, str):
-        settings = copy.deepcopy(cls.arch_settings[preset_name(cls, arch)])
+        settings = copy.deepcopy(presets[preset_name(cls, arch)])
     elif isinstance(arch, dict):
         base = arch.get('base')
         # A misspelt key (e.g. 'dim') would otherwise be ignored silently.
-        typos = set(arch) - set(ARCH_KEYS) - {'base', 'norm1_cfg'}
+        typos = set(arch) - set(ARCH_KEYS) - {'base'}
         if typos:
             raise ValueError(f'unknown arch dict keys {sorted(typos)}; allowed: '
                              f'{["base", *ARCH_KEYS]}')
-        settings = (copy.deepcopy(cls.arch_settings[preset_name(cls, base, base=True)])
+        settings = (copy.deepcopy(presets[preset_name(cls, base, base=True)])
                     if base else {})
         settings.update({k: v for k, v in arch.items() if k != 'base'})
     else:
         raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-    unknown = sorted(set(overrides) - set(ARCH_KEYS) - set(EXTRA_KEYS))
+    unknown = sorted(set(overrides) - set(ARCH_KEYS) - set(MIXER_OPTIONS))
     if unknown:
-        valid = constructor_args(cls) + list(ARCH_KEYS) + ['pool_size']
+        valid = constructor_args(cls) + list(ARCH_KEYS) + list(MIXER_OPTIONS)
         hints = [f'{close[0]!r} for {key!r}' for key in unknown
                  for close in [difflib.get_close_matches(key, valid, n=1)] if close]
         hint = f' (did you mean {", ".join(hints)}?)' if hints else ''
@@ -92,7 +93,7 @@ def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
     missing = {'depths', 'dims', 'stem', 'downsample'} - set(settings)
     if missing:
         raise ValueError(f'arch dict lacks {sorted(missing)}; give them or base=PRESET')
-    for key, value in ARCH_SETTINGS['poolformer_s12'].items():
+    for key, value in FAMILIES['poolformer']['poolformer_s12'].items():
         settings.setdefault(key, copy.deepcopy(value))
     return settings
 
@@ -167,6 +168,13 @@ def check_arguments(cls: type, settings: Dict, **arguments: Any) -> Tuple[int, .
     if not all(is_int(d) and d > 0 for d in list(depths) + list(dims)):
         raise ArgumentError(f'{owner}: depths and dims must be positive integers, got '
                             f'depths={list(depths)}, dims={list(dims)}')
+    mixers = settings['token_mixers']
+    kinds = {k for m in (mixers if isinstance(mixers, (list, tuple)) else [mixers])
+             for k in [m.get('type') if isinstance(m, dict) else m] if isinstance(k, str)}
+    for key, types in MIXER_OPTIONS.items():
+        if settings.get(key) is not None and not kinds & set(types):
+            raise ArgumentError(f'{owner}: {key} is an option of the {"/".join(types)} token '
+                                f'mixers, and this model has none (token_mixers={mixers!r})')
     ratios = settings['mlp_ratios']
     ratios = list(ratios) if isinstance(ratios, (list, tuple)) else [ratios] * NUM_STAGES
     if len(ratios) == NUM_STAGES and not all(is_number(r) and r > 0 and int(r * d) > 0

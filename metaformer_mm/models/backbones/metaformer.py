@@ -22,8 +22,8 @@ from ...registry import register_backbone
 from ..layers import DropPath, Downsample, Mlp, Scale, build_act
 from ..mixers import SMLP, build_mixer
 from ..norms import build_norm
-from .arch import NUM_STAGES, check_arguments, resolve_arch
-from .presets import ARCH_SETTINGS, FAMILIES
+from .arch import MIXER_OPTIONS, NUM_STAGES, check_arguments, resolve_arch
+from .presets import ARCH_SETTINGS
 
 
 def _per_stage(value, name: str) -> List:
@@ -112,49 +112,40 @@ class MetaFormer(BaseModule):
     """MetaFormer backbone for mmdet/mmseg (``fork_feat=True``) or classification.
 
     Args:
-        arch: a preset name from ``ARCH_SETTINGS`` (``'poolformer_s12'``; subclasses such as
-            ``PoolFormer`` accept the short name ``'s12'``) or a dict of ``arch.ARCH_KEYS``.
-        in_channels: input channels.
+        arch: a preset name (``'poolformer_s12'``; a family class also takes ``'s12'``) or a
+            dict of ``arch.ARCH_KEYS`` (optionally ``base=PRESET``).
         fork_feat: return the normalized maps of the stages in ``out_indices`` (strides
             4, 8, 16, 32) instead of classification logits.
         out_indices: stage indices 0..3 (negatives count from the end); output norms are
             built only for these, so no parameter is left unused under DDP.
         frozen_stages: -1 freezes nothing; k freezes the stem and stages 0..k-1 with their
             output norms, kept in eval mode through ``train()``.
-        norm_eval: keep every BatchNorm in eval mode while training (frozen statistics).
-        with_cp: gradient checkpointing per block (saves activation memory in training).
+        norm_eval: keep every BatchNorm in eval mode while training.
+        with_cp: gradient checkpointing per block.
         drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
         num_classes: classifier classes (only without ``fork_feat``).
-        strict_load: every ``load_state_dict`` reaching this backbone (``load_from``,
-            ``init_detector``, ...) converts known foreign layouts and raises
-            ``CheckpointError`` when backbone tensors would be missing, unexpected or of
-            another shape; False allows deliberate partial loads (logged as a warning).
-        kernels: how blocks are computed: ``'reference'`` this module's plain forward (the
-            formulation of the paper), ``'auto'`` (default) the fastest eager kernels for this
-            CPU, ``'aten'``/``'onednn'`` those kernels on one GEMM library, ``'deploy'`` the
-            folded formulation in ``eval()`` without autograd. The kernels live beside the
-            model (``metaformer_mm.accel``) and step aside for the plain forward wherever it
-            is traced (``torch.compile``, ONNX export); ``set_kernels`` changes the choice.
+        strict_load: False allows deliberate partial loads (logged as a warning); otherwise
+            a load leaving backbone tensors missing, unexpected or misshapen raises.
+        kernels: ``'reference'`` (the plain forward), ``'auto'`` (the fastest eager kernels
+            of ``metaformer_mm.accel`` for this CPU), ``'aten'``/``'onednn'`` (one GEMM
+            library), ``'deploy'`` (folded, ``eval()`` without autograd). The kernels step
+            aside wherever the model is traced (``torch.compile``, ONNX export).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             weights in any supported layout (see ``metaformer_mm.checkpoint``).
         **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
-            and ``pool_size``, which sets the pool size of every pooling mixer.
+            and of ``MIXER_OPTIONS``, options of every token mixer of their kind: ``pool_size``
+            (pooling), ``image_size`` (random, smlp), ``max_matrix_mb`` (random),
+            ``resize_mode`` (smlp); one that no mixer of the model takes is refused.
     """
 
-    # Subclasses resolve short names such as 's12' to f'{arch_prefix}s12'.
+    # A family class (``families.py``) builds its table's presets only, and resolves short
+    # names such as 's12' to f'{arch_prefix}s12'.
     arch_prefix, default_arch = '', 'poolformer_s12'
-    arch_settings = ARCH_SETTINGS
+    arch_settings: Dict[str, Dict] = ARCH_SETTINGS
     # Installs a ``kernels`` choice on a model: registered by the acceleration layer
     # (``metaformer_mm.accel``, imported with the package), which imports this module; the
     # model itself only has its plain forward.
     kernel_installer: Optional[Callable[['MetaFormer', str], None]] = None
-
-    def __init_subclass__(cls, family: Optional[str] = None, **kwargs) -> None:
-        """``class PoolFormer(MetaFormer, family='poolformer')`` builds that family's presets
-        only (``presets.FAMILIES``) and takes their short names."""
-        super().__init_subclass__(**kwargs)
-        if family is not None:
-            cls.arch_prefix, cls.arch_settings = f'{family}_', FAMILIES[family]
 
     def __init__(self, arch: Union[str, Dict, None] = None, in_channels: int = 3,
                  fork_feat: bool = True, out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -181,7 +172,6 @@ class MetaFormer(BaseModule):
         mixers = _per_stage(settings['token_mixers'], 'token_mixers')
         mlp_ratios = _per_stage(settings['mlp_ratios'], 'mlp_ratios')
         res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
-        pool_size = settings.get('pool_size')
         ls_init = settings.get('layer_scale_init_value')
 
         stem = dict(settings['stem'])
@@ -193,8 +183,9 @@ class MetaFormer(BaseModule):
             down = (Downsample(dims[i - 1], dims[i], **settings['downsample'])
                     if i > 0 else nn.Identity())
             mixer_cfg = mixers[i] if isinstance(mixers[i], dict) else dict(type=mixers[i])
-            if pool_size is not None and mixer_cfg.get('type') == 'pooling':
-                mixer_cfg = dict(mixer_cfg, pool_size=pool_size)
+            mixer_cfg = dict(mixer_cfg, **{
+                key: settings[key] for key, types in MIXER_OPTIONS.items()
+                if settings.get(key) is not None and mixer_cfg.get('type') in types})
             blocks = [
                 MetaFormerBlock(
                     dims[i],
@@ -222,7 +213,6 @@ class MetaFormer(BaseModule):
             self.head = ClassifierHead(dims[-1], num_classes, **head)
         self._freeze_stages()
         self.set_kernels(kernels)
-
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
@@ -267,8 +257,7 @@ class MetaFormer(BaseModule):
         return self
 
     def switch_to_deploy(self, enable: bool = True) -> 'MetaFormer':
-        """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), kept for mmcv-style
-        code; returns self."""
+        """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), for mmcv-style code."""
         return self.set_kernels('deploy' if enable else 'auto')
 
     # ---------------------------------------------------------------- training state
@@ -319,14 +308,8 @@ class MetaFormer(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
-        """Converts a known foreign layout under ``prefix`` in place and refuses misfits.
-
-        Runs inside every ``load_state_dict`` that reaches this backbone (mmengine's
-        ``load_checkpoint`` and torch's), before the children load from ``state_dict``: see
-        :func:`metaformer_mm.checkpoint.convert_backbone_keys`. torch and mmengine pass
-        ``strict=True`` here whatever their callers asked; ``strict_load=False`` or
-        ``metaformer_mm.checkpoint.partial_loading()`` allow deliberate partial loads.
-        """
+        """Converts a known foreign layout under ``prefix`` in place and refuses misfits
+        (:func:`metaformer_mm.checkpoint.convert_backbone_keys`), in every load."""
         from ...checkpoint import convert_backbone_keys
         convert_backbone_keys(self, state_dict, prefix, strict=strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

@@ -3,8 +3,9 @@
 Each family has the settings its members share (``*_COMMON``) and a table of what differs
 per size (depths, widths, layer-scale values), in the style of mmpretrain's
 ``arch_settings``: ``grep caformer_s18`` finds the line that defines it. A preset is the
-family's common settings updated by its row; ``ARCH_SETTINGS`` holds all of them by full
-name, and each family class accepts only the names of its own table (``FAMILIES``).
+family's common settings updated by its row. Each family's class (``families.py``) takes its
+table as ``arch_settings``; ``ARCH_SETTINGS`` holds every preset by full name, for
+``MetaFormer`` itself.
 
 The keys are the ``MetaFormer`` architecture arguments (``ARCH_KEYS`` in ``arch.py``).
 Norm names: ``GN1`` is GroupNorm with one group (PoolFormer's "modified layer norm", the
@@ -58,6 +59,7 @@ POOLFORMERV2 = {
     'poolformerv2_m48': dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768]),
 }
 
+
 IDENTITYFORMER_COMMON = dict(_BASELINES, token_mixers='identity',
                              norm_cfg=dict(type='GN1', eps=1e-6, bias=False))
 IDENTITYFORMER = {
@@ -69,7 +71,9 @@ IDENTITYFORMER = {
 }
 
 # RandFormer: identity mixing in stages 1-2, a frozen random token-mixing matrix in stages 3-4
-# (the "MetaFormer is a Synthesizer" member); ``image_size`` is the grid the matrices belong to.
+# (:class:`~metaformer_mm.models.random_mixing.RandomMixing`, the "MetaFormer is a
+# Synthesizer" member); ``image_size`` is the input size the matrices belong to (224 for the
+# released weights: 14x14 and 7x7 tokens), other input sizes resample them.
 RANDFORMER_COMMON = dict(
     _BASELINES, norm_cfg=dict(type='GN1', eps=1e-6, bias=False),
     token_mixers=['identity', 'identity', dict(type='random', image_size=224),
@@ -97,6 +101,7 @@ CONVFORMER = {
     'convformer_b36': dict(depths=[3, 12, 18, 3], dims=[128, 256, 512, 768]),
 }
 
+
 CAFORMER_COMMON = dict(CONVFORMER_COMMON,
                        token_mixers=[_SEPCONV, _SEPCONV, _ATTENTION, _ATTENTION])
 CAFORMER = {
@@ -109,7 +114,7 @@ CAFORMER = {
 # --------------------------------------------------------------------------- sMLPNet
 # "Sparse MLP for Image Recognition" (AAAI 2022), microsoft/SPACH: the sMLP mixer (with
 # BatchNorm inside, no norm before it), a channel LayerNorm before an MLP of ratio 3,
-# bias-free patch convs (4x4 stem, 2x2 downsampling).
+# bias-free patch convs (4x4 stem, 2x2 downsampling). Nothing else differs from a MetaFormer.
 SMLPNET_COMMON = dict(
     token_mixers=dict(type='smlp', image_size=224), mlp_ratios=3,
     norm1_cfg=None, norm_cfg=dict(type='LN2d', eps=1e-5), act_cfg=dict(type='GELU'),
@@ -126,7 +131,7 @@ SMLPNET = {
     'smlpnet_base': dict(depths=[2, 10, 24, 2], dims=[112, 224, 448, 896]),
 }
 
-# Family -> (common settings, size table); the family classes take their names from here.
+# Family -> (common settings, size table).
 FAMILY_TABLES = {
     'poolformer': (POOLFORMER_COMMON, POOLFORMER),
     'poolformerv2': (POOLFORMERV2_COMMON, POOLFORMERV2),
