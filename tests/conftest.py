@@ -11,9 +11,9 @@ SHARED = os.environ.get('METAFORMER_SHARED', osp.join(ROOT, '..', 'shared'))
 REFERENCE = osp.join(SHARED, 'reference')
 DATA = osp.join(SHARED, 'data')
 
-# Test modules import shared helpers (tiny_runner.py) from here; pytest's importlib mode
-# does not put this folder on sys.path by itself.
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+# Test modules in every folder import the shared helpers in tests/support/ (tiny_runner,
+# kernel_cases, legacy_layouts) by name; pytest's importlib mode puts no test folder on sys.path.
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'support'))
 
 # The suite runs on 2 cores; more threads than cores only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -62,7 +62,7 @@ def install_checkpoint_loader() -> None:
 
     mmengine has no public hook for "every checkpoint read": ``register_scheme`` is public,
     but replacing its loader of plain paths relies on the ``''`` prefix matching them
-    (``CheckpointLoader._get_checkpoint_loader``). tests/test_mmengine_internals.py fails
+    (``CheckpointLoader._get_checkpoint_loader``). tests/engine/test_mmengine_internals.py fails
     by name if mmengine changes that, or the ``CheckpointHook`` methods ``SafeCheckpointHook``
     overrides, or the keys under which its inferencers and ``Runner.resume`` read an
     embedded config.

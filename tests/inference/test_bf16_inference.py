@@ -19,7 +19,7 @@ from metaformer_mm.inference import (apply_bf16, bf16_state, cpu_bf16_flags,
                                      disable_bf16_inference, enable_bf16_inference, to_fp32)
 
 BF16 = dict(device_type='cpu', dtype=torch.bfloat16)
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _tiny(cfg: Config) -> Config:

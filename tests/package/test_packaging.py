@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from mmengine.config import Config
 import metaformer_mm  # noqa: F401  (lets mmengine resolve metaformer_mm:: bases)
 from metaformer_mm import zoo
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
 
 
