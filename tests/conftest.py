@@ -11,9 +11,9 @@ SHARED = os.environ.get('METAFORMER_SHARED', osp.join(ROOT, '..', 'shared'))
 REFERENCE = osp.join(SHARED, 'reference')
 DATA = osp.join(SHARED, 'data')
 
-# Test modules import shared helpers (tiny_runner.py) from here; pytest's importlib mode
-# does not put this folder on sys.path by itself.
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+# Test modules in every folder import the shared helpers in tests/support/ (tiny_runner,
+# kernel_cases, legacy_layouts) by name; pytest's importlib mode puts no test folder on sys.path.
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'support'))
 
 # The suite runs on 2 cores; more threads than cores only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -60,18 +60,29 @@ def key_shapes(reference_dir):
 
 # --------------------------------------------------------------------------- downloads
 @pytest.fixture
-def http_server(tmp_path, monkeypatch):
+def http_requests() -> list:
+    """The paths ``http_server`` was asked for, in order (to count downloads)."""
+    return []
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch, http_requests):
     """Serves ``tmp_path / 'www'`` on 127.0.0.1; downloads go to a fresh TORCH_HOME.
-    Yields ``(folder, base URL)``."""
-    import functools
+    Yields ``(folder, base URL)``; each request's path is appended to ``http_requests``."""
     import http.server
     import threading
     root = tmp_path / 'www'
     root.mkdir()
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, fmt, *args):
+            http_requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,7 +1,7 @@
 """Everything importing ``metaformer_mm`` changes in mmengine (and torch), and why.
 
 Each is kept only because mmengine 0.10 has no public mechanism for it;
-``tests/test_mmengine_internals.py`` fails by name when mmengine changes what it relies on.
+``tests/engine/test_mmengine_internals.py`` fails by name when mmengine changes what it relies on.
 
 * **Every checkpoint read** (``load_from``, ``resume``, ``init_detector``, ``init_model``, the
   inferencers, ``Pretrained`` init) goes through :func:`load_from_safe`: ``weights_only=True``,

@@ -8,7 +8,7 @@
 #    every other wheel in WHEELS with --no-deps (the machine's own numpy/opencv/torch stay);
 # 2. reports the environment (GPU, CPU, torch, CUDA, whether mmcv's ops run on CUDA
 #    tensors) to OUT_DIR/env.txt;
-# 3. runs tests/test_cuda.py (CUDA equals CPU, AMP fp16 training finite, bf16 inference)
+# 3. runs tests/kernels/test_cuda.py (CUDA equals CPU, AMP fp16 training finite, bf16 inference)
 #    -> OUT_DIR/cuda_tests.txt (+ junit xml);
 # 4. runs tools/analysis/benchmark.py --suite cuda compile -> OUT_DIR/cuda_bench.md (the tables
 #    for the README), written table by table so a timeout keeps what was measured.
@@ -83,7 +83,7 @@ except Exception as err:  # reported, not fatal: the backbone and Semantic FPN n
 PYEOF
 cat "$OUT/env.txt"
 
-timeout "${TESTS_LIMIT:-200}" "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider \
+timeout "${TESTS_LIMIT:-200}" "$PY" -m pytest tests/kernels/test_cuda.py -q -rs -p no:cacheprovider \
   --junitxml="$OUT/cuda_tests.xml" 2>&1 | tee "$OUT/cuda_tests.txt"
 tests=${PIPESTATUS[0]}
 

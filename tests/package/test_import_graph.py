@@ -5,7 +5,7 @@ import os
 import os.path as osp
 from typing import Dict, List, Set
 
-PACKAGE = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'metaformer_mm')
+PACKAGE = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'metaformer_mm')
 
 
 def _modules() -> Dict[str, str]:

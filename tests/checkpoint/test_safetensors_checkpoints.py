@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from metaformer_mm.checkpoint import CheckpointError, read_checkpoint
 from metaformer_mm.models.backbones.metaformer import MetaFormer
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_POOLFORMER = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
 
 

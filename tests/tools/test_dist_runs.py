@@ -10,8 +10,8 @@
 
 Models are the S12 configs with a 1-block-per-stage, narrow PoolFormer at about 192x128.
 Semantic FPN keeps its SyncBN head, which the tools run as BN in CPU processes (DDP refuses
-SyncBN on CPU). The Semantic FPN *training* run in 2 processes is in test_seg_train_test.py,
-RetinaNet's in test_det_dist.py.
+SyncBN on CPU). The Semantic FPN *training* run in 2 processes is in test_train_test_segmentation.py,
+RetinaNet's in test_dist_scripts.py.
 """
 import glob
 import json

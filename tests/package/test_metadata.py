@@ -7,7 +7,7 @@ import torch
 
 from metaformer_mm.version import TORCH_MIN, check_torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def test_setup_declares_the_torch_floor_the_package_checks():

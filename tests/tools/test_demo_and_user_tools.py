@@ -13,7 +13,7 @@ import torch
 from metaformer_mm.models.backbones.metaformer import MetaFormer
 from metaformer_mm.models.backbones import SMLPNet
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(ROOT, 'configs', 'detection', 'demo', 'retinanet_poolformer_s12_shapes.py')
 RETINA_S12 = osp.join(ROOT, 'configs', 'detection', 'retinanet_poolformer_s12.py')
 

@@ -3,12 +3,9 @@ names), ``metaformer_mm::`` configs work from any directory, ImageNet weights by
 end to end from a local HTTP server, and the README's tables are the index's."""
 import functools
 import glob
-import http.server
 import json
-import os
 import os.path as osp
 import subprocess
-import threading
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from mmengine.config import Config
 import metaformer_mm  # noqa: F401  (lets mmengine resolve metaformer_mm:: bases)
 from metaformer_mm import zoo
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = dict(base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16, 32, 48, 64])
 
 
@@ -97,7 +94,7 @@ def _declared_weights(path: str):
 
 def test_pretrained_weights_of_each_config_are_the_indexed_name():
     """Configs name their ImageNet weights; the index records the same name, and it resolves
-    (tests/test_*_configs.py check the parsed configs' init_cfg)."""
+    (tests/configs/test_*_configs.py check the parsed configs' init_cfg)."""
     for entry in zoo.model_index().values():
         declared = _declared_weights(osp.join(ROOT, entry['Config']))
         name = entry['Metadata']['Pretrained']
@@ -190,43 +187,19 @@ def test_weights_table_overrides(tmp_path, monkeypatch):
         zoo.resolve_weights('poolformer_s12')
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    """Serves ``tmp_path/www`` on 127.0.0.1 (a free port); yields (base URL, request log)."""
-    www = tmp_path / 'www'
-    www.mkdir()
-    requests = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(www), **kwargs)
-
-        def log_message(self, fmt, *args):
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f'http://127.0.0.1:{server.server_address[1]}', www, requests
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_weights_by_name_download_from_a_local_server(http_server, reference_dir, tmp_path,
-                                                      monkeypatch):
+def test_weights_by_name_download_from_a_local_server(http_server, http_requests, reference_dir,
+                                                      tmp_path, monkeypatch):
     """A name in init_cfg -> its URL (a mirror table) -> downloaded -> the backbone's weights."""
     import shutil
 
     from metaformer_mm.models.backbones.metaformer import MetaFormer
-    base, www, requests = http_server
+    www, base = http_server
+    requests = http_requests
     source = osp.join(reference_dir, 'poolformer_tiny', 'official.pth')
     shutil.copy(source, www / 'poolformer_tiny.pth.tar')
     table = tmp_path / 'weights.json'
     table.write_text(json.dumps({'poolformer_tiny': f'{base}/poolformer_tiny.pth.tar'}))
     monkeypatch.setenv(zoo.WEIGHTS_ENV, str(table))
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # a fresh download cache
 
     url = zoo.resolve_weights('poolformer_tiny')
     assert url == f'{base}/poolformer_tiny.pth.tar'

@@ -4,8 +4,8 @@ Everything goes through the entry points a user meets: mmdet's/mmseg's model bui
 configs, a backbone's ``init_cfg``, ``init_detector``, ``tools/test.py`` and
 ``tools/train.py --resume``, ``inference_detector``/``inference_model`` and the dataset
 classes. Direct ``PoolFormer(...)`` argument errors, shape and depth mismatches and partial
-files are covered in test_poolformer.py; refusal of pickled callables by ``read_checkpoint``,
-``init_weights`` and ``load_from`` in test_runtime_checkpoints.py.
+files are covered in models/test_poolformer.py; refusal of pickled callables by ``read_checkpoint``,
+``init_weights`` and ``load_from`` in checkpoint/test_weights_only_runner_checkpoints.py.
 """
 import os
 import os.path as osp

@@ -20,7 +20,6 @@ import os.path as osp
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -247,9 +246,15 @@ def _tool(repo_root: str, name: str) -> str:
     return path
 
 
+SUPPORT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'support')
+
+
 def _start(args: List[str], log: str, threads: int = 1) -> subprocess.Popen:
-    """Starts a tool; 1 thread each so that two runs share the 2 cores without contention."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore')
+    """Starts a tool; 1 thread each so that two runs share the 2 cores without contention.
+    tests/support is on its PYTHONPATH (``custom_imports`` of the kill hook)."""
+    path = os.pathsep.join(p for p in (SUPPORT, os.environ.get('PYTHONPATH')) if p)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore',
+               PYTHONPATH=path)
     with open(log, 'w') as out:
         return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
@@ -287,13 +292,20 @@ def small_retinanet(repo_root, data_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope='module')
 def killed_and_resumed(repo_root, small_retinanet, tmp_path_factory):
-    """Run A trains 8 iterations; run B, the same, is SIGKILLed once its second checkpoint
-    (iteration 4) is complete, then resumed with ``--resume``; run C uses another seed.
+    """Run A trains 8 iterations; run B, the same, SIGKILLs itself right after its second
+    checkpoint (iteration 4) is complete (``KillAtIteration``), then is resumed with
+    ``--resume`` from the plain config; run C uses another seed.
 
     Returns the work dirs of A, B and C.
     """
     root = tmp_path_factory.mktemp('runs')
     train = _tool(repo_root, 'train.py')
+    killed = root / 'retinanet_tiny_killed_at_4.py'
+    killed.write_text(
+        f'_base_ = [{small_retinanet!r}]\n'
+        "custom_imports = dict(imports=['metaformer_mm', 'kill_at_iteration'],\n"
+        '                      allow_failed_imports=False)\n'
+        "custom_hooks = [dict(type='KillAtIteration', at=4)]\n")
     a, b, c = (str(root / name) for name in 'abc')
     args = lambda work, *more: [train, small_retinanet, '--work-dir', work,  # noqa: E731
                                 '--cfg-options', *more]
@@ -305,17 +317,12 @@ def killed_and_resumed(repo_root, small_retinanet, tmp_path_factory):
 
     try:
         run_a = start(args(a, *DETERMINISTIC), f'{a}.log')
-        run_b = start(args(b, *DETERMINISTIC), f'{b}.log')
-        pointer = Path(b, 'last_checkpoint')
-        deadline = time.time() + 600
-        while not (pointer.is_file() and pointer.read_text().endswith('iter_4.pth')):
-            assert run_b.poll() is None, Path(f'{b}.log').read_text()[-5000:]
-            assert time.time() < deadline, 'no second checkpoint after 10 minutes'
-            time.sleep(0.05)
-        run_b.send_signal(signal.SIGKILL)
-        run_b.wait()
-        assert run_b.returncode == -signal.SIGKILL
-        assert not osp.exists(osp.join(b, f'iter_{ITERS}.pth')), 'run B ended before the kill'
+        run_b = start([train, str(killed), '--work-dir', b, '--cfg-options', *DETERMINISTIC],
+                      f'{b}.log')
+        run_b.wait(timeout=600)
+        assert run_b.returncode == -signal.SIGKILL, Path(f'{b}.log').read_text()[-5000:]
+        assert Path(b, 'last_checkpoint').read_text().endswith('iter_4.pth')
+        assert not osp.exists(osp.join(b, 'iter_6.pth')), 'run B went on past the kill'
 
         resume = start([train, small_retinanet, '--work-dir', b, '--resume',
                         '--cfg-options', *DETERMINISTIC], f'{b}.resume.log')

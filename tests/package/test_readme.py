@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +41,7 @@ def test_own_config_example_builds_and_runs(readme, tmp_path):
 
 
 def test_every_named_file_exists(readme):
-    names = set(re.findall(r'\b((?:configs|tools|demo)/[\w./-]+\.(?:py|sh))', readme))
+    names = set(re.findall(r'(?<![\w/])((?:configs|tools|demo|tests)/[\w./-]+\.(?:py|sh))', readme))
     assert names, 'the README names no config or tool'
     missing = sorted(n for n in names if not osp.isfile(osp.join(ROOT, n)))
     assert not missing, f'the README names files that do not exist: {missing}'

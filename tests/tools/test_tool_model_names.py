@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VISUALIZE = osp.join('tools', 'analysis', 'visualize_features.py')
 
 

@@ -3,69 +3,16 @@
 directory outside the checkout: configs and the model index come with the package."""
 import os
 import os.path as osp
-import shutil
 import subprocess
 import sys
-import sysconfig
-import textwrap
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from venvs import checkout_copy, clean_env, make_venv, pip_install, run_outside
 
 pytestmark = pytest.mark.slow
-
-
-def _checkout_copy(dst: str) -> str:
-    """The files a fresh clone of this working tree has (tracked or not ignored), symlinks
-    kept as symlinks; builds then leave nothing in the real checkout."""
-    files = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard'],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        src, out = osp.join(ROOT, name), osp.join(dst, name)
-        if not osp.lexists(src):
-            continue  # deleted in the working tree
-        os.makedirs(osp.dirname(out), exist_ok=True)
-        if osp.islink(src):
-            os.symlink(os.readlink(src), out)
-        else:
-            shutil.copy2(src, out)
-    return dst
-
-
-def _venv(path: str) -> str:
-    """A venv whose own site-packages comes first, then this interpreter's (torch, mmdet...):
-    ``--system-site-packages`` would reach the base interpreter's, not this venv's."""
-    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', path], check=True)
-    python = osp.join(path, 'bin', 'python')
-    purelib = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()'
-                              '["purelib"])'], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    with open(osp.join(purelib, '_reuse_dependencies.pth'), 'w') as f:
-        f.write(sysconfig.get_paths()['purelib'] + '\n')
-    return python
-
-
-def _pip(python: str, *args: str) -> None:
-    # --ignore-installed: never touch the metaformer_mm of the environment being reused
-    result = subprocess.run([python, '-m', 'pip', 'install', '--no-deps', '--no-index',
-                             '--no-build-isolation', '--ignore-installed', '-q', *args],
-                            capture_output=True, text=True, timeout=600, env=_clean_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-def _clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    env['PYTHONWARNINGS'] = 'ignore'
-    return env
-
-
-def _run_outside(python: str, cwd: str, script: str) -> str:
-    os.makedirs(cwd, exist_ok=True)
-    result = subprocess.run([python, '-c', textwrap.dedent(script)], cwd=cwd,
-                            capture_output=True, text=True, timeout=600, env=_clean_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 USER_CONFIG = """\
@@ -82,11 +29,11 @@ test_dataloader = dict(dataset=dict(pipeline=[
 
 def test_wheel_holds_configs_and_index_and_works_outside_the_checkout(tmp_path, data_dir):
     import zipfile
-    src = _checkout_copy(str(tmp_path / 'src'))
+    src = checkout_copy(str(tmp_path / 'src'))
     wheels = tmp_path / 'wheels'
     result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
                              '--no-build-isolation', '-q', '-w', str(wheels), src],
-                            capture_output=True, text=True, timeout=600, env=_clean_env())
+                            capture_output=True, text=True, timeout=600, env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = wheels.glob('metaformer_mm-*.whl')
     names = zipfile.ZipFile(wheel).namelist()
@@ -98,9 +45,9 @@ def test_wheel_holds_configs_and_index_and_works_outside_the_checkout(tmp_path, 
     assert 'metaformer_mm/.mim/model-index.yml' in names
     assert 'metaformer_mm/zoo.py' in names
 
-    python = _venv(str(tmp_path / 'venv'))
-    _pip(python, str(wheel))
-    out = _run_outside(python, str(tmp_path / 'elsewhere'), f"""
+    python = make_venv(str(tmp_path / 'venv'))
+    pip_install(python, str(wheel))
+    out = run_outside(python, str(tmp_path / 'elsewhere'), f"""
         import os.path as osp
         import metaformer_mm
         from metaformer_mm import zoo
@@ -127,12 +74,12 @@ def test_wheel_holds_configs_and_index_and_works_outside_the_checkout(tmp_path, 
 def test_editable_install_resolves_package_configs_from_the_checkout(tmp_path):
     """PEP 660 (setuptools' editable wheel): mmengine finds ``metaformer_mm::`` configs
     through the committed ``.mim`` links, and an edit in configs/ shows at once."""
-    src = _checkout_copy(str(tmp_path / 'src'))
-    python = _venv(str(tmp_path / 'venv'))
-    _pip(python, '-e', src)
+    src = checkout_copy(str(tmp_path / 'src'))
+    python = make_venv(str(tmp_path / 'venv'))
+    pip_install(python, '-e', src)
     with open(osp.join(src, 'configs', 'detection', 'retinanet_poolformer_s12.py'), 'a') as f:
         f.write('edited_in_checkout = True\n')
-    out = _run_outside(python, str(tmp_path / 'elsewhere'), f"""
+    out = run_outside(python, str(tmp_path / 'elsewhere'), f"""
         import os.path as osp
         import metaformer_mm
         assert metaformer_mm.__file__ == {osp.join(src, 'metaformer_mm', '__init__.py')!r}

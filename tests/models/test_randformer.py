@@ -78,11 +78,17 @@ def test_official_layout_loads_every_matrix_unchanged(reference_dir):
         assert not mixer.random_matrix.requires_grad
     assert all(isinstance(b.token_mixer, IdentityMixer)
                for s in model.stages[:2] for b in s.blocks)
-    # fork_feat from the classification file: the four maps are the normalized stage outputs.
+    # fork_feat from the classification file: the four maps are the original's stage outputs
+    # through the output norms, which the file has none of and keep their initial weight 1,
+    # bias 0: a channel LayerNorm (eps 1e-6) of each stage output.
     with torch.no_grad():
         feats = model(_ref(reference_dir, 'input.pt'))
-    assert [tuple(f.shape) for f in feats] == [tuple(o.shape) for o in
-                                              _ref(reference_dir, 'stage_outputs.pt')]
+    assert len(feats) == 4
+    for i, (feat, raw) in enumerate(zip(feats, _ref(reference_dir, 'stage_outputs.pt'))):
+        assert feat.shape == raw.shape, f'stage {i}'
+        normed = F.layer_norm(raw.permute(0, 2, 3, 1), (raw.shape[1],), eps=1e-6)
+        torch.testing.assert_close(feat, normed.permute(0, 3, 1, 2), atol=1e-5, rtol=0,
+                                   msg=f'stage {i}')
 
 
 def test_channels_last_and_nchw_give_the_same_mixing():

@@ -19,7 +19,7 @@ from metaformer_mm.inference import (apply_bf16, bf16_state, cpu_bf16_flags,
                                      disable_bf16_inference, enable_bf16_inference, to_fp32)
 
 BF16 = dict(device_type='cpu', dtype=torch.bfloat16)
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _tiny(cfg: Config) -> Config:
@@ -317,16 +317,30 @@ def test_apply_bf16_config():
 
 
 def _run_test(cfg: Config, work_dir: str):
+    """Runs the Runner's test loop; returns the model, the neck's outputs of each batch and
+    the metrics. The seed is fixed, so two runs of one config build the same weights."""
     from mmengine.runner import Runner
+    cfg = cfg.copy()
     cfg.work_dir = work_dir
     cfg.launcher = 'none'
+    cfg.randomness = dict(seed=0)
     runner = Runner.from_cfg(cfg)
     model = runner.model
-    seen = []
-    hook = _record_dtypes(model.neck, seen)
+    outputs = []
+    hook = model.neck.register_forward_hook(
+        lambda module, args, out: outputs.append([o.detach() for o in out]))
     metrics = runner.test()
     hook.remove()
-    return model, seen, metrics
+    return model, outputs, metrics
+
+
+def _assert_maps_close(fp32: list, bf16: list) -> None:
+    """The bf16 run's neck maps equal the fp32 run's within 5% of each map's magnitude."""
+    assert len(fp32) == len(bf16) > 0
+    for batch, (refs, outs) in enumerate(zip(fp32, bf16)):
+        for level, (ref, out) in enumerate(zip(refs, outs)):
+            err = float((out.float() - ref).abs().max())
+            assert err <= 0.05 * float(ref.abs().max()), (batch, level, err)
 
 
 def test_runner_test_loop_fp16_retinanet(coco_mini_run, tmp_path):
@@ -334,18 +348,23 @@ def test_runner_test_loop_fp16_retinanet(coco_mini_run, tmp_path):
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(dict(opt.split('=', 1) for opt in options))
     _tiny(cfg)
+    _, fp32_maps, _ = _run_test(cfg, str(tmp_path / 'fp32'))
     apply_bf16(cfg, force=True)
-    model, seen, metrics = _run_test(cfg, str(tmp_path / 'w'))
-    assert seen == [torch.bfloat16]  # the network ran in bf16, and NMS did not crash
+    model, maps, metrics = _run_test(cfg, str(tmp_path / 'w'))
+    # the network ran in bf16, and NMS did not crash
+    assert [m[0].dtype for m in maps] == [torch.bfloat16]
+    _assert_maps_close(fp32_maps, maps)
     assert 'coco/bbox_mAP' in metrics and metrics['coco/bbox_mAP'] >= 0
     assert bf16_state(model) is None  # undone after testing
 
 
 def test_runner_test_loop_fp16_semantic_fpn(ade_mini_run, tmp_path):
     cfg = _tiny(Config.fromfile(ade_mini_run(tmp_path, 'fpn_poolformer_s12', iters=1)))
+    _, fp32_maps, _ = _run_test(cfg, str(tmp_path / 'fp32'))
     apply_bf16(cfg, force=True)
-    model, seen, metrics = _run_test(cfg, str(tmp_path / 'w'))
-    assert seen == [torch.bfloat16] * 3
+    model, maps, metrics = _run_test(cfg, str(tmp_path / 'w'))
+    assert [m[0].dtype for m in maps] == [torch.bfloat16] * 3
+    _assert_maps_close(fp32_maps, maps)
     assert 0 <= metrics['mIoU'] <= 100
 
 

@@ -23,7 +23,7 @@ import metaformer_mm  # noqa: F401
 from metaformer_mm.cli.datasets import check_annotation_files
 from metaformer_mm.datasets import DataError
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'configs', 'detection', 'demo', 'retinanet_poolformer_s12_shapes.py')
 TINY = '''
 _base_ = [{config!r}]

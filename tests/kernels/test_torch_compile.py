@@ -9,7 +9,6 @@ matrix resampling is part of the graph).
 """
 import logging
 import os
-import os.path as osp
 import subprocess
 import sys
 import uuid

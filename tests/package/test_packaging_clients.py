@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from test_packaging import _checkout_copy, _clean_env, _pip, _run_outside, _venv
+from venvs import checkout_copy, clean_env, make_venv, pip_install, run_outside
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def mim_site(tmp_path_factory) -> str:
 def _mim(python: str, site: str, *args: str, cwd: str) -> str:
     os.makedirs(cwd, exist_ok=True)
     result = subprocess.run([python, '-c', MIM_LAUNCH, site, *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=900, env=_clean_env())
+                            capture_output=True, text=True, timeout=900, env=clean_env())
     out = result.stdout + result.stderr
     assert result.returncode == 0 and 'Traceback' not in out, f'mim {args}:\n{out[-5000:]}'
     return out
@@ -65,7 +65,7 @@ def _user_config(coco_mini_run, folder) -> tuple:
 
 def _fresh_interpreter_checks(python: str, cwd: str) -> None:
     """Start-up stays light; mmengine resolves our configs before the package is imported."""
-    out = _run_outside(python, cwd, """
+    out = run_outside(python, cwd, """
         import sys
         print('light start', not {'torch', 'mmengine', 'metaformer_mm'} & set(sys.modules))
         from mmengine.hub import get_config
@@ -88,7 +88,7 @@ def _check_list_search_download(python, site, tmp_path, with_direct: bool) -> No
     assert sorted(p.name for p in dest.glob('*.py')) == sorted(f'{c}.py' for c in configs)
     assert re.search(rf'{DRIVE}: no direct download .* Google Drive page', out), out
     assert f'{UNRELEASED}: no direct download of its weights; no trained checkpoint' in out
-    _run_outside(python, str(tmp_path), f"""
+    run_outside(python, str(tmp_path), f"""
         from mmengine.config import Config
         cfg = Config.fromfile({str(dest / (DRIVE + '.py'))!r})
         assert cfg.model.backbone.type == 'PoolFormer' and cfg.model.type == 'RetinaNet'
@@ -98,7 +98,7 @@ def _check_list_search_download(python, site, tmp_path, with_direct: bool) -> No
 def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server, mim_site,
                                                            coco_mini_run):
     root, base = http_server
-    src = _checkout_copy(str(tmp_path / 'src'))
+    src = checkout_copy(str(tmp_path / 'src'))
     # the direct download of the index, served from 127.0.0.1
     (root / 'fpn_s12_ade20k.pth').write_bytes(b'released checkpoint bytes')
     metafile = osp.join(src, 'configs', 'metafiles', 'poolformer.yml')
@@ -111,18 +111,18 @@ def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server
     wheels = tmp_path / 'wheels'
     result = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q',
                              '--no-build-isolation', '-w', str(wheels), src],
-                            capture_output=True, text=True, timeout=600, env=_clean_env())
+                            capture_output=True, text=True, timeout=600, env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = wheels.glob('metaformer_mm-*.whl')
-    python = _venv(str(tmp_path / 'venv'))
+    python = make_venv(str(tmp_path / 'venv'))
     # `make setup`'s check: a venv without the installed hook and openmim is not trusted
     check = [python, osp.join(src, 'tools', 'ci', 'check_env.py')]
-    result = subprocess.run(check, capture_output=True, text=True, env=_clean_env())
+    result = subprocess.run(check, capture_output=True, text=True, env=clean_env())
     assert result.returncode == 1 and 'metaformer_mm-startup.pth is missing' in result.stderr \
         and 'openmim is missing' in result.stderr, result.stderr
-    _pip(python, str(wheel))
+    pip_install(python, str(wheel))
     os.symlink(mim_site, tmp_path / 'venv' / 'mim')
-    result = subprocess.run(check, capture_output=True, text=True, env=_clean_env())
+    result = subprocess.run(check, capture_output=True, text=True, env=clean_env())
     assert result.returncode == 0, result.stderr
     elsewhere = str(tmp_path / 'elsewhere')
     _fresh_interpreter_checks(python, elsewhere)
@@ -137,7 +137,7 @@ def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server
     config, options = _user_config(coco_mini_run, tmp_path)
     result = subprocess.run([python, mmdet_train, config, '--work-dir', tmp_path / 'mmdet_run',
                              *options], cwd=elsewhere, capture_output=True, text=True,
-                            timeout=900, env=_clean_env())
+                            timeout=900, env=clean_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     checkpoint = tmp_path / 'mmdet_run' / 'epoch_1.pth'
     assert checkpoint.is_file()
@@ -152,9 +152,9 @@ def test_wheel_with_mim_mmdet_tools_and_fresh_interpreters(tmp_path, http_server
 def test_editable_install_with_mim_mmseg_tools_and_fresh_interpreters(tmp_path, mim_site,
                                                                        coco_mini_run,
                                                                        ade_mini_run):
-    src = _checkout_copy(str(tmp_path / 'src'))
-    python = _venv(str(tmp_path / 'venv'))
-    _pip(python, '-e', src)
+    src = checkout_copy(str(tmp_path / 'src'))
+    python = make_venv(str(tmp_path / 'venv'))
+    pip_install(python, '-e', src)
     elsewhere = str(tmp_path / 'elsewhere')
     _fresh_interpreter_checks(python, elsewhere)
 
@@ -169,7 +169,7 @@ def test_editable_install_with_mim_mmseg_tools_and_fresh_interpreters(tmp_path, 
     result = subprocess.run([python, osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
                                               'train.py'), seg_config, '--work-dir',
                              tmp_path / 'mmseg_run'], cwd=elsewhere, capture_output=True,
-                            text=True, timeout=900, env=_clean_env())
+                            text=True, timeout=900, env=clean_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / 'mmseg_run' / 'iter_1.pth').is_file()
     _check_list_search_download(python, mim_site, tmp_path, with_direct=False)

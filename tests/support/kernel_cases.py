@@ -1,6 +1,6 @@
 """Tiny MetaFormers with randomized weights and the comparisons the kernel tests share
-(``test_fast_path.py``: fp32 paths; ``test_fast_path_bf16.py``: under bf16 autocast;
-``test_compile.py``: torch.compile)."""
+(``kernels/test_eager_kernels.py``: fp32 paths; ``kernels/test_eager_kernels_bf16.py``: under
+bf16 autocast; ``kernels/test_torch_compile.py``: torch.compile; ``tools/test_export_onnx.py``)."""
 import collections
 import contextlib
 from typing import Counter, Iterator

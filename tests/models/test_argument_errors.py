@@ -18,7 +18,7 @@ from mmengine.registry import init_default_scope
 import metaformer_mm  # noqa: F401
 from metaformer_mm.models import PoolFormer
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = {'retinanet': ('detection/retinanet_poolformer_s12.py', 'mmdet'),
            'fpn': ('segmentation/fpn_poolformer_s12.py', 'mmseg')}
 TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
