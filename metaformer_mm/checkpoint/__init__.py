@@ -9,14 +9,14 @@ from .io import (CheckpointError, CheckpointNotFoundError, atomic_save, atomic_w
                  url_cache_file)
 from .layouts import (StateDict, convert_state_dict, detect_layout, extract_state_dict,
                       state_dict_problem)
-from .loading import (convert_backbone_keys, load_pretrained, partial_loading,
-                      prepare_checkpoint, resolve_weights)
+from .loading import convert_backbone_keys, load_pretrained, partial_loading, prepare_checkpoint
 
 __all__ = [
-    'CheckpointError', 'CheckpointNotFoundError', 'StateDict', 'atomic_save', 'atomic_write', 'check_config_text', 'checkpoint_source', 'config_text_problem',
-    'convert_backbone_keys', 'convert_detector_checkpoint', 'convert_state_dict', 'detect_layout',
+    'CheckpointError', 'CheckpointNotFoundError', 'StateDict', 'atomic_save', 'atomic_write',
+    'check_config_text', 'checkpoint_source', 'config_text_problem', 'convert_backbone_keys',
+    'convert_detector_checkpoint', 'convert_state_dict', 'detect_layout',
     'detector_backbone_layout', 'detector_dataset_meta', 'extract_state_dict',
     'guard_embedded_configs', 'is_url', 'load_pretrained', 'loading_source', 'partial_loading',
-    'prepare_checkpoint', 'read_checkpoint', 'resolve_weights', 'save_converted',
-    'state_dict_problem', 'unwrap_weights', 'url_cache_file'
+    'prepare_checkpoint', 'read_checkpoint', 'save_converted', 'state_dict_problem',
+    'unwrap_weights', 'url_cache_file'
 ]

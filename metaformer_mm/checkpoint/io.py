@@ -17,7 +17,7 @@ import uuid
 import weakref
 import zipfile
 from pathlib import Path
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
+from typing import (Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
                     Union)
 
 import torch
@@ -58,7 +58,7 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
             raise CheckpointNotFoundError(f'checkpoint file not found: {path}')
         if osp.getsize(path) == 0:
             raise CheckpointError(f'checkpoint file is empty: {path}')
-        obj = _guarded(path, lambda: _load_file(path, map_location))
+        obj = _guarded(path, map_location)
     _record_source(path, obj)
     return obj
 
@@ -75,10 +75,9 @@ def _read_url(url: str, map_location: Any) -> Any:
     """Loads ``url`` from its cache file, downloading it first. A download is renamed into
     place only once it loads; a cache file that no longer loads is downloaded again."""
     cached = url_cache_file(url)
-    load = lambda p: _load_file(p, map_location)  # noqa: E731
     if osp.isfile(cached):
         try:
-            return _guarded(cached, lambda: load(cached), shown=f'{url} (cached as {cached})')
+            return _guarded(cached, map_location, shown=f'{url} (cached as {cached})')
         except CheckpointError as err:
             if 'refused to load' in str(err):
                 raise
@@ -95,7 +94,7 @@ def _read_url(url: str, map_location: Any) -> Any:
             raise CheckpointError(f'cannot download {url}: {err} (nothing was written to the '
                                   f'cache file {cached})') from None
         try:
-            obj = _guarded(tmp, lambda: load(tmp), shown=url)
+            obj = _guarded(tmp, map_location, shown=url)
         except CheckpointError as err:
             raise CheckpointError(f'{err} (the download was not kept as the cache file '
                                   f'{cached})') from None
@@ -173,16 +172,14 @@ def _load_file(path: str, map_location: Any) -> Any:
         raise _Unreadable(f'it is a corrupt or truncated .safetensors file ({err})') from None
 
 
-def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) -> Any:
-    """``load()`` of the local file ``path``, its errors turned into one :class:`CheckpointError`
-    naming ``shown`` (default ``path``; the URL of a download)."""
+def _guarded(path: str, map_location: Any, shown: Optional[str] = None) -> Any:
+    """:func:`_load_file` of the local file ``path``, its errors turned into one
+    :class:`CheckpointError` naming ``shown`` (default ``path``; the URL of a download)."""
     shown = shown or path
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
     try:
-        safe_globals = getattr(torch.serialization, 'safe_globals', None)
-        if safe_globals is None:
-            return load()
-        with safe_globals(_EXTERNAL_SAFE_TYPES):
-            return load()
+        with safe_globals(_EXTERNAL_SAFE_TYPES) if safe_globals else contextlib.nullcontext():
+            return _load_file(path, map_location)
     except _Unreadable as err:
         raise CheckpointError(f'cannot load {shown}: {err}') from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,

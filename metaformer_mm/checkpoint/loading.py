@@ -133,15 +133,6 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
 
 
 # --------------------------------------------------------------------------- Pretrained
-def resolve_weights(path: str) -> str:
-    """The file or URL that ``path`` names (a weight name through ``metaformer_mm.zoo``)."""
-    from ..zoo import resolve_weights as zoo_resolve
-    try:
-        return zoo_resolve(path)
-    except ValueError as err:  # an unknown name: the loader's own error type, same words
-        raise CheckpointError(str(err)) from None
-
-
 def _depths(keys) -> List[int]:
     blocks = [set() for _ in range(4)]
     for key in keys:
@@ -189,8 +180,12 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     """Loads backbone weights in any supported layout into ``model``; logs and returns what
     loaded. With ``fork_feat`` a classifier head and output norms the model lacks are dropped.
     ``prefix='auto'`` (the tools) takes a whole model's ``backbone.`` keys."""
+    from ..zoo import resolve_weights
     logger = logger or MMLogger.get_current_instance()
-    path = resolve_weights(path)
+    try:
+        path = resolve_weights(path)
+    except ValueError as err:  # an unknown name: the loader's own error type, same words
+        raise CheckpointError(str(err)) from None
     raw = read_checkpoint(path, map_location)
     state = extract_state_dict(raw, path, None if prefix == 'auto' else prefix)
     if prefix == 'auto' and detector_backbone_layout(state, prefix='') is None \
