@@ -1,17 +1,9 @@
 """MetaFormer backbones (PoolFormer, sMLPNet, PoolFormerV2, ConvFormer, CAFormer) for OpenMMLab 2.0.
 
-``import metaformer_mm`` (or ``custom_imports=dict(imports=['metaformer_mm'])`` in a config)
-registers the backbones for mmdet and mmseg and allow-lists the types that mmengine's own
-training checkpoints hold, so ``resume`` and ``load_from`` work with ``weights_only=True``.
-It also registers ``SafeCheckpointHook`` (all-or-nothing checkpoint writes),
-``NonFiniteGuardHook`` (stops a run at its first nan/inf), ``CPUAmpOptimWrapper`` and the
-``CheckedCompose`` data pipeline (errors that name the file), and routes mmengine's loading
-of local and http(s) checkpoints through ``metaformer_mm.checkpoint.read_checkpoint``
-(errors that name the file and the problem; embedded configs that would run code are refused).
-``enable_bf16_inference(model)`` / ``apply_bf16(cfg)``: bf16 inference with fp32
-post-processing (:mod:`metaformer_mm.inference`). mmengine finds this package's configs as
-``metaformer_mm::detection/...`` in ``_base_`` (see ``metaformer_mm.startup``).
-"""
+``import metaformer_mm`` (or ``custom_imports``) registers the backbones for mmdet and mmseg,
+the hooks, ``CPUAmpOptimWrapper`` and ``CheckedCompose``, routes mmengine's checkpoint reads
+through ``metaformer_mm.checkpoint`` and lets mmengine find ``metaformer_mm::`` configs (see
+``engine.mmengine_internals``)."""
 import torch
 
 from .version import __version__, check_torch

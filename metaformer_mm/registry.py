@@ -1,9 +1,5 @@
-"""Registration of our backbones in mmdet's and mmseg's model registries, and the
-``metaformer_mm`` scope of mmengine's transform registry.
-
-Both are optional: a user of only mmseg (or only mmdet) imports ``metaformer_mm`` fine,
-and a missing package is logged once, by name. Any other import error is raised.
-"""
+"""Registration of the backbones in mmdet's and mmseg's registries (either may be missing: logged
+once), and the ``metaformer_mm`` scope."""
 import importlib
 from typing import Dict, Type
 
@@ -34,13 +30,10 @@ REGISTRIES = _load_registries()
 
 
 def _scope_nodes() -> None:
-    """Makes ``metaformer_mm`` a scope the inferencers can run under, so that
-    ``DetInferencer(model=NAME, scope='metaformer_mm')`` finds NAME in this package's model
-    index (mmengine looks names up in the index of the package named by ``scope``, and
-    imports ``<scope>.registry`` to build under it). Under that scope the models, datasets
-    and visualizers of the configs build in the package their ``_scope_`` names, and so do
-    mmseg's transforms; mmdet's base test pipelines are untagged, so their transforms resolve
-    here, in mmdet's registry. (Functions, e.g. a ``collate_fn``, are mmengine's.)"""
+    """Makes ``metaformer_mm`` a scope the inferencers can run under
+    (``DetInferencer(model=NAME, scope='metaformer_mm')`` looks NAME up in this package's index
+    and imports ``<scope>.registry``). Models, datasets and visualizers build in the package their
+    ``_scope_`` names; mmdet's untagged base test pipelines resolve here, in mmdet's transforms."""
     from mmengine.registry import FUNCTIONS
     Registry('function', parent=FUNCTIONS, scope='metaformer_mm')
     if 'mmdet' in REGISTRIES:
@@ -52,7 +45,7 @@ _scope_nodes()
 
 
 def register_backbone(cls: Type) -> Type:
-    """Class decorator: registers ``cls`` under its name in every available downstream registry."""
+    """Class decorator: registers ``cls`` in every available downstream registry."""
     for registry in REGISTRIES.values():
         registry.register_module(module=cls)
     return cls

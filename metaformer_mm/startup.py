@@ -1,20 +1,11 @@
-"""Interpreter start-up hook: OpenMMLab's clients find this package with no ``import``.
+"""Interpreter start-up hook (``metaformer_mm-startup.pth``, installed by setup.py): OpenMMLab's
+clients find this package with no ``import``.
 
-``metaformer_mm-startup.pth`` (installed into site-packages by setup.py, for wheels and
-editable installs alike) runs this file at every interpreter start. It imports nothing
-heavy: it only puts a finder on ``sys.meta_path`` that adjusts three modules right after
-they are first imported, so that:
-
-* mmengine resolves ``metaformer_mm::...`` in ``_base_`` and ``mmengine.hub`` in a fresh
-  interpreter (bases are read before a config's ``custom_imports``, and mmengine only
-  accepts the packages of its ``MODULE2PACKAGE`` table);
-* ``mim list/search/download/train/test/run`` find the package folder under a PEP 660
-  editable install (mim joins the distribution's location, site-packages, with the name);
-* ``mim download metaformer_mm --config NAME`` writes the config of every index entry and
-  says plainly where no direct download of the weights exists.
-
-Any failure here is swallowed: a start-up hook must never stop an interpreter.
-"""
+It imports nothing heavy: a ``sys.meta_path`` finder adjusts three modules after their first
+import, so that mmengine resolves ``metaformer_mm::`` bases in a fresh interpreter (bases are
+read before ``custom_imports``), ``mim`` finds the package under a PEP 660 editable install,
+and ``mim download`` writes the config of every index entry, saying where no direct download
+of the weights exists. Any failure is swallowed: a start-up hook must never stop Python."""
 import importlib.util
 import os
 import os.path as osp
@@ -39,8 +30,8 @@ def register_mmengine(utils) -> None:
 
 
 def register_package_configs() -> None:
-    """What the hook does, for an interpreter without it (``PYTHONPATH`` to a checkout):
-    ``import metaformer_mm`` lets mmengine resolve ``metaformer_mm::`` configs."""
+    """The hook's mmengine part for an interpreter without it (``PYTHONPATH`` to a
+    checkout), run by ``import metaformer_mm``."""
     from mmengine.config import utils
     register_mmengine(utils)
 
@@ -55,8 +46,8 @@ def _patch_mim_utils(utils) -> None:
 
 
 def _download_without_direct_url(names, dest_root) -> None:
-    """What ``mim download`` cannot do from the index: entries with no direct weights URL
-    get their config written and a plain line saying where the weights are, if anywhere."""
+    """For index entries without a direct weights URL: writes the config and says where
+    the weights are, if anywhere."""
     from mim.utils import DEFAULT_CACHE_DIR, echo_success, echo_warning
     from mmengine.config import Config
 
@@ -90,8 +81,8 @@ def _listing_this_package(list_package):
 
 
 def _downloading_every_entry(callback):
-    """``mim download`` downloads every ``Weights`` URL before it writes a config: entries
-    without a direct URL go through :func:`_download_without_direct_url` instead."""
+    """``mim download`` downloads every ``Weights`` URL before writing a config: entries
+    without one go through :func:`_download_without_direct_url`."""
 
     def download(package, configs, dataset=None, dest_root=None, check_certificate=True):
         if package == PACKAGE and configs:
@@ -128,8 +119,7 @@ AFTER_IMPORT = {'mmengine.config.utils': register_mmengine, 'mim.utils.utils': _
 
 
 class _AfterImport:
-    """A ``sys.meta_path`` finder: runs ``AFTER_IMPORT[name](module)`` once ``name`` has
-    been executed (the other finders find and load it)."""
+    """A ``sys.meta_path`` finder: ``AFTER_IMPORT[name](module)`` once ``name`` is executed."""
 
     def find_spec(self, name, path, target=None):
         if name not in AFTER_IMPORT:

@@ -1,5 +1,4 @@
-"""``register_all_modules``, the entry point OpenMMLab packages provide (``mmengine.hub.get_model``
-calls ``<package>.utils.register_all_modules()`` before it builds ``cfg.model``)."""
+"""``register_all_modules``, called by ``mmengine.hub.get_model`` before it builds the model."""
 import time
 
 from mmengine.registry import MODELS as MMENGINE_MODELS
@@ -10,8 +9,7 @@ SCOPE = 'metaformer_mm'
 
 class DownstreamModels(Registry):
     """The ``metaformer_mm`` scope of mmengine's model registry: a type resolves in mmdet's
-    registry, else mmseg's (our configs are detectors or segmentors), and the rest of that
-    build runs in the scope that had it, so nested types (``FPN``, losses) are that package's."""
+    registry, else mmseg's, and the rest of that build runs in that scope."""
 
     def get(self, key: str):
         from .registry import REGISTRIES

@@ -1,21 +1,10 @@
 """Models and weights by name: the model index and the table of ImageNet backbone weights.
 
-* ``resolve_weights('poolformer_s12')`` -> the URL of the released ImageNet weights (the
-  ``IMAGENET_WEIGHTS`` table below is the only place in the repository that writes them out);
-  a path or URL is returned unchanged.
-* ``resolve_config('retinanet_poolformer_s12')`` -> the absolute path of that config inside
-  the installed package (``metaformer_mm/.mim/configs/...``), from the model index
-  (``model-index.yml`` and the metafiles it imports, in mmdet's format). Names, aliases,
-  ``metaformer_mm::detection/...`` and paths are accepted.
-* ``model_weights('fpn_poolformer_s12')`` -> the released whole-model checkpoint URL of that
-  model, or ``None`` when there is no direct download.
-
-A name that does not exist raises ``ValueError`` listing the closest names.
-
-Tests and private mirrors can add or replace weight URLs without touching this file: the
-environment variable ``METAFORMER_MM_WEIGHTS`` names a JSON or YAML file mapping names to
-URLs or paths, read at every call, or pass ``table=`` to ``resolve_weights``.
-"""
+``resolve_weights`` (a weight name -> its URL), ``resolve_config`` (a model name, alias or
+``metaformer_mm::`` path -> the config in the installed package, from ``model-index.yml``),
+``model_weights`` (the released whole-model checkpoint, if directly downloadable). Unknown
+names raise ``ValueError`` listing the closest. ``METAFORMER_MM_WEIGHTS`` names a JSON/YAML
+file of extra or replacement weights (mirrors, tests), read at every call."""
 import difflib
 import functools
 import json
@@ -75,24 +64,25 @@ _FILE_SUFFIXES = ('.pth', '.pt', '.tar', '.bin', '.ckpt', '.safetensors', '.py',
 _NAME = re.compile(r'^[A-Za-z0-9][\w.-]*$')
 
 
-def _is_url(text: str) -> bool:
+def is_remote(text: str) -> bool:
+    """A URI of any scheme (``https://``, ``s3://``...), not a local path or a name."""
     return '://' in text
 
 
 def _looks_like_name(text: str) -> bool:
     """``poolformer_s12`` is a name; ``x.pth``, ``dir/x`` and URLs are paths."""
-    return (bool(_NAME.match(text)) and not text.lower().endswith(_FILE_SUFFIXES)
-            and not _is_url(text))
+    return bool(_NAME.match(text)) and not text.lower().endswith(_FILE_SUFFIXES)
+
+
+def _hint(name: str, candidates: List[str], what: str) -> str:
+    by_lower = {c.lower(): c for c in candidates}  # matched in lower case, shown as spelt
+    close = [by_lower[c] for c in difflib.get_close_matches(
+        name.lower(), [c.lower() for c in candidates], n=5, cutoff=0.5)]
+    return f'closest: {", ".join(close)}' if close else f'known {what}: {", ".join(candidates)}'
 
 
 def _closest(name: str, candidates: List[str], what: str) -> str:
-    close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=5,
-                                      cutoff=0.5)
-    # map back to the spelling of the table
-    by_lower = {c.lower(): c for c in candidates}
-    close = [by_lower[c] for c in close]
-    hint = f'closest: {", ".join(close)}' if close else f'known {what}: {", ".join(candidates)}'
-    return f'unknown {what[:-1]} {name!r}; {hint}'
+    return f'unknown {what[:-1]} {name!r}; {_hint(name, candidates, what)}'
 
 
 # --------------------------------------------------------------------------- ImageNet weights
@@ -114,13 +104,12 @@ def _read_mapping(path: str) -> Dict[str, str]:
         raise ValueError(f'{WEIGHTS_ENV}={path}: expected a mapping of names to URLs or paths')
     # Relative paths are relative to the file that names them, not to the working directory.
     here = osp.dirname(osp.abspath(path))
-    return {k: v if _is_url(v) or osp.isabs(osp.expanduser(v))
+    return {k: v if is_remote(v) or osp.isabs(osp.expanduser(v))
             else osp.join(here, v) for k, v in data.items()}
 
 
 def weights_table(table: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """``IMAGENET_WEIGHTS``, then the entries of the ``METAFORMER_MM_WEIGHTS`` file, then
-    ``table``: later ones add names or replace URLs (private mirrors, tests)."""
+    """``IMAGENET_WEIGHTS``, updated by the ``METAFORMER_MM_WEIGHTS`` file, then by ``table``."""
     merged = dict(IMAGENET_WEIGHTS)
     env = os.environ.get(WEIGHTS_ENV)
     if env:
@@ -131,14 +120,11 @@ def weights_table(table: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
 
 
 def resolve_weights(name_or_path: str, table: Optional[Mapping[str, str]] = None) -> str:
-    """The URL (or path) of ImageNet weights given by name; a path or URL is returned as is.
-
-    Raises ``ValueError`` for something that looks like a name (no directory, no file
-    suffix) and is neither a file nor a name of the table, listing the closest names.
-    """
+    """The URL or path of weights given by name; a path or URL is returned as is. Something
+    that looks like a name and is neither a file nor in the table is a ``ValueError``."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f'weights: expected a name, path or URL, got {name_or_path!r}')
-    if _is_url(name_or_path) or osp.exists(name_or_path):
+    if is_remote(name_or_path) or osp.exists(name_or_path):
         return name_or_path
     known = weights_table(table)
     if name_or_path in known:
@@ -167,7 +153,7 @@ def _load_index(mim_dir: str) -> Dict[str, dict]:
 
 
 def model_index(mim_dir: Optional[str] = None) -> Dict[str, dict]:
-    """Every model of the index by name: its metafile entry (``Config``, ``Results``, ...)."""
+    """Every model of the index by name: its metafile entry."""
     return dict(_load_index(osp.realpath(mim_dir or MIM_DIR)))
 
 
@@ -192,8 +178,9 @@ def model_info(name: str, mim_dir: Optional[str] = None) -> dict:
 
 
 def _package_config(rel_path: str, mim_dir: str) -> str:
-    configs = osp.realpath(osp.join(mim_dir, 'configs'))
-    path = osp.join(mim_dir, 'configs', rel_path)
+    configs_dir = osp.join(mim_dir, 'configs')
+    configs = osp.realpath(configs_dir)
+    path = osp.join(configs_dir, rel_path)
     if osp.isabs(rel_path) or osp.commonpath(
             [configs, osp.realpath(osp.normpath(osp.join(configs, rel_path)))]) != configs:
         raise ValueError(f'config {PACKAGE_PREFIX}{rel_path}: the path leaves the package\'s '
@@ -201,22 +188,17 @@ def _package_config(rel_path: str, mim_dir: str) -> str:
                          f'{PACKAGE_PREFIX}detection/retinanet_poolformer_s12.py) or a file path')
     if osp.isfile(path):
         return path
-    configs_dir = osp.join(mim_dir, 'configs')
     known = sorted(osp.relpath(osp.join(root, f), configs_dir)
                    for root, _, files in os.walk(configs_dir, followlinks=True)
                    for f in files if f.endswith('.py'))
     raise FileNotFoundError(
         f'config {PACKAGE_PREFIX}{rel_path} not found in {configs_dir}; '
-        + _closest(rel_path, known, 'configs').split('; ', 1)[1])
+        + _hint(rel_path, known, 'configs'))
 
 
 def resolve_config(name_or_path: str, mim_dir: Optional[str] = None) -> str:
-    """The config file of a model given by name, alias, ``metaformer_mm::REL_PATH`` or path.
-
-    Names resolve to the absolute path inside the installed package; an existing path is
-    returned unchanged. A missing path raises ``FileNotFoundError``, an unknown name
-    ``ValueError`` (both listing the closest names).
-    """
+    """The config file of a model name, alias, ``metaformer_mm::REL_PATH`` or path: an
+    unknown name is a ``ValueError``, a missing path a ``FileNotFoundError``."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f'config: expected a model name or a config path, got {name_or_path!r}')
     mim_dir = mim_dir or MIM_DIR
@@ -229,8 +211,8 @@ def resolve_config(name_or_path: str, mim_dir: Optional[str] = None) -> str:
         return osp.join(mim_dir, entry['Config'])
     index = model_index(mim_dir)
     raise FileNotFoundError(f'config file not found: {name_or_path} (nor a model name; '
-                            + _closest(osp.splitext(osp.basename(name_or_path))[0],
-                                       sorted(index), 'model names').split('; ', 1)[1] + ')')
+                            + _hint(osp.splitext(osp.basename(name_or_path))[0],
+                                    sorted(index), 'model names') + ')')
 
 
 def _is_drive_page(url: Optional[str]) -> bool:
@@ -238,19 +220,15 @@ def _is_drive_page(url: Optional[str]) -> bool:
 
 
 def model_weights(name: str, mim_dir: Optional[str] = None) -> Optional[str]:
-    """The released whole-model checkpoint URL of a model, or ``None`` when there is none
-    to download directly (no release, or only a Google Drive page: ``Download Page``)."""
+    """The released whole-model checkpoint URL of a model, or None (no release, or only a
+    Google Drive page)."""
     weights = model_info(name, mim_dir).get('Weights')
     return None if _is_drive_page(weights) else weights
 
 
 def checkpoint_url(url: str) -> str:
-    """The URL to download for checkpoint ``url``: its replacement in the
-    ``METAFORMER_MM_WEIGHTS`` file when listed there (mirrors, tests), else ``url``.
-
-    A Google Drive page (the ``Weights`` of models that sail-sg released only there, which
-    ``mmengine.hub.get_model(..., pretrained=True)`` passes on) raises ``ValueError``.
-    """
+    """The URL to download for ``url``: its replacement in ``METAFORMER_MM_WEIGHTS``, else
+    itself; a Google Drive page is a ``ValueError``."""
     url = weights_table().get(url, url)
     if _is_drive_page(url):
         raise ValueError(f'{url} is a Google Drive page, not a direct download of a '

@@ -1,19 +1,11 @@
 """The acceleration layer: eager kernels beside the model, chosen by ``MetaFormer(kernels=...)``,
-``set_kernels`` or ``use_kernels``.
+``set_kernels`` or ``use_kernels``. It imports the model, never the reverse, and registers
+``install`` as ``MetaFormer.kernel_installer``.
 
-The model (``metaformer_mm.models``) holds only the plain formulation; this package imports
-it, never the reverse, and registers ``install`` as ``MetaFormer.kernel_installer``:
-
-* ``'reference'``: the model's own forward (the paper's formulation);
-* ``'auto'`` (default): the fastest eager kernels of this CPU: fused residual updates
-  (``elementwise.py``) and a chunked channels-last MLP (``mlp.py``) on oneDNN's fused linear
-  where the CPU has AVX-512, else on aten's GEMMs (``ops.default_gemm``);
-* ``'onednn'`` / ``'aten'``: those kernels on one GEMM library;
-* ``'deploy'``: pooling/identity stages folded into their 1x1 convs (``folded.py``).
-
-Every choice computes the same function (tested against ``'reference'``), and every one runs
-the plain formulation under ``torch.compile`` and ONNX export.
-"""
+``'reference'``: the model's own forward; ``'auto'``: fused residual updates and a chunked
+channels-last MLP, on oneDNN's fused linear where the CPU has AVX-512, else aten's GEMMs;
+``'onednn'``/``'aten'``: one GEMM library; ``'deploy'``: pooling/identity stages folded.
+Every choice computes the same function and runs the plain formulation when traced."""
 import contextlib
 from typing import Iterator, Optional
 
@@ -32,8 +24,8 @@ __all__ = ['KERNELS', 'AcceleratedBlock', 'FoldedBlocks', 'check_kernels', 'chun
 
 @contextlib.contextmanager
 def use_kernels(model: nn.Module, kernels: str) -> Iterator[nn.Module]:
-    """Runs every MetaFormer inside ``model`` (or ``model`` itself) on ``kernels`` while the
-    context lasts, then restores each one's previous choice."""
+    """Runs every MetaFormer in ``model`` on ``kernels`` while the context lasts, then
+    restores each one's choice."""
     check_kernels(kernels)
     backbones = [m for m in model.modules() if isinstance(m, MetaFormer)]
     if not backbones:
@@ -49,11 +41,9 @@ def use_kernels(model: nn.Module, kernels: str) -> Iterator[nn.Module]:
 
 
 def plain_forward(model: MetaFormer, x: torch.Tensor, channels_last: Optional[bool] = None):
-    """``model``'s own plain forward (``kernels='reference'``) on ``x``: the oracle of every
-    kernel test and the "original" rows of the benchmarks. ``channels_last=False`` runs NCHW
-    activations as the original code did; None keeps the model's layout. Gradient
-    checkpointing is off for the call: its backward would recompute with whatever kernels
-    the model has by then."""
+    """``model``'s plain forward on ``x``: the oracle of the kernel tests and the "original"
+    rows of the benchmarks. ``channels_last=False`` runs NCHW activations as the original code
+    did. Gradient checkpointing is off: its backward would recompute with later kernels."""
     saved = model.memory_format, model.with_cp
     if channels_last is not None:
         model.memory_format = torch.channels_last if channels_last else torch.contiguous_format

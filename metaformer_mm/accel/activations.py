@@ -1,9 +1,5 @@
-"""One table of the MLP activations: module type -> fused, in-place, out= and backward forms.
-
-A module's kind (``act_kind``; None for other types, which the MLP calls as they are) names
-the ``ActKernel`` the chunked and folded MLPs use. StarReLU (``s * relu(h)^2 + b``) is
-``relu_square`` with its scalars folded into the next linear (``fold_into_fc2``).
-"""
+"""The MLP activations' kernels: module type -> fused, in-place, out= and backward forms.
+StarReLU is ``relu_square`` with its scalars folded into fc2 (``fold_into_fc2``)."""
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -58,8 +54,8 @@ def act_kind(act: nn.Module) -> Optional[str]:
 
 def fold_into_fc2(act: nn.Module, w2: Tensor, b2: Optional[Tensor]
                   ) -> Tuple[Tensor, Optional[Tensor]]:
-    """fc2's weight and bias with StarReLU's scale and bias folded in (``W2 (s r + b) + b2``);
-    the same tensors for every other activation."""
+    """fc2's weight and bias with StarReLU's scale and bias folded in; unchanged for other
+    activations."""
     if not isinstance(act, StarReLU):
         return w2, b2
     shift = act.bias * w2.sum(1)

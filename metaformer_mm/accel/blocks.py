@@ -1,13 +1,7 @@
-"""The eager kernels as drop-in classes for a model's blocks, and ``install`` that puts them in.
-
-``AcceleratedBlock`` computes what ``MetaFormerBlock`` computes (fused residual updates, the
-chunked channels-last MLP of ``mlp.py``); ``FoldedBlocks`` runs a foldable stage in the folded
-formulation of ``folded.py``. ``install`` swaps the classes of a model's modules in place, as
-``torch.nn.utils.parametrize`` does: parameters, state-dict keys and ``isinstance`` checks stay
-the model's. Both step aside for the plain forward of their base class wherever it is traced
-(``torch.compile``, ONNX export: the graph is the paper's formulation, fused by the compiler),
-and the accelerated block also in training with autocast.
-"""
+"""The eager kernels as classes swapped into a model's blocks by ``install``, in place (as
+``torch.nn.utils.parametrize`` does: parameters, keys and ``isinstance`` stay the model's).
+Both step aside for the plain forward wherever the model is traced, and
+``AcceleratedBlock`` also in training under autocast."""
 import torch
 import torch.nn as nn
 
@@ -55,7 +49,7 @@ class AcceleratedBlock(MetaFormerBlock):
 
 
 class FoldedBlocks(nn.Sequential):
-    """A stage's blocks in the folded formulation, in ``eval()`` without autograd or autocast
+    """A stage's blocks in the folded formulation in ``eval()`` without autograd or autocast
     (and in ONNX export); elsewhere the blocks themselves."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,9 +72,8 @@ def check_kernels(kernels: str) -> str:
 
 
 def install(model: MetaFormer, kernels: str) -> None:
-    """Puts ``kernels`` (one of ``KERNELS``) into ``model``'s blocks, in place.
-
-    The operator probes run here, once, so that no forward ever runs one."""
+    """Puts ``kernels`` into ``model``'s blocks, in place. The operator probes run here, so
+    that no forward runs one."""
     check_kernels(kernels)
     for name in ('onednn_linear', 'onednn_linear_bf16', 'aten_gelu'):
         ops.available(name)

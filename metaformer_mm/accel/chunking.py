@@ -1,5 +1,5 @@
-"""Chunk sizes of the cache-blocked kernels in float elements, changeable for tests; tuned on
-2 cores of an AMD EPYC (README Performance), any size gives the same results."""
+"""Chunk sizes of the cache-blocked kernels, in float elements (tuned on 2 cores of an AMD
+EPYC; any size gives the same results)."""
 import contextlib
 from typing import Dict, Iterator
 
@@ -8,14 +8,12 @@ SIZES: Dict[str, int] = dict(
     # the full-size activation is never allocated, and the ops stay few.
     aten_mlp=1 << 22,
     # oneDNN's fused kernels leave less work between the GEMMs: 4 MiB keeps fc2's input in L2.
-    onednn_mlp=1 << 20,
-    # Slab of the channels-last -> NCHW output copy (512 KiB: source and target in L2).
-    nchw_copy=1 << 17)
+    onednn_mlp=1 << 20)
 
 
 @contextlib.contextmanager
 def chunk_sizes(**sizes: int) -> Iterator[Dict[str, int]]:
-    """Sets some of ``SIZES`` while the context lasts (e.g. tiny chunks in tests)."""
+    """Sets some of ``SIZES`` while the context lasts (tiny chunks in tests)."""
     if set(sizes) - set(SIZES) or any(not isinstance(v, int) or v < 1 for v in sizes.values()):
         raise ValueError(f'chunk_sizes takes positive ints for {sorted(SIZES)}, got {sizes}')
     saved = dict(SIZES)

@@ -1,13 +1,8 @@
-"""The folded (deploy) formulation of pooling/identity-mixer blocks, as whole-tensor ops.
+"""The folded (deploy) formulation of pooling/identity-mixer blocks with GroupNorm(1) norms.
 
-With ``GroupNorm(1)`` norms (PoolFormer, PoolFormerV2, IdentityFormer),
 ``pool(GN(x)) - GN(x) = g * rstd * (pool(x) - x)`` (bias and mean cancel), so the token branch
-writes no normalized tensor; GN2's affine goes into ``fc1``, the layer scale and StarReLU's
-scalars into ``fc2``, folded from the current parameters at each call. Selected by
-``kernels='deploy'`` (``eval()``, no autograd): what the ONNX ``--deploy`` export traces (in
-eager mode on a CPU the default kernels are faster; ``torch.compile`` fuses the plain
-formulation itself).
-"""
+writes no normalized tensor; GN2's affine goes into fc1, the layer scale and StarReLU's scalars
+into fc2, from the current parameters at each call. What ONNX ``--deploy`` traces."""
 import functools
 from typing import Tuple
 
@@ -32,8 +27,8 @@ def _is_gn1(norm: nn.Module) -> bool:
 
 
 def stage_is_foldable(blocks: nn.Sequential) -> bool:
-    """True when every block of a stage has a pooling/identity mixer, GroupNorm(1) norms and
-    a plain MLP with an activation of the table (the stage then runs folded)."""
+    """Whether every block has a pooling/identity mixer, GroupNorm(1) norms and a plain MLP
+    with an activation of ``ACTS``."""
     return len(blocks) > 0 and all(
         isinstance(b.token_mixer, (Pooling, IdentityMixer)) and _is_gn1(b.norm1)
         and _is_gn1(b.norm2) and is_plain_mlp(b.mlp) and act_kind(b.mlp.act) is not None
@@ -41,19 +36,19 @@ def stage_is_foldable(blocks: nn.Sequential) -> bool:
 
 
 def _moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and (biased) variance over C, H, W, shaped (N, 1, 1, 1)."""
+    """Per-sample mean and biased variance over C, H, W, shaped (N, 1, 1, 1)."""
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return mean, (x - mean).pow(2).mean(dim=(1, 2, 3), keepdim=True)
 
 
 def _channels(*vectors) -> torch.Tensor:
-    """The product of the per-channel vectors that exist, as (1, C, 1, 1)."""
+    """The product of the given per-channel vectors, as (1, C, 1, 1)."""
     return functools.reduce(torch.mul, [v for v in vectors if v is not None]).view(1, -1, 1, 1)
 
 
 @torch.no_grad()
 def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One block of a foldable stage, folded (see the module docstring)."""
+    """One block of a foldable stage, folded."""
     n1, n2, mlp = block.norm1, block.norm2, block.mlp
     ls1 = scale_vector(block.layer_scale1)
     mean, var = _moments(x)

@@ -1,12 +1,7 @@
-"""The channel MLP on channels-last token rows: one chunked loop for inference and training.
-
-GEMMs on the ``(N*H*W, C)`` view of a channels-last map, the layer scale folded into fc2, in
-chunks of rows on the CPU so that the 4x-wide hidden activation stays in cache (on oneDNN's
-fused epilogues where ``ACTS`` names one). Inference under CPU autocast to bf16 runs the same
-loop on bf16 operands (oneDNN's bf16 GEMMs with the same epilogues). Training keeps only the
-pre-activation: backward recomputes the activation chunk by chunk, and its other
-4C-per-token tensors stay chunk-sized.
-"""
+"""The channel MLP on channels-last token rows, in chunks of rows so that the 4x-wide hidden
+activation stays in cache (on oneDNN's fused epilogues where ``ACTS`` names one). Inference
+under CPU bf16 autocast runs the same loop on bf16 operands. Training keeps only the
+pre-activation; backward recomputes the activation chunk by chunk."""
 import functools
 from typing import Optional, Tuple, Union
 
@@ -23,12 +18,12 @@ Tensor = torch.Tensor
 
 
 def is_plain_mlp(mlp: nn.Module) -> bool:
-    """True for a ``layers.Mlp`` (1x1 convs, what every preset uses), not a user's module."""
+    """Whether ``mlp`` is a ``layers.Mlp`` (every preset's), not a user's module."""
     return isinstance(mlp, Mlp)
 
 
 def _gemm_into(x: Tensor, wt: Tensor, bias: Optional[Tensor], out: Tensor) -> Tensor:
-    """``out = x @ wt [+ bias]``, written into ``out`` (a chunk of a preallocated buffer)."""
+    """``out = x @ wt [+ bias]``, written into ``out``."""
     return torch.mm(x, wt, out=out) if bias is None else torch.addmm(bias, x, wt, out=out)
 
 
@@ -36,13 +31,10 @@ def chunked_mlp(rows: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
                 b2: Optional[Tensor], dst: Tensor, act: Union[ActKernel, nn.Module],
                 epilogue: Optional[Tuple[str, str]] = None, base: Optional[Tensor] = None,
                 res_scale: Optional[Tensor] = None, pre: Optional[Tensor] = None) -> None:
-    """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of token rows: on oneDNN
-    with ``epilogue`` (its name and algorithm of ``act``), else on aten GEMMs, ``pre`` (training)
-    keeping fc1's output. ``dst`` may alias ``rows`` or ``base`` (chunks are written last).
-
-    The GEMMs run in the weights' dtype. bf16 weights take fp32 ``rows``/``base``/``dst`` too,
-    as under autocast: each chunk is cast on the fly and fc2's bf16 output is added to the
-    residual in ``dst``'s dtype."""
+    """``dst = [base * res_scale +] fc2(act(fc1(rows)))`` over chunks of rows: on oneDNN
+    with ``epilogue``, else on aten GEMMs, ``pre`` (training) keeping fc1's output. ``dst`` may
+    alias ``rows`` or ``base``. The GEMMs run in the weights' dtype; with bf16 weights fp32
+    inputs are cast per chunk and fc2's output is added in ``dst``'s dtype, as under autocast."""
     n, hidden, compute = rows.shape[0], w1.shape[0], w1.dtype
     step = max(64, chunking.SIZES['onednn_mlp' if epilogue else 'aten_mlp'] // hidden)
     buf = None if epilogue else rows.new_empty((min(step, n), hidden), dtype=compute)
@@ -87,8 +79,8 @@ _ONEDNN_OP = {torch.float32: 'onednn_linear', torch.bfloat16: 'onednn_linear_bf1
 
 
 def _bf16_autocast(tokens: Tensor, residual: Optional[Tensor]) -> bool:
-    """Whether a call runs under CPU autocast to bf16, which the chunked loop then does itself:
-    bf16 GEMM operands, the residual stream in its own dtype (as autocast leaves it)."""
+    """Whether the call runs under CPU bf16 autocast, which the chunked loop then does
+    itself."""
     floats = (torch.float32, torch.bfloat16)
     return (tokens.device.type == 'cpu' and ops.cpu_autocast_dtype() == torch.bfloat16
             and tokens.dtype in floats and (residual is None or residual.dtype in floats))
@@ -98,8 +90,8 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
                 residual: Optional[Tensor] = None, res_scale: Optional[Tensor] = None,
                 out: Optional[Tensor] = None, onednn: bool = True) -> Tensor:
     """``[residual * res_scale +] out_scale * fc2(act(fc1(x)))`` of a plain MLP on NCHW ``x``,
-    as a channels-last map. ``out`` (no-grad only) is an NCHW buffer that may take the result
-    (e.g. ``x`` when nothing reads it afterwards); ``onednn=False`` keeps the aten GEMMs."""
+    as a channels-last map. ``out`` (no-grad only) is a buffer that may take the result;
+    ``onednn=False`` keeps the aten GEMMs."""
     tokens = x.permute(0, 2, 3, 1)
     if not tokens.is_contiguous():
         # An NCHW model (sMLPNet): the 1x1 convs as convs, the scale in the residual update.
@@ -156,8 +148,8 @@ def mlp_forward(mlp: nn.Module, x: Tensor, out_scale: Optional[Tensor] = None,
 
 
 class _ChunkedMlp(torch.autograd.Function):
-    """``residual + fc2(act(fc1(z)))`` on token rows for training: ``chunked_mlp`` keeping
-    ``fc1(z)``; backward recomputes the activation chunk by chunk while it is in cache."""
+    """``residual + fc2(act(fc1(z)))`` on token rows for training, keeping ``fc1(z)``;
+    backward recomputes the activation chunk by chunk."""
 
     @staticmethod
     def forward(ctx, z: Tensor, residual: Optional[Tensor], w1: Tensor, b1: Optional[Tensor],

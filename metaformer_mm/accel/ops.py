@@ -1,9 +1,6 @@
-"""The private torch operators the eager kernels use, each tested once before use, with fallbacks.
-
-oneDNN's fused linear (what inductor emits on x86; fp32, and bf16 where oneDNN has it) and
-aten's ``out=`` GELU kernels are not public API: each is compared once with the plain op when
-kernels are installed (never inside a forward), and where that fails the public one runs.
-"""
+"""The private torch operators of the eager kernels (oneDNN's fused linear, aten's ``out=``
+GELU): each is compared once with the public op when kernels are installed, and where that
+fails the public op runs."""
 import functools
 from typing import Optional
 
@@ -25,8 +22,7 @@ def _probe_onednn(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     x, w, b, other = (_sample(*shape).to(dtype) for shape in ((3, 8), (5, 8), (5,), (3, 5)))
-    fused = torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [], 'none')
-    added = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, 'add')
+    fused, added = onednn_linear(x, w, b, 'gelu', 'none'), onednn_linear_add(x, other, w, b)
     ref = F.linear(x.float(), w.float(), b.float())  # bf16 operands accumulate in fp32
     tol = dict(atol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=1e-2)
     return (fused.dtype == added.dtype == dtype
@@ -90,7 +86,7 @@ def gelu_backward_(grad: torch.Tensor, h: torch.Tensor, approximate: str) -> tor
 
 
 def autocast_enabled() -> bool:
-    """Whether any autocast context is active (the chunked kernels use explicit dtypes)."""
+    """Whether any autocast context is active."""
     try:
         return torch.is_autocast_enabled('cpu') or torch.is_autocast_enabled('cuda')
     except TypeError:  # torch < 2.4 takes no device argument (the floor is 2.1)
@@ -106,8 +102,7 @@ def cpu_autocast_dtype() -> Optional[torch.dtype]:
 
 
 def default_gemm() -> str:
-    """The GEMM library of ``kernels='auto'`` on this CPU: oneDNN's fused linear where the
-    CPU has AVX-512 (there it is the fastest eager variant, README Performance), else aten's
-    GEMMs (on AVX2-only CPUs oneDNN's fp32 linear was slower than aten's chunked loop)."""
+    """The GEMM library of ``kernels='auto'``: oneDNN where the CPU has AVX-512 (fastest
+    there), else aten (on AVX2 oneDNN's fp32 linear was slower than the chunked loop)."""
     capability = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '')()
     return 'onednn' if 'AVX512' in capability and available('onednn_linear') else 'aten'

@@ -1,23 +1,16 @@
-"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x releases) -> this project's keys,
-and :func:`save_converted`, the one writer of converted files.
+"""Whole detector / segmentor checkpoints (mmdet 2.x, mmseg 0.x) -> this project's keys, and
+:func:`save_converted`, the one writer of converted files.
 
-The sail-sg releases (mmdet 2.19 RetinaNet / Mask R-CNN, mmseg 0.19 Semantic FPN; mmseg 0.x's
-own PoolFormer FPN files have the same keys) hold the official_v1 backbone layout under
-``backbone.`` (output norms ``norm{0,2,4,6}``; RetinaNet's lack ``norm0``, an ``nn.Identity``
-under ``FORK_LAST3=1``). Only the backbone keys change: the neck and head names of FPN,
-RetinaHead, RPNHead, Shared2FCBBoxHead, FCNMaskHead and mmseg's FPNHead were compared module
-by module between mmdet 2.x / mmseg 0.x and mmdet 3.3 / mmseg 1.2 and are unchanged
-(ConvModule still names its parts ``conv``/``bn``/``gn``; RetinaNet's first lateral conv is
-index 0 both for 2.x's ``start_level=1`` and our ``start_level=0``). Should a head's names
-ever differ, a rule table in ``layouts`` style belongs here. Loads convert in memory the same
-way (``loading.convert_backbone_keys``).
-"""
+The sail-sg releases hold the official_v1 backbone under ``backbone.`` (RetinaNet's lack
+``norm0``). Only backbone keys change: the neck and head names (FPN, RetinaHead, RPNHead,
+Shared2FCBBoxHead, FCNMaskHead, FPNHead) were compared between mmdet 2.x / mmseg 0.x and
+mmdet 3.3 / mmseg 1.2 and are unchanged."""
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
 from .io import CheckpointError, atomic_save, read_checkpoint
 from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, detect_layout,
-                      extract_state_dict)
+                      extract_state_dict, strip_prefix)
 
 KINDS = ('mmdet2', 'mmseg0')  # mmdet 2.x -> 3.x, mmseg 0.x -> 1.x
 # A whole model whose backbone is already in this project's layout was saved by mmdet 3.x /
@@ -27,7 +20,7 @@ _CURRENT_KINDS = {'mmdet2': 'mmdet3', 'mmseg0': 'mmseg1'}
 
 def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Optional[str]:
     """Layout of the ``prefix`` keys of a (whole-model) state dict; None if none or unknown."""
-    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    backbone = strip_prefix(state, prefix)
     if not backbone:
         return None
     try:
@@ -38,15 +31,11 @@ def detector_backbone_layout(state: StateDict, prefix: str = 'backbone.') -> Opt
 
 def convert_detector_checkpoint(state: StateDict, kind: str = 'mmdet2',
                                 prefix: str = 'backbone.') -> StateDict:
-    """Maps a whole detector (``kind='mmdet2'``) or segmentor (``'mmseg0'``) state dict to ours.
-
-    The ``prefix`` keys go through :func:`convert_state_dict` (any supported backbone layout;
-    files already in this project's layout come back unchanged); the neck and head keys are
-    kept (see the module docstring). The backbone keys come first, then the others in order.
-    """
+    """Maps a whole detector (``'mmdet2'``) or segmentor (``'mmseg0'``) state dict to
+    ours: the ``prefix`` keys through :func:`convert_state_dict` first, the others as they are."""
     if kind not in KINDS:
         raise ValueError(f'unknown kind {kind!r}; allowed: {list(KINDS)}')
-    backbone = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+    backbone = strip_prefix(state, prefix)
     if not backbone:
         raise CheckpointError(f'no key starts with {prefix!r} (first keys: {list(state)[:4]}); '
                               f'is this a whole detector/segmentor checkpoint?')
@@ -75,14 +64,10 @@ BACKBONE_SOURCES = {'official': ('official_v1', 'official_v2'), 'timm': ('timm',
 def save_converted(src: str, dst: str, source: str = 'auto') -> Tuple[str, int]:
     """Writes checkpoint ``src`` converted to this project's keys to ``dst`` (all or nothing).
 
-    ``source``: ``'auto'`` (recognise it), a key of :data:`BACKBONE_SOURCES` (a backbone file)
-    or one of :data:`KINDS` (a whole detector / segmentor). The output is
-    ``{'state_dict': ..., 'meta': {'converted_from': ..., 'dataset_meta': ...}}``, which
-    ``init_cfg``, ``tools/test.py``, ``init_detector`` and ``load_from`` read; a config
-    embedded in ``src`` is left out. Linear weights stay ``[out, in]``: every load reshapes
-    them to the model's 1x1 convs. Returns ``converted_from`` (the backbone layout, or
-    ``'mmdet2/official_v1'`` for a whole model) and the number of tensors written.
-    """
+    ``source``: ``'auto'``, a key of :data:`BACKBONE_SOURCES` or of :data:`KINDS`. Writes
+    ``{'state_dict', 'meta': {'converted_from', 'dataset_meta'}}`` without an embedded config;
+    Linear weights stay ``[out, in]`` (loads reshape them). Returns ``converted_from`` and the
+    number of tensors written."""
     raw = read_checkpoint(src)
     state = extract_state_dict(raw, src)
     if source == 'auto':

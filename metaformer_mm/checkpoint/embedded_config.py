@@ -1,21 +1,11 @@
-"""Configs embedded in checkpoints: data only, checked when (and only if) they are read.
+"""Configs embedded in checkpoints (``meta.cfg``, ``message_hub.runtime_info.cfg``): data only.
 
-mmengine's Runner stores the config's text in ``meta['cfg']`` (and mmengine's inferencers
-also look in ``message_hub['runtime_info']['cfg']``); ``DetInferencer(model=None,
-weights=...)`` and ``MMSegInferencer`` rebuild the model from it with
-``Config.fromstring``, which executes the text as Python, and then imports what
-``custom_imports`` names, reads the ``_base_`` files, substitutes ``{{ }}`` placeholders
-(environment variables, base variables) and imports the package of every scope it meets
-(``default_scope``, ``_scope_``, ``type='pkg.Name'``: ``import pkg.registry``).
-``weights_only=True`` does not help: the text is a plain string.
-
-An embedded config may therefore only give data: assignments of literals and
-``dict(...)`` calls (what ``Config.pretty_text`` writes), no ``_base_``, ``_deprecation_`` or
-``{{ }}``, and ``custom_imports`` and scopes only of modules this program has loaded already
-(``metaformer_mm``, the imported OpenMMLab libraries), whose import runs nothing new. The check runs when the text is read
-(:func:`guard_embedded_configs`), so a loader given an explicit config never parses it;
-texts over :data:`MAX_CONFIG_CHARS` are refused unparsed.
-"""
+Given weights but no config, mmengine's inferencers rebuild the model with
+``Config.fromstring``, which executes the text, imports ``custom_imports`` and scopes, reads
+``_base_`` files and substitutes ``{{ }}``; ``weights_only`` does not cover a string. So an
+embedded config may only assign literals and ``dict(...)``, with ``custom_imports`` and scopes
+of modules already loaded. It is checked when read (:func:`guard_embedded_configs`); texts
+over :data:`MAX_CONFIG_CHARS` are refused unparsed."""
 import ast
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -38,8 +28,8 @@ _SCOPE_KEYS = ('default_scope', '_scope_')
 
 
 def _loaded(module: str) -> bool:
-    """Whether importing ``module`` runs no code from outside the libraries in use: it is
-    imported already, or it belongs to an imported OpenMMLab library or this project."""
+    """Whether importing ``module`` runs no new code: imported already, or part of an
+    imported OpenMMLab library or this project."""
     import sys
 
     from mmengine.config.utils import MODULE2PACKAGE
@@ -124,9 +114,8 @@ def _data_problem(name: str, value: ast.AST) -> Optional[str]:
 
 
 def config_text_problem(text: str) -> Optional[str]:
-    """Why reading config ``text`` with ``Config.fromstring`` could run code, import, read
-    a file or substitute the environment (e.g. "a call of __import__ at line 1"), or None
-    when it only gives data."""
+    """Why reading config ``text`` with ``Config.fromstring`` could run code, import, read a
+    file or substitute the environment, or None."""
     if len(text) > MAX_CONFIG_CHARS:
         return (f'it is {len(text)} characters long, more than the {MAX_CONFIG_CHARS} an '
                 f'embedded config is checked up to (not parsed)')
@@ -171,8 +160,7 @@ def _describe(node: ast.AST) -> str:
 
 
 def check_config_text(text: Any, path: str, where: str) -> None:
-    """Refuses the embedded config ``text`` (found at ``where`` in checkpoint ``path``)
-    unless it only gives data (see the module docstring)."""
+    """Refuses the embedded config ``text`` (at ``where`` in ``path``) unless it is data only."""
     problem = 'it is not a string' if not isinstance(text, str) else config_text_problem(text)
     if problem:
         raise CheckpointError(
@@ -205,8 +193,8 @@ class _CheckedOnRead(dict):
 
 
 def guard_embedded_configs(obj: Any, path: str) -> None:
-    """Makes every config embedded in the loaded checkpoint ``obj`` (from ``path``) checked
-    by :func:`check_config_text` when it is read; nothing is parsed now."""
+    """Makes every config embedded in ``obj`` (read from ``path``) checked when read;
+    nothing is parsed now."""
     for keys in _WHERE:
         holder, parent, last = obj, None, None
         for key in keys:

@@ -1,18 +1,9 @@
 """The architecture a checkpoint names, compared with the model it is loaded into.
 
-Families without token-mixer weights share one tensor layout: an IdentityFormer-S12 file
-fits a PoolFormerV2-S12 tensor for tensor, and would give a network that computes
-something else. Where a file names its architecture, the name decides:
-
-* this project's checkpoints carry the training config (``meta.cfg``): its
-  ``model.backbone`` type and arch (read by a bounded scan of the text, never executed or
-  parsed as a whole: the text may be large, and it is untrusted);
-* released files carry the name in their file name (``identityformer_s12.pth``,
-  ``poolformer_s12.pth.tar``).
-
-The token mixers of that architecture's preset are compared with the model's, stage by
-stage; a mismatch is a :class:`CheckpointError` naming both.
-"""
+Families without token-mixer weights share one tensor layout (an IdentityFormer-S12 file fits
+a PoolFormerV2-S12 tensor for tensor). Where a file names its architecture, in its embedded
+config (``model.backbone`` type/arch, found by a bounded scan: the text is untrusted and never
+executed) or its file name, the token mixers of that preset must match the model's."""
 import os.path as osp
 import re
 import urllib.parse
@@ -27,7 +18,7 @@ _TOKEN = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|[()\[\]{}]|(\w+)
 
 
 def _presets():
-    """(``FAMILIES``, ``MIXERS``) of the models package, imported when first needed."""
+    """(``FAMILIES``, ``MIXERS``), imported late: models imports this package."""
     from ..models.backbones.presets import FAMILIES
     from ..models.mixers import MIXERS
     return FAMILIES, MIXERS
@@ -39,8 +30,8 @@ def _mixer_names(setting) -> List[str]:
 
 
 def _backbone_fields(text: str) -> Dict[str, str]:
-    """The string fields of the first ``backbone=dict(...)`` of config ``text``
-    (``type``, ``arch``, ``arch.base``) and the names of its other fields (value '')."""
+    """The string fields (``type``, ``arch``, ``arch.base``) of the first
+    ``backbone=dict(...)`` of config ``text``, and its other field names (value '')."""
     start = text.find('backbone=dict(')
     if start < 0:
         return {}
@@ -80,8 +71,8 @@ def _family_in(name: str, families) -> Optional[str]:
 
 
 def named_architecture(path: str, config_text: Optional[str]) -> Optional[Tuple[str, str]]:
-    """``(family, where it is named)`` of the checkpoint ``path``, or None if it names none
-    (or overrides the token mixers of its family)."""
+    """``(family, where it is named)`` of the checkpoint ``path``, or None (none named, or
+    its config overrides the token mixers)."""
     families, _ = _presets()
     if config_text:
         fields = _backbone_fields(config_text)
@@ -110,8 +101,8 @@ def model_mixers(module: nn.Module) -> Optional[List[str]]:
 
 def check_architecture(module: nn.Module, path: Optional[str],
                        config_text: Optional[str]) -> None:
-    """Refuses loading the checkpoint ``path`` into ``module`` when the file names an
-    architecture whose token mixers differ from the model's."""
+    """Refuses loading ``path`` into ``module`` when the file names an architecture with
+    other token mixers."""
     if not path:
         return
     named = named_architecture(path, config_text)

@@ -1,11 +1,8 @@
 """Checkpoint files: safe reading, diagnosis of unreadable files, all-or-nothing writing.
 
-External files are always read with ``torch.load(weights_only=True)``, or as
-``.safetensors`` (timm's files on the Hugging Face Hub: tensors only): nothing a file holds
-is executed. :func:`read_checkpoint` also records which file the tensors it returns
-came from (:func:`checkpoint_source`), so that a load that fails later, inside a module's
-``load_state_dict``, can name the file.
-"""
+Files are read with ``torch.load(weights_only=True)`` or as ``.safetensors``: nothing a file
+holds is executed. :func:`read_checkpoint` records which file its tensors came from, so that
+a load failing later, inside ``load_state_dict``, can name the file."""
 import argparse
 import contextlib
 import contextvars
@@ -20,7 +17,8 @@ import uuid
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import (Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
+                    Union)
 
 import torch
 from mmengine.dist import barrier, get_dist_info
@@ -41,14 +39,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
-    """Reads a checkpoint file or URL with ``weights_only=True`` (a ``.safetensors`` file,
-    recognised by its header, as its flat dict of tensors).
+    """Reads a checkpoint file or URL (safetensors recognised by its header).
 
-    URLs are downloaded once into torch's hub cache (see :func:`_read_url`), by rank 0
-    first under ``torch.distributed``. Errors name the file: missing, a directory, empty,
-    truncated or not a checkpoint, or holding pickled objects other than tensors and
-    containers (which are never executed).
-    """
+    URLs are downloaded once into torch's hub cache, by rank 0 first under ``torch.distributed``.
+    Errors name the file and the problem."""
     if is_url(path):
         rank, world_size = get_dist_info()
         if rank == 0:
@@ -64,31 +58,26 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
             raise CheckpointNotFoundError(f'checkpoint file not found: {path}')
         if osp.getsize(path) == 0:
             raise CheckpointError(f'checkpoint file is empty: {path}')
-        obj = _guarded(path, lambda: _load_file(path, map_location))
+        obj = _guarded(path, map_location)
     _record_source(path, obj)
     return obj
 
 
 def url_cache_file(url: str) -> str:
-    """Where :func:`read_checkpoint` keeps the download of ``url``: torch's hub cache, the file
-    name prefixed with a hash of the whole URL (two URLs ending alike never share an entry)."""
+    """The cache file of ``url`` in torch's hub cache, its name prefixed with a hash of the
+    whole URL (two URLs ending alike never share an entry)."""
     name = osp.basename(urllib.parse.urlparse(url).path) or 'checkpoint'
     digest = hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]
     return osp.join(torch.hub.get_dir(), 'checkpoints', f'{digest}_{name}')
 
 
 def _read_url(url: str, map_location: Any) -> Any:
-    """Loads ``url`` from its cache file, downloading it first when it is not cached.
-
-    A download goes to a temporary file renamed into place only once it loads: a failed,
-    partial or non-checkpoint download is never cached, and a cache file that no longer
-    loads is downloaded again.
-    """
+    """Loads ``url`` from its cache file, downloading it first. A download is renamed into
+    place only once it loads; a cache file that no longer loads is downloaded again."""
     cached = url_cache_file(url)
-    load = lambda p: _load_file(p, map_location)  # noqa: E731
     if osp.isfile(cached):
         try:
-            return _guarded(cached, lambda: load(cached), shown=f'{url} (cached as {cached})')
+            return _guarded(cached, map_location, shown=f'{url} (cached as {cached})')
         except CheckpointError as err:
             if 'refused to load' in str(err):
                 raise
@@ -97,7 +86,7 @@ def _read_url(url: str, map_location: Any) -> Any:
                 f'{url}: the cached file {cached} does not load ({err}); downloading it again')
             os.remove(cached)
     os.makedirs(osp.dirname(cached), exist_ok=True)
-    tmp = osp.join(osp.dirname(cached), f'.{osp.basename(cached)}.{uuid.uuid4().hex[:8]}.tmp')
+    tmp = temp_path(cached)
     try:
         try:
             torch.hub.download_url_to_file(url, tmp, progress=False)
@@ -105,7 +94,7 @@ def _read_url(url: str, map_location: Any) -> Any:
             raise CheckpointError(f'cannot download {url}: {err} (nothing was written to the '
                                   f'cache file {cached})') from None
         try:
-            obj = _guarded(tmp, lambda: load(tmp), shown=url)
+            obj = _guarded(tmp, map_location, shown=url)
         except CheckpointError as err:
             raise CheckpointError(f'{err} (the download was not kept as the cache file '
                                   f'{cached})') from None
@@ -161,9 +150,8 @@ class _Unreadable(CheckpointError):
 
 
 def _is_safetensors(path: str) -> bool:
-    """A safetensors file starts with its JSON header's length (8 bytes, little-endian),
-    then the header's ``{``; a ``.safetensors`` name that is not a zip or pickle counts too,
-    so that a corrupt one gets the safetensors reader's error."""
+    """A safetensors file starts with its header's length (8 bytes), then ``{``; a
+    ``.safetensors`` name that is neither zip nor pickle counts too, to get that reader's error."""
     with open(path, 'rb') as f:
         head = f.read(9)
     if head[8:9] == b'{':  # byte 8 of a torch file: zip or pickle data, never '{'
@@ -184,16 +172,14 @@ def _load_file(path: str, map_location: Any) -> Any:
         raise _Unreadable(f'it is a corrupt or truncated .safetensors file ({err})') from None
 
 
-def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) -> Any:
-    """``load()`` of the local file ``path``; its errors become one :class:`CheckpointError`
-    naming ``shown`` (default: ``path``; the URL of a download) and the problem."""
+def _guarded(path: str, map_location: Any, shown: Optional[str] = None) -> Any:
+    """:func:`_load_file` of the local file ``path``, its errors turned into one
+    :class:`CheckpointError` naming ``shown`` (default ``path``; the URL of a download)."""
     shown = shown or path
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
     try:
-        safe_globals = getattr(torch.serialization, 'safe_globals', None)
-        if safe_globals is None:
-            return load()
-        with safe_globals(_EXTERNAL_SAFE_TYPES):
-            return load()
+        with safe_globals(_EXTERNAL_SAFE_TYPES) if safe_globals else contextlib.nullcontext():
+            return _load_file(path, map_location)
     except _Unreadable as err:
         raise CheckpointError(f'cannot load {shown}: {err}') from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError,
@@ -224,6 +210,13 @@ def _guarded(path: str, load: Callable[[], Any], shown: Optional[str] = None) ->
 # The file the last read came from, with weak references to the tensors it returned: a
 # module's load hook sees only tensors, and names this file while any of them is alive
 # (mmengine drops the checkpoint after loading it, so a later, unrelated load does not).
+class _Read(NamedTuple):
+    path: str
+    refs: Dict[int, weakref.ref]
+    first_keys: List[str]
+    config_text: Optional[str]  # meta.cfg, unparsed
+
+
 _LAST_READ: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_last_read',
                                                             default=None)
 _EXPLICIT: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_source', default=None)
@@ -250,17 +243,17 @@ def _record_source(path: str, obj: Any) -> None:
     refs = {id(v): weakref.ref(v) for v in weights.values() if torch.is_tensor(v)}
     meta = obj.get('meta') if isinstance(obj, dict) else None
     config = meta.get('cfg') if isinstance(meta, dict) else None
-    _LAST_READ.set((path, refs, [str(k) for k in list(weights)[:5]],
-                    config if isinstance(config, str) else None))
+    _LAST_READ.set(_Read(path, refs, [str(k) for k in list(weights)[:5]],
+                         config if isinstance(config, str) else None))
 
 
-def _last_read(tensors: Iterable[Any] = ()) -> Optional[tuple]:
+def _last_read(tensors: Iterable[Any] = ()) -> Optional[_Read]:
     """The last read, if tensors it returned are alive and ``tensors`` (when given) are
-    among them: a state dict of other tensors did not come from that file."""
+    among them."""
     last = _LAST_READ.get()
     if last is None:
         return None
-    refs = last[1]
+    refs = last.refs
     tensors = list(tensors)
     if tensors:
         found = any(refs.get(id(t)) is not None and refs[id(t)]() is t for t in tensors)
@@ -270,31 +263,18 @@ def _last_read(tensors: Iterable[Any] = ()) -> Optional[tuple]:
 
 
 def checkpoint_source(tensors: Iterable[Any] = ()) -> Optional[str]:
-    """The file whose ``tensors`` are being loaded: the one given to :func:`loading_source`,
-    else the last one read if the tensors came from it (with no tensors: if any tensor it
-    returned is still alive); None if unknown."""
+    """The file whose ``tensors`` are being loaded (see :func:`loading_source`,
+    :func:`read_checkpoint`), or None."""
     explicit = _EXPLICIT.get()
     if explicit:
         return explicit
     last = _last_read(tensors)
-    return last[0] if last else None
+    return last.path if last else None
 
 
-def _of_file_being_loaded(field: int) -> Any:
-    """A field of the last read (2: its first keys, 3: its embedded config text, unparsed)
-    while its tensors are alive and it is the file being loaded; else None."""
+def file_being_loaded() -> Optional[_Read]:
     last = _last_read()
-    return last[field] if last and _EXPLICIT.get() in (None, last[0]) else None
-
-
-def checkpoint_first_keys() -> List[str]:
-    """The first keys of the weights of the last file read, while its tensors are alive."""
-    return _of_file_being_loaded(2) or []
-
-
-def checkpoint_config_text() -> Optional[str]:
-    """The config text embedded in the last file read (``meta.cfg``), see above."""
-    return _of_file_being_loaded(3)
+    return last if last and _EXPLICIT.get() in (None, last.path) else None
 
 
 @contextlib.contextmanager
@@ -308,13 +288,18 @@ def loading_source(path: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- writing files
+def temp_path(path: str) -> str:
+    """The hidden temporary file beside ``path`` that a write goes to before its rename."""
+    return osp.join(osp.dirname(path), f'.{osp.basename(path)}.{uuid.uuid4().hex[:8]}.tmp')
+
+
 def atomic_write(data: Union[bytes, str], path: Union[str, Path]) -> None:
-    """Writes ``data`` to ``path`` completely or not at all: a hidden temporary file in the
-    same directory (``os.replace`` is atomic only within a filesystem), synced, renamed."""
-    path = str(path)
-    directory = osp.dirname(osp.abspath(path))
+    """Writes ``data`` to ``path`` completely or not at all: a temporary file in the same
+    directory (``os.replace`` is atomic only within a filesystem), synced, renamed."""
+    path = osp.abspath(path)
+    directory = osp.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = osp.join(directory, f'.{osp.basename(path)}.{uuid.uuid4().hex[:8]}.tmp')
+    tmp = temp_path(path)
     mode = 'xb' if isinstance(data, bytes) else 'x'
     try:
         with open(tmp, mode) as f:
@@ -330,7 +315,7 @@ def atomic_write(data: Union[bytes, str], path: Union[str, Path]) -> None:
 
 
 def _fsync_directory(directory: str) -> None:
-    """Makes the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    """Makes the rename durable (POSIX); a no-op where directories cannot be opened."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

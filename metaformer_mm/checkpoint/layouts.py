@@ -5,7 +5,7 @@ layout          recognised by
 ==============  ===========================================================================
 official_v1     sail-sg/poolformer: ``patch_embed.proj``, ``network.{0..6}``, ``norm``, ``head``;
                 also its mmdet 2.x / mmseg 0.x backbones (``norm{0,2,4,6}`` output norms)
-                and mmseg 0.x's own PoolFormer FPN files (mmpretrain's backbone keys)
+                and mmseg 0.x's PoolFormer FPN files
 mmpretrain      ``backbone.patch_embed.proj`` ... ``backbone.norm6`` beside ``head.fc``
 official_v2     sail-sg/metaformer: ``downsample_layers.N``, ``stages.N.M``, ``norm``, ``head``
 spach           microsoft/SPACH sMLPNet: ``to_patch_embedding``, ``token_mix``, ``channel_mix``
@@ -13,11 +13,9 @@ timm            ``stem.conv``, ``stages.N.downsample``, ``stages.N.blocks.M``, `
 metaformer_mm   our own files (the timm naming plus ``out_norms.N``)
 ==============  ===========================================================================
 
-Every mapping is a rule table: ``(pattern, replacement)`` pairs, tried in order, the first
-pattern that matches the whole key wins; the replacement is an ``re`` template or a
-function of the match (for stage arithmetic). Keys no rule matches are kept as they are
-(and then reported as unexpected by the loader).
-"""
+A mapping is a rule table of ``(pattern, replacement)``: the first pattern matching the whole
+key wins; the replacement is an ``re`` template or a function of the match. Keys no rule
+matches are kept (and reported as unexpected by the loader)."""
 import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -42,8 +40,8 @@ def _kind(value: Any) -> str:
 
 
 def state_dict_problem(obj: Any) -> Optional[str]:
-    """What keeps the loaded checkpoint ``obj`` from being a state dict (a non-empty dict
-    of tensors by name, possibly under ``state_dict``/``model``/``module``), or None."""
+    """What keeps the loaded ``obj`` from being a state dict (a non-empty dict of tensors
+    by name, possibly under ``state_dict``/``model``/``module``), or None."""
     key, weights = unwrap_weights(obj)
     where = f'its {key!r} entry' if key else 'it'
     if not isinstance(weights, dict):
@@ -61,6 +59,11 @@ def state_dict_problem(obj: Any) -> Optional[str]:
     return None
 
 
+def strip_prefix(state: Dict[str, Any], prefix: str) -> StateDict:
+    """The entries of ``state`` under ``prefix``, without it."""
+    return OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+
+
 def check_finite(weights: Dict[str, Any], path: str) -> None:
     """Refuses weights holding nan or inf (SafeCheckpointHook never writes such a file)."""
     from ..engine.guard import non_finite_tensors
@@ -72,11 +75,8 @@ def check_finite(weights: Dict[str, Any], path: str) -> None:
 
 
 def extract_state_dict(obj: Any, path: str, prefix: Optional[str] = None) -> StateDict:
-    """Finds the tensor dict inside a loaded checkpoint and strips wrappers and ``prefix``.
-
-    Raises :class:`CheckpointError` naming ``path`` when there is no state dict (see
-    :func:`state_dict_problem`) or when it holds non-finite values.
-    """
+    """The finite tensor dict of a loaded checkpoint, wrappers, ``module.`` and ``prefix``
+    stripped; else a :class:`CheckpointError` naming ``path``."""
     problem = state_dict_problem(obj)
     if problem:
         raise CheckpointError(f'cannot load {path}: {problem} (a checkpoint is a dict of '
@@ -86,7 +86,7 @@ def extract_state_dict(obj: Any, path: str, prefix: Optional[str] = None) -> Sta
     state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                         for k, v in obj.items())
     if prefix:
-        sub = OrderedDict((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        sub = strip_prefix(state, prefix)
         if not sub:
             raise CheckpointError(f'no key of {path} starts with prefix {prefix!r}; '
                                   f'first keys: {list(state)[:5]}')
@@ -205,11 +205,8 @@ _SIGNATURES: List[Tuple[str, Tuple[str, ...]]] = [
 
 
 def detect_layout(state: StateDict) -> str:
-    """Names the layout of a state dict (see the module docstring) or raises.
-
-    A file with the blocks of a layout but not all of its other parts (no stem, say) is
-    taken as that layout, so that the loader can say which tensors are missing.
-    """
+    """Names the layout of a state dict or raises. A file with a layout's blocks but not all
+    its other parts is taken as that layout, so that the loader can say what is missing."""
     keys = list(state)
     matched = [(layout, [any(re.match(p, k) for k in keys) for p in patterns])
                for layout, patterns in _SIGNATURES]
@@ -230,9 +227,9 @@ def convert_state_dict(state: StateDict, layout: Optional[str] = None) -> Tuple[
     """Maps a backbone state dict in any supported layout to this project's keys."""
     layout = layout or detect_layout(state)
     if layout == 'mmpretrain':  # official_v1 keys under 'backbone.', beside 'head.'
-        state = OrderedDict([(k[len('backbone.'):], v) for k, v in state.items()
-                             if k.startswith('backbone.')]
-                            + [(k, v) for k, v in state.items() if k.startswith('head.')])
+        heads = [(k, v) for k, v in state.items() if k.startswith('head.')]
+        state = strip_prefix(state, 'backbone.')
+        state.update(heads)
     if layout in ('official_v1', 'mmpretrain'):
         classifier = any(k.startswith('head.') for k in state)
         return layout, apply_rules(state, _V1_CLASSIFIER_RULES if classifier else _V1_RULES)

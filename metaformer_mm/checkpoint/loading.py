@@ -1,18 +1,11 @@
-"""Loading weights into a MetaFormer: ImageNet ``Pretrained`` files and whole-model checkpoints.
+"""Loading weights into a MetaFormer.
 
-* :func:`load_pretrained` (``init_cfg=dict(type='Pretrained', ...)``) reads a backbone file
-  in any supported layout, drops a classifier the dense model does not have, logs what loaded.
-* :func:`convert_backbone_keys`, called by ``MetaFormer._load_from_state_dict``, runs inside
-  every ``load_state_dict`` that reaches a MetaFormer (mmengine's ``load_checkpoint``, hence
-  ``init_detector``, ``init_model``, the inferencers, ``load_from``, ``resume``; torch's). It
-  converts a known foreign layout under the backbone's prefix in place and refuses missing,
-  unexpected or misshapen backbone tensors with a :class:`CheckpointError` naming the file:
-  mmengine only warns, so a checkpoint of another config would give a silently random backbone.
-
-Deliberate partial loads: ``with partial_loading(): ...`` or the backbone's
-``strict_load=False``; they still convert, and log the counts as a warning. These are the only
-switches: torch and mmengine pass ``strict=True`` to every ``_load_from_state_dict``.
-"""
+:func:`load_pretrained` serves ``init_cfg=dict(type='Pretrained')``. :func:`convert_backbone_keys`
+runs inside every ``load_state_dict`` reaching a MetaFormer (``load_checkpoint``, ``load_from``,
+``resume``, the inferencers, torch's): it converts a foreign layout in place and refuses
+missing, unexpected or misshapen tensors naming the file, where mmengine would only warn and
+leave a silently random backbone. Deliberate partial loads: :func:`partial_loading` or
+``strict_load=False``."""
 import contextlib
 import contextvars
 import re
@@ -26,10 +19,10 @@ from mmengine.logging import MMLogger
 from .convert import detector_backbone_layout
 from .embedded_config import guard_embedded_configs
 from .family import check_architecture
-from .io import (CheckpointError, checkpoint_config_text, checkpoint_first_keys,
-                 checkpoint_source, loading_source, read_checkpoint)
-from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict,
-                      extract_state_dict, unwrap_weights)
+from .io import (CheckpointError, checkpoint_source, file_being_loaded, loading_source,
+                 read_checkpoint)
+from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, extract_state_dict,
+                      strip_prefix, unwrap_weights)
 
 _PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
 _SHOWN = 5  # keys listed per kind in an error
@@ -37,8 +30,8 @@ _SHOWN = 5  # keys listed per kind in an error
 
 @contextlib.contextmanager
 def partial_loading() -> Iterator[None]:
-    """Allows loads that leave MetaFormer tensors missing or unexpected inside the block (logged
-    as a warning). Tensors of another shape are never copied."""
+    """Allows loads leaving MetaFormer tensors missing or unexpected (logged as a warning);
+    tensors of another shape are never copied."""
     token = _PARTIAL.set(True)
     try:
         yield
@@ -67,14 +60,11 @@ def _why_shape(model: nn.Module, key: str, shape: tuple) -> str:
 # --------------------------------------------------------------------------- inside load_state_dict
 def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix: str,
                           strict: bool = True) -> Optional[str]:
-    """Converts the keys of ``state_dict`` under ``prefix`` for ``module`` in place, then checks.
-
-    The children load from ``state_dict`` afterwards, so renamed and reshaped tensors reach
-    them. Returns the layout converted from (None when already ours). A misfit raises
-    :class:`CheckpointError` unless :func:`partial_loading` or ``strict_load=False``.
-    """
+    """Converts the keys of ``state_dict`` under ``prefix`` for ``module`` in place (the
+    children load from it afterwards), then refuses a misfit unless partial loading is allowed.
+    Returns the layout converted from (None when already ours)."""
     keys = [k for k in state_dict if k.startswith(prefix)]
-    local = OrderedDict((k[len(prefix):], state_dict[k]) for k in keys)
+    local = strip_prefix(state_dict, prefix)
     # None for a layout we do not know: every key is then reported as unexpected below.
     layout = detector_backbone_layout(local, prefix='')
     source = checkpoint_source(list(local.values())[:8]) or 'the state dict'
@@ -105,8 +95,9 @@ def convert_backbone_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
     enforce = strict and not _PARTIAL.get() and getattr(module, 'strict_load', True)
     if not (missing or unexpected or mismatched):
         if enforce:  # same layout: the name the file gives decides (e.g. IdentityFormer)
+            read = file_being_loaded()
             check_architecture(module, checkpoint_source(list(local.values())[:8]),
-                               checkpoint_config_text())
+                               read and read.config_text)
         return converted_from
     report = _misfit_report(source, module, prefix, len(own), layout, missing, unexpected,
                             mismatched, has_keys=bool(local))
@@ -124,7 +115,8 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
                    mismatched: List[str], has_keys: bool) -> str:
     where = f'{type(module).__name__} at {prefix!r}' if prefix else type(module).__name__
     if not has_keys:
-        first = checkpoint_first_keys()
+        read = file_being_loaded()
+        first = read.first_keys if read else []
         listed = f' (its first keys: {first})' if first else ''
         return (f'{source} does not fit the {where}: it has no key under {prefix!r}{listed}, '
                 f'so all {len(missing)} backbone tensors would stay uninitialised.')
@@ -141,15 +133,6 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
 
 
 # --------------------------------------------------------------------------- Pretrained
-def resolve_weights(path: str) -> str:
-    """The file or URL that ``path`` names (a weight name through ``metaformer_mm.zoo``)."""
-    from ..zoo import resolve_weights as zoo_resolve
-    try:
-        return zoo_resolve(path)
-    except ValueError as err:  # an unknown name: the loader's own error type, same words
-        raise CheckpointError(str(err)) from None
-
-
 def _depths(keys) -> List[int]:
     blocks = [set() for _ in range(4)]
     for key in keys:
@@ -170,9 +153,9 @@ def _check_depths(converted: StateDict, own: StateDict, path: str) -> None:
 
 
 def prepare_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
-    """The checkpoint ``obj`` read from ``path`` as every mmengine load gets it: refused unless
-    a finite state dict (naming the file), the weights under ``state_dict``, a ``meta``
-    (mmseg's ``init_model`` reads both), embedded configs checked when read."""
+    """The checkpoint ``obj`` read from ``path`` as mmengine's loads get it: a finite
+    state dict under ``state_dict``, a ``meta`` (mmseg's ``init_model`` reads it), embedded
+    configs checked when read."""
     extract_state_dict(obj, path)
     key, weights = unwrap_weights(obj)
     if key != 'state_dict':
@@ -184,9 +167,8 @@ def prepare_checkpoint(obj: Any, path: str) -> Dict[str, Any]:
 
 
 def _output_norms_absent(converted: StateDict, own: StateDict) -> List[str]:
-    """The model's output-norm tensors of the stages the file holds no output norm for (a
-    classification file has none): they keep their initial values, as in the original
-    ``fork_feat`` models; every other tensor must come from the file."""
+    """The model's output-norm tensors of stages the file has no output norm for (a
+    classification file has none): they keep their initial values, as in the original models."""
     stage = lambda k: k.split('.')[1]  # noqa: E731  ('out_norms.N.weight')
     present = {stage(k) for k in converted if k.startswith('out_norms.')}
     return [k for k in own if k.startswith('out_norms.') and stage(k) not in present]
@@ -195,15 +177,15 @@ def _output_norms_absent(converted: StateDict, own: StateDict) -> List[str]:
 def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
                     map_location: Any = 'cpu',
                     logger: Optional[MMLogger] = None) -> Dict[str, Any]:
-    """Loads backbone weights in any supported layout into ``model`` (a MetaFormer).
-
-    With ``fork_feat`` a classification file's head and a file's output norms of stages the
-    model does not output are dropped (:func:`_output_norms_absent` for the converse).
-    Otherwise as strict as every load (:func:`convert_backbone_keys`). ``prefix='auto'``
-    (the tools) takes a whole model's ``backbone.`` keys. Logs and returns what loaded.
-    """
+    """Loads backbone weights in any supported layout into ``model``; logs and returns what
+    loaded. With ``fork_feat`` a classifier head and output norms the model lacks are dropped.
+    ``prefix='auto'`` (the tools) takes a whole model's ``backbone.`` keys."""
+    from ..zoo import resolve_weights
     logger = logger or MMLogger.get_current_instance()
-    path = resolve_weights(path)
+    try:
+        path = resolve_weights(path)
+    except ValueError as err:  # an unknown name: the loader's own error type, same words
+        raise CheckpointError(str(err)) from None
     raw = read_checkpoint(path, map_location)
     state = extract_state_dict(raw, path, None if prefix == 'auto' else prefix)
     if prefix == 'auto' and detector_backbone_layout(state, prefix='') is None \

@@ -1,6 +1,5 @@
-"""Checkpoints the tools read: the one ``tools/test.py`` evaluates (strictly, released
-layouts converted) and the one ``tools/train.py --resume`` continues from; the work dir
-they are written to (writable, and one training run at a time)."""
+"""Checkpoints the tools read (``tools/test.py``'s, strictly; ``--resume``'s) and the work dir
+they write to (writable, one training run at a time)."""
 import copy
 import datetime
 import os
@@ -15,18 +14,17 @@ from mmengine.logging import MMLogger
 
 from .config import ToolError, unwritable
 
+
 def load_test_checkpoint(path: str) -> Tuple[Dict, Dict]:
-    """For ``tools/test.py``: the model state of ``path`` and its ``dataset_meta`` (3.x or
-    2.x metadata). A MetaFormer backbone in a released layout (the sail-sg mmdet 2.x /
-    mmseg 0.x files) is converted by the backbone's own load (``convert_backbone_keys``)."""
+    """``tools/test.py``'s checkpoint: its state dict and ``dataset_meta``; a released
+    backbone layout is converted by the backbone's own load."""
     from ..checkpoint import detector_dataset_meta, extract_state_dict, read_checkpoint
     raw = read_checkpoint(path)
     return extract_state_dict(raw, path), detector_dataset_meta(raw)
 
 
 def load_state_into_runner(runner: Any, state: Dict, dataset_meta: Dict) -> None:
-    """Loads a state dict into the Runner's model strictly: a checkpoint of another config
-    is an error, not an evaluation of half-initialised weights."""
+    """Loads ``state`` into the Runner's model strictly (another config's is an error)."""
     from ..checkpoint import CheckpointError
     from ..engine.guard import runner_model
     model = runner_model(runner)
@@ -59,14 +57,9 @@ def _rank() -> str:
 
 
 def prepare_work_dir(work_dir: str, lock: bool = False) -> None:
-    """Creates ``work_dir`` and makes sure it is writable; with ``lock`` (``tools/train.py``,
-    rank 0) it also becomes this run's alone.
-
-    Two training runs in one work dir would replace each other's checkpoints and logs: the
-    second is refused, naming the first. The lock is an ``flock`` on ``work_dir/.train.lock``
-    held by the open file, so the operating system releases it however the run ends
-    (``kill -9`` included). Evaluation into a training run's work dir is allowed.
-    """
+    """Creates ``work_dir`` and checks it is writable; with ``lock`` (``tools/train.py``, rank
+    0) refuses a second training run there, naming the first. The lock is an ``flock`` on
+    ``.train.lock``, released by the OS however the run ends."""
     why = unwritable(work_dir)
     if why:
         raise ToolError(f'work dir {work_dir} is not writable ({why}); give a writable --work-dir')
@@ -118,8 +111,8 @@ RESUME_AUTO = 'auto'  # --resume auto
 
 
 def remove_interrupted_writes(work_dir: str) -> List[str]:
-    """Deletes the temporary files a killed checkpoint write left in ``work_dir`` (logged)."""
-    if not osp.isdir(work_dir) or os.environ.get('RANK', '0') != '0':
+    """Deletes the temporary files a killed checkpoint write left in ``work_dir``."""
+    if not osp.isdir(work_dir) or _rank() != '0':
         return []  # other ranks start at other times: only rank 0 tidies up
     removed = []
     for name in sorted(os.listdir(work_dir)):
@@ -139,7 +132,7 @@ def remove_interrupted_writes(work_dir: str) -> List[str]:
 
 def _loadable(path: str) -> bool:
     """Whether ``path`` is a complete torch zip checkpoint (a truncated one has no zip
-    directory at its end); reads only the directory, not the tensors."""
+    directory), reading only the directory."""
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n.endswith('/data.pkl') or n == 'data.pkl' for n in archive.namelist())
@@ -162,12 +155,9 @@ def _candidates(directories: List[str]) -> List[str]:
 
 
 def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
-    """The checkpoint ``--resume`` continues from, and what was found when there is none.
-
-    ``work_dir/last_checkpoint`` names it; when it is missing, empty, or names a file gone or
-    incomplete, the newest complete ``iter_N.pth``/``epoch_N.pth`` of the work dir (or of the
-    directory it names) is taken instead, and the fallback is logged.
-    """
+    """The checkpoint ``--resume`` continues from, and what was found when there is none:
+    ``last_checkpoint``'s, else (logged) the newest complete ``iter_N``/``epoch_N.pth`` of the
+    work dir or of the directory it names."""
     logger = MMLogger.get_current_instance()
     pointer = osp.join(work_dir, 'last_checkpoint')
     named, readable = '', True
@@ -204,8 +194,8 @@ def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
 
 
 def check_resumable(path: str) -> None:
-    """Refuses a ``--resume`` file without the training state ``Runner.resume`` needs
-    (``meta['epoch']``, ``meta['iter']``, ``message_hub``; else a ``KeyError``)."""
+    """Refuses a ``--resume`` file without the training state ``Runner.resume`` reads
+    (``meta['epoch']``, ``meta['iter']``, ``message_hub``)."""
     from ..checkpoint import read_checkpoint
     obj = read_checkpoint(path)
     meta = obj.get('meta') if isinstance(obj, dict) else None
@@ -221,9 +211,9 @@ def check_resumable(path: str) -> None:
 
 
 def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
-    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume``'s value: None (no resume), a path,
-    :data:`RESUME_LATEST` (the work dir's latest, an error when there is none) or
-    :data:`RESUME_AUTO` (the same, but training from scratch when there is none)."""
+    """Sets ``cfg.resume``/``cfg.load_from`` for ``--resume``: None, a path,
+    :data:`RESUME_LATEST` (an error without a checkpoint) or :data:`RESUME_AUTO` (from scratch
+    without one)."""
     if not resume:
         return
     if resume not in (RESUME_LATEST, RESUME_AUTO):

@@ -1,6 +1,5 @@
-"""What the tools check inside a COCO annotation file before mmdet or pycocotools read it:
-the types of every entry (errors name the file and the entry) and the boxes mmdet's
-``CocoDataset`` would skip (counted in one warning)."""
+"""Checks of a COCO annotation file before mmdet or pycocotools read it: entry types (errors
+name the file and entry) and the boxes ``CocoDataset`` would skip (one warning)."""
 import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
@@ -23,8 +22,8 @@ def read_json(path: str) -> Tuple[Optional[dict], str]:
 
 
 def read_coco_categories(path: str, key: str, warn_dropped: bool) -> Optional[List[str]]:
-    """The category names of the COCO file ``path`` after checking its types (None if it
-    is some other JSON format)."""
+    """The category names of the COCO file ``path``, its types checked (None for another
+    JSON format)."""
     data, problem = read_json(path)
     if data is None:
         raise DataError(problem)
@@ -98,8 +97,7 @@ _ENTRY_CHECKS = {'images': _image_problem, 'annotations': _annotation_problem,
 
 
 def coco_problem(data: dict) -> Optional[str]:
-    """What in a parsed COCO annotation file mmdet or pycocotools could not read (the first
-    field or entry of a wrong type), or None."""
+    """The first field or entry of a parsed COCO file mmdet could not read, or None."""
     for field, check in _ENTRY_CHECKS.items():
         if field not in data:
             continue  # pycocotools reads files without them; emptiness is explained later

@@ -1,8 +1,5 @@
-"""Config handling of the tools: reading a config, its default scope, test-only configs,
-the backbone/neck wiring check.
-
-Also :class:`ToolError`, the tools' user-facing error (printed as one ``error:`` line).
-"""
+"""Config handling of the tools (reading, default scope, test-only configs, neck wiring) and
+:class:`ToolError`, their user-facing error (one ``error:`` line)."""
 import copy
 import errno
 import inspect
@@ -27,9 +24,8 @@ class ConfigNotFoundError(ToolError, FileNotFoundError):
 
 
 def read_config(config: Union[str, Config]) -> Config:
-    """The config a tool was given: a file, a model name or alias of the model index
-    (``retinanet_poolformer_s12``), ``metaformer_mm::REL_PATH``, or a packaged
-    ``mmdet::``/``mmseg::`` config."""
+    """The config a tool was given: a file, a model name or alias, ``metaformer_mm::REL_PATH``,
+    or an ``mmdet::``/``mmseg::`` config."""
     from ..zoo import PACKAGE_PREFIX, resolve_config
     if isinstance(config, Config):
         return copy.deepcopy(config)
@@ -47,8 +43,7 @@ def read_config(config: Union[str, Config]) -> Config:
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[Dict] = None) -> Config:
-    """Reads a config (see :func:`read_config`), merges ``--cfg-options`` and makes sure it
-    names its default scope."""
+    """Reads a config, merges ``--cfg-options`` and sets its default scope."""
     cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -69,19 +64,16 @@ def default_scope(cfg: Config) -> str:
 
 
 def drop_training(cfg: Config) -> None:
-    """Removes the training parts from a config that only tests.
-
-    Without them the Runner never builds the training loop, which some hooks would
-    otherwise build on the fly just to read the iteration count (mmseg's
-    SegVisualizationHook does), reading the training split a test run does not need.
-    """
+    """Removes the training parts of a config that only tests: otherwise some hooks build
+    the training loop just to read its length (mmseg's SegVisualizationHook), reading the
+    training split."""
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
         cfg[key] = None
 
 
 def check_train_schedule(cfg: Config) -> None:
-    """``train_cfg.max_iters`` / ``max_epochs`` are positive integers: ``max_iters=-5`` would
-    otherwise "train" nothing and exit 0."""
+    """``train_cfg.max_iters``/``max_epochs`` are positive integers (``-5`` would train
+    nothing and exit 0)."""
     train_cfg = cfg.get('train_cfg') or {}
     for key in ('max_iters', 'max_epochs'):
         value = train_cfg.get(key)
@@ -98,14 +90,10 @@ def default_work_dir(config_path: str) -> str:
 
 def output_file(path: str, option: str, overwrite: bool = True,
                 suffixes: Optional[Sequence[str]] = None) -> str:
-    """The file a tool is to write for ``option`` (``DST``, ``--out``, ...), checked before
-    any work is done: the path its data goes to (through a symbolic link, to the link's
-    target, so the link stays), in a directory that exists (made) and takes a file.
-
-    Refused with a :class:`ToolError`: a directory, a device or other non-regular file (never
-    replaced by a regular file), an existing file without ``overwrite``, a name not ending in
-    one of ``suffixes``, and a directory that cannot be written.
-    """
+    """The file a tool writes for ``option``, checked before any work: the path its data goes
+    to (a link's target), in a directory that exists (made) and takes a file. Refused: a
+    directory, a non-regular file, an existing file without ``overwrite``, a name without one of
+    ``suffixes``, an unwritable directory."""
     target = osp.realpath(path)
     shown = path if target == osp.abspath(path) else f'{path} (a link to {target})'
     if suffixes and not target.lower().endswith(tuple(suffixes)):
@@ -127,8 +115,8 @@ def output_file(path: str, option: str, overwrite: bool = True,
 
 
 def unwritable(directory: str) -> Optional[str]:
-    """Why no file can be written in ``directory`` (created if missing), or None. A real
-    write: permission bits say nothing for root, or on a read-only mount."""
+    """Why no file can be written in ``directory`` (created if missing), or None; a real
+    write, as permission bits say nothing for root or on a read-only mount."""
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -144,8 +132,7 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 
 
 def write_error(err: OSError) -> Optional[str]:
-    """One line for a failed write (a full disk, a quota, a read-only file system); None for
-    any other ``OSError``."""
+    """One line for a write that failed for want of space or permission; None for other errors."""
     if err.errno not in WRITE_ERRORS:
         return None
     where = f' {err.filename}' if err.filename else ''
@@ -153,10 +140,8 @@ def write_error(err: OSError) -> Optional[str]:
 
 
 def build_runner(cfg: Config, config_name: str) -> Any:
-    """The config's Runner (``runner_type`` honoured). A config that does not build (a bad
-    architecture, an unknown type, an argument of the wrong type) is a :class:`ToolError`
-    naming the config, with the library's message less mmengine's "class `X` in FILE:"
-    prefixes."""
+    """The config's Runner; a config that does not build is a :class:`ToolError` naming it,
+    without mmengine's "class `X` in FILE:" prefixes."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     try:
@@ -169,8 +154,8 @@ def build_runner(cfg: Config, config_name: str) -> Any:
 
 
 def error_line(err: BaseException) -> str:
-    """The message of ``err`` on one line. An error raised in a dataloader worker comes back
-    as 'Caught X in DataLoader worker process N. Original Traceback ...': keep its last line."""
+    """``err``'s message on one line; of a dataloader worker's "Original Traceback", the
+    last line."""
     text = str(err).strip()
     if 'Original Traceback' in text:
         last = text.splitlines()[-1]
@@ -179,8 +164,8 @@ def error_line(err: BaseException) -> str:
 
 
 def check_neck_inputs(cfg: Config) -> None:
-    """The backbone gives as many feature maps as the neck takes (``out_indices`` against
-    ``neck.in_channels``): said before training, not as a bare AssertionError in the FPN."""
+    """The backbone gives as many maps as the neck takes (``out_indices`` against
+    ``neck.in_channels``), said before training instead of an AssertionError in the FPN."""
     model = cfg.get('model') or {}
     backbone, neck = model.get('backbone') or {}, model.get('neck')
     in_channels = neck.get('in_channels') if isinstance(neck, dict) else None

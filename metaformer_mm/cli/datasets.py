@@ -1,15 +1,15 @@
-"""The tools' dataset checks: every file a command will read is there (or one message says
-what is missing and how to point the config at the dataset), empty annotation files,
-pipelines whose errors name the file, and explanations of library errors that do not
-(a truncated annotation JSON, a dataset left empty by a class-name mismatch)."""
+"""The tools' dataset checks: the files a command reads exist (else one message with the fix),
+annotation files are sound, pipeline errors name the file, and library errors that name
+none are explained."""
 import json
 import os
 import os.path as osp
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
 from ..datasets.transforms import DataError
+from ..zoo import is_remote
 from .coco_file import read_coco_categories, read_json
 
 
@@ -24,41 +24,36 @@ _PHASES = {
 }
 
 
-def _is_remote(path: str) -> bool:
-    return '://' in path
-
-
 def _join(root: Optional[str], path: str) -> str:
     # mmengine's BaseDataset joins data_root with relative paths only.
-    return path if not root or osp.isabs(path) or _is_remote(path) else osp.join(root, path)
+    return path if not root or osp.isabs(path) or is_remote(path) else osp.join(root, path)
+
+
+def _walk(ds: Any, key: str) -> Iterator[Tuple[str, dict]]:
+    """(cfg key, dict) of a dataset config and the datasets it wraps, wrapped ones first."""
+    if isinstance(ds, dict):
+        yield from _walk(ds.get('dataset'), f'{key}.dataset')  # RepeatDataset, ...
+        for i, sub in enumerate(ds.get('datasets') or []):  # ConcatDataset
+            yield from _walk(sub, f'{key}.datasets.{i}')
+        yield key, ds
 
 
 def _dataset_needs(ds: Any, key: str) -> Tuple[List[Tuple[str, str, str]], List[Tuple[str, str]]]:
     """(path, 'file'|'dir', option key) triples a dataset config reads, and its data roots."""
     needs: List[Tuple[str, str, str]] = []
     roots: List[Tuple[str, str]] = []
-    if not isinstance(ds, dict):
-        return needs, roots
-    if isinstance(ds.get('dataset'), dict):  # RepeatDataset, ClassBalancedDataset, ...
-        sub_needs, sub_roots = _dataset_needs(ds['dataset'], f'{key}.dataset')
-        needs += sub_needs
-        roots += sub_roots
-    for i, sub in enumerate(ds.get('datasets') or []):  # ConcatDataset
-        sub_needs, sub_roots = _dataset_needs(sub, f'{key}.datasets.{i}')
-        needs += sub_needs
-        roots += sub_roots
-    if ds.get('backend_args'):  # a remote storage backend: nothing to check locally
-        return needs, roots
-    root = ds.get('data_root')
-    if root:
-        roots.append((f'{key}.data_root', root))
-    if ds.get('ann_file'):
-        needs.append((_join(root, ds['ann_file']), 'file', key))
-    prefix = ds.get('data_prefix') or {}
-    if isinstance(prefix, dict):
-        for value in prefix.values():
-            if isinstance(value, str) and value:
-                needs.append((_join(root, value), 'dir', key))
+    for key, d in _walk(ds, key):
+        if d.get('backend_args'):  # a remote storage backend: nothing to check locally
+            continue
+        root = d.get('data_root')
+        if root:
+            roots.append((f'{key}.data_root', root))
+        if d.get('ann_file'):
+            needs.append((_join(root, d['ann_file']), 'file', key))
+        prefix = d.get('data_prefix') or {}
+        if isinstance(prefix, dict):
+            needs += [(_join(root, v), 'dir', key) for v in prefix.values()
+                      if isinstance(v, str) and v]
     return needs, roots
 
 
@@ -73,11 +68,8 @@ def _evaluator_needs(ev: Any, key: str) -> List[Tuple[str, str, str]]:
 
 def dataset_requirements(cfg: Config, phase: str) -> Tuple[List[Tuple[str, str, str]],
                                                              List[Tuple[str, str]]]:
-    """Files/dirs that ``phase`` ('train' or 'test') reads, and the data roots they hang from.
-
-    Returns ``(needs, roots)``: ``needs`` holds ``(path, 'file'|'dir', cfg key)``, ``roots``
-    ``(cfg key of a data_root, its value)``.
-    """
+    """``(needs, roots)`` of ``phase`` ('train' or 'test'): ``(path, 'file'|'dir', cfg key)``
+    it reads and ``(cfg key, value)`` of the data roots they hang from."""
     if phase not in _PHASES:
         raise ValueError(f'phase must be one of {sorted(_PHASES)}, got {phase!r}')
     needs: List[Tuple[str, str, str]] = []
@@ -94,15 +86,12 @@ def dataset_requirements(cfg: Config, phase: str) -> Tuple[List[Tuple[str, str, 
         roots += ds_roots
         if evaluator_key:
             needs += _evaluator_needs(cfg.get(evaluator_key), evaluator_key)
-    return [n for n in needs if not _is_remote(n[0])], roots
+    return [n for n in needs if not is_remote(n[0])], roots
 
 
 def check_dataset(cfg: Config, phase: str, config_name: str = 'the config') -> None:
-    """Raises :class:`DatasetMissingError` naming every missing file and how to fix it.
-
-    Call before building the Runner, so that a missing dataset is one message rather than a
-    stack trace from deep inside dataset construction.
-    """
+    """Raises :class:`DatasetMissingError` naming every missing file and the fix (before the
+    Runner is built, instead of a stack trace)."""
     needs, roots = dataset_requirements(cfg, phase)
     # test_dataloader is usually val_dataloader: report each path once.
     missing = list(dict.fromkeys((p, kind) for p, kind, _ in needs
@@ -144,27 +133,12 @@ def _fix_hint(cfg: Config, needs: List[Tuple[str, str, str]],
 # --------------------------------------------------------------------------- what is inside
 def _loader_datasets(cfg: Config, phase: str) -> List[Tuple[str, dict]]:
     """(cfg key, dataset dict) of every dataset ``phase`` reads, wrapped ones included."""
-    found: List[Tuple[str, dict]] = []
-
-    def walk(ds: Any, key: str) -> None:
-        if not isinstance(ds, dict):
-            return
-        found.append((key, ds))
-        walk(ds.get('dataset'), f'{key}.dataset')
-        for i, sub in enumerate(ds.get('datasets') or []):
-            walk(sub, f'{key}.datasets.{i}')
-
-    for loader_key, _ in _PHASES[phase]:
-        loader = cfg.get(loader_key)
-        if loader:
-            walk(loader.get('dataset'), f'{loader_key}.dataset')
-    return found
+    return [found for loader_key, _ in _PHASES[phase] if cfg.get(loader_key)
+            for found in _walk(cfg.get(loader_key).get('dataset'), f'{loader_key}.dataset')]
 
 
 def name_files_in_errors(cfg: Config, phase: str) -> None:
-    """Wraps each pipeline ``phase`` reads in ``CheckedCompose``: a sample that cannot be
-    loaded or transformed is then an error naming its file (see
-    :mod:`metaformer_mm.datasets.transforms`)."""
+    """Wraps each pipeline ``phase`` reads in ``CheckedCompose``, whose errors name the file."""
     for _, ds in _loader_datasets(cfg, phase):
         pipeline = ds.get('pipeline')
         if isinstance(pipeline, (list, tuple)) and pipeline and not (
@@ -173,16 +147,10 @@ def name_files_in_errors(cfg: Config, phase: str) -> None:
 
 
 def check_annotation_files(cfg: Config, phase: str) -> None:
-    """The annotation files ``phase`` reads, before any library reads them: each one must not
-    be empty, and a COCO JSON must be valid JSON of the types mmdet and pycocotools read
-    (``DataError`` naming the file and the entry), list every class the config selects as a
-    category (mmdet would drop the others silently and shift the labels; evaluation would end
-    in an ``IndexError``), and its boxes that mmdet's ``CocoDataset`` skips (non-finite,
-    under one pixel, outside the image) are logged once, with counts.
-
-    Each JSON file is parsed once here (a second time by mmdet); only category names are
-    kept from it.
-    """
+    """Checks the annotation files ``phase`` reads before any library does: not empty,
+    COCO JSON of the types mmdet reads, every class the config selects a category of the file
+    (mmdet would silently drop the others and shift the labels); boxes ``CocoDataset`` skips
+    are logged once."""
     needs, _ = dataset_requirements(cfg, phase)
     for path, kind, key in needs:
         if kind == 'file' and osp.isfile(path) and osp.getsize(path) == 0:
@@ -196,8 +164,8 @@ def check_annotation_files(cfg: Config, phase: str) -> None:
             categories[path] = read_coco_categories(path, key, warn_dropped=key in datasets)
         ds_key = key if key in datasets else next(
             (k for k, d in datasets.items()
-             if k.startswith(key.split('_evaluator')[0] + '_dataloader.')
-             and d.get('dataset') is None and not d.get('datasets')), None)
+             if k.startswith(key.split('_evaluator')[0] + '_dataloader.') and _is_leaf(d)),
+            None)
         classes = _classes(datasets[ds_key]) if ds_key and categories[path] is not None else None
         if classes:
             _check_classes(phase, key, ds_key, path, classes, categories[path])
@@ -205,20 +173,36 @@ def check_annotation_files(cfg: Config, phase: str) -> None:
 
 def _check_classes(phase: str, key: str, ds_key: str, path: str, classes: Sequence[str],
                    names: List[str]) -> None:
-    """Every class the config selects is a category of the file: mmdet maps the classes it
-    finds to labels 0..k-1 in the file's order and drops the others without a word."""
+    """Every class the config selects is a category of the file (mmdet maps the ones it finds
+    to labels 0..k-1 and drops the others without a word)."""
     missing = [c for c in classes if c not in names]
     if not missing:
         return
-    listed = f'{names[:10]}{" ..." if len(names) > 10 else ""}'
-    fix = f'set {ds_key}.metainfo.classes to the names the file uses'
     if len(missing) < len(classes):
         raise DataError(f'{key}: the config\'s classes {tuple(classes)} are not all categories '
-                        f'of {path}: {missing} are not (its categories: {listed}); {fix}')
+                        f'of {path}: {missing} are not (its categories: {_listed(names)}); '
+                        f'{_fix_classes(ds_key)}')
     # (in training, filter_empty_gt leaves such a dataset empty)
     empty = f'a {phase} dataset is empty: ' if ds_key.startswith('train_dataloader') else ''
-    raise DataError(f'{empty}{key}: none of the config\'s classes {tuple(classes)} is a '
-                    f'category of {path} (its categories: {listed}); {fix}')
+    raise DataError(empty + _no_class_of(key, ds_key, classes, path, names))
+
+
+def _listed(names: List[str]) -> str:
+    return f'{names[:10]}{" ..." if len(names) > 10 else ""}'
+
+
+def _fix_classes(ds_key: str) -> str:
+    return f'set {ds_key}.metainfo.classes to the names the file uses'
+
+
+def _no_class_of(key: str, ds_key: str, classes: Sequence[str], path: str,
+                 names: List[str]) -> str:
+    return (f'{key}: none of the config\'s classes {tuple(classes)} is a category of {path} '
+            f'(its categories: {_listed(names)}); {_fix_classes(ds_key)}')
+
+
+def _is_leaf(ds: dict) -> bool:
+    return ds.get('dataset') is None and not ds.get('datasets')
 
 
 def _classes(ds: dict) -> Optional[Sequence[str]]:
@@ -233,8 +217,7 @@ def _classes(ds: dict) -> Optional[Sequence[str]]:
 
 
 def _why_empty(key: str, ds: dict) -> Optional[str]:
-    """Why the COCO-format dataset ``ds`` yields no sample; None if it does yield some (or
-    is not in COCO format)."""
+    """Why the COCO-format dataset ``ds`` yields no sample, or None."""
     ann = ds.get('ann_file')
     if not (isinstance(ann, str) and ann.endswith('.json')):
         return None
@@ -248,9 +231,7 @@ def _why_empty(key: str, ds: dict) -> Optional[str]:
     names = [c.get('name') for c in categories]
     classes = _classes(ds)
     if classes is not None and not set(classes) & set(names):
-        return (f'{key}: none of the config\'s classes {tuple(classes)} is a category of '
-                f'{path} (its categories: {names[:10]}{" ..." if len(names) > 10 else ""}); '
-                f'set {key}.metainfo.classes to the names the file uses')
+        return _no_class_of(key, key, classes, path, names)
     wanted = {c.get('id') for c in categories if classes is None or c.get('name') in classes}
     if any(a.get('category_id') in wanted for a in data.get('annotations') or []):
         return None
@@ -260,11 +241,8 @@ def _why_empty(key: str, ds: dict) -> Optional[str]:
 
 
 def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[str]:
-    """A one-line explanation of a library error raised while ``phase`` builds or reads its
-    datasets, naming the file at fault; None when ``err`` is not one it knows.
-
-    Only called on failure, so the annotation files are parsed only then.
-    """
+    """One line naming the file at fault for a library error raised while ``phase`` reads
+    its datasets, or None; files are parsed only on failure."""
     if isinstance(err, json.JSONDecodeError):
         for path, kind, _ in dataset_requirements(cfg, phase)[0]:
             if kind == 'file' and path.endswith('.json') and osp.isfile(path):
@@ -272,8 +250,7 @@ def explain_data_error(cfg: Config, phase: str, err: BaseException) -> Optional[
                 if problem:
                     return problem
     if isinstance(err, ValueError) and 'need at least one array to concatenate' in str(err):
-        leaves = [(k, ds) for k, ds in _loader_datasets(cfg, phase)
-                  if ds.get('dataset') is None and not ds.get('datasets')]
+        leaves = [(k, ds) for k, ds in _loader_datasets(cfg, phase) if _is_leaf(ds)]
         for key, ds in leaves:
             why = _why_empty(key, ds)
             if why:
@@ -301,9 +278,8 @@ def _no_metrics(cfg: Config) -> None:
 
 
 def check_test_metrics(cfg: Config, metrics: Optional[dict]) -> None:
-    """A test that gives no metrics (a model without any detection: CocoMetric then only
-    logs an error) or an overall COCO mAP of -1 (the test annotations hold no ground truth
-    of the evaluated classes, pycocotools' "undefined") is an error, not a result."""
+    """A test with no metrics (a model without detections) or an overall COCO mAP of -1 (no
+    ground truth of the evaluated classes) is an error, not a result."""
     if not metrics:
         _no_metrics(cfg)
     # Only the overall figures: bbox_mAP_l is -1 on a set without large objects, rightly.

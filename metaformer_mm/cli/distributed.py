@@ -13,13 +13,9 @@ from .config import ToolError
 
 
 def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
-    """Starts torch.distributed on CPU-only machines, where mmengine's launcher code fails.
-
-    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
-    ``device_ids``; both need CUDA. On a CPU-only machine this joins the process group with
-    gloo (from torchrun's or Slurm's environment) and wraps the model without ``device_ids``;
-    the Runner then finds the group already initialised. Returns whether it did anything.
-    """
+    """Starts torch.distributed with gloo on machines without CUDA, where mmengine's
+    ``init_dist`` (``torch.cuda.set_device``) and DDP wrapper (``device_ids``) fail; the Runner
+    then finds the group initialised. Returns whether it did anything."""
     if launcher == 'none' or torch.cuda.is_available():
         return False
     import torch.distributed as dist
@@ -58,10 +54,8 @@ def init_distributed_without_cuda(cfg: Config, launcher: str) -> bool:
 
 
 def close_distributed() -> None:
-    """Leaves the process group at the end of a tool, once the tool has dropped its runner.
-    Left to the interpreter's exit, gloo's work objects (held by DDP's reducer too) are torn
-    down during finalization: "terminate called without an active exception", SIGABRT after a
-    finished run, which fails the launch (pytorch/pytorch#190489)."""
+    """Leaves the process group once the tool has dropped its runner: left to interpreter
+    exit, gloo's teardown aborts a finished run (pytorch/pytorch#190489)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # DDP modules in reference cycles
@@ -69,7 +63,7 @@ def close_distributed() -> None:
 
 
 def _replace_sync_bn(node: Any) -> bool:
-    """Turns every ``norm_cfg=dict(type='SyncBN')`` below ``node`` into BN; True if any."""
+    """Turns every ``type='SyncBN'`` below ``node`` into BN; True if any."""
     found = False
     if isinstance(node, dict):
         if node.get('type') == 'SyncBN':

@@ -1,5 +1,4 @@
-"""Building a model from a config: the one way the tools (benchmark, get_flops, export_onnx,
-visualize_features) do it."""
+"""Building a model from a config: the one way the tools do it."""
 import copy
 from typing import Dict, Optional, Union
 
@@ -11,7 +10,7 @@ from .config import load_config
 
 
 def model_registry(scope: str) -> Registry:
-    """mmdet's or mmseg's ``MODELS`` (this project's backbones are in both), scope initialised."""
+    """mmdet's or mmseg's ``MODELS``, with its scope initialised."""
     import metaformer_mm  # noqa: F401  (registers the backbones)
     init_default_scope(scope)
     if scope == 'mmseg':
@@ -22,7 +21,7 @@ def model_registry(scope: str) -> Registry:
 
 
 def backbone_config(cfg: Config) -> Dict:
-    """The backbone part of a config: ``model.backbone``, or a backbone ``model``/``backbone``."""
+    """The backbone of a config: ``model.backbone``, or a backbone ``model``/``backbone``."""
     model = cfg.get('model')
     if isinstance(model, dict) and isinstance(model.get('backbone'), dict):
         return copy.deepcopy(model.backbone)
@@ -33,9 +32,8 @@ def backbone_config(cfg: Config) -> Dict:
 
 
 def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> Dict:
-    """Loads a whole-model checkpoint's ``backbone.*`` or backbone weights in any layout
-    ``metaformer_mm.checkpoint`` reads into ``backbone``, as strictly as ``init_cfg``
-    (:func:`~metaformer_mm.checkpoint.load_pretrained`); returns the loading report."""
+    """Loads a whole model's ``backbone.*`` or backbone weights in any layout into
+    ``backbone``, as strictly as ``init_cfg``; returns the report."""
     from metaformer_mm.checkpoint import load_pretrained
     return load_pretrained(backbone, checkpoint, prefix='auto')
 
@@ -44,13 +42,10 @@ def build_model_from_config(config: Union[str, Config], checkpoint: Optional[str
                             device: str = 'cpu', cfg_options: Optional[Dict] = None,
                             part: str = 'model',
                             backbone_overrides: Optional[Dict] = None) -> nn.Module:
-    """The config's model (``part='model'``) or its backbone (``part='backbone'``), in eval mode.
-
-    ``init_cfg`` weights are never downloaded: the weights are ``checkpoint``'s (a whole
-    model's for ``'model'``; a whole model's or backbone weights in any supported layout for
-    ``'backbone'``), else random. ``backbone_overrides`` update the backbone's config (e.g.
-    ``out_indices``). The loaded config is ``model.cfg``, as mmdet's ``init_detector`` does.
-    """
+    """The config's model (``part='model'``) or backbone, in eval mode, with
+    ``checkpoint``'s weights (never ``init_cfg``'s downloads) or random ones.
+    ``backbone_overrides`` update the backbone config; the config is ``model.cfg``, as
+    ``init_detector`` does."""
     if part not in ('model', 'backbone'):
         raise ValueError(f"part must be 'model' or 'backbone', got {part!r}")
     cfg = load_config(config, cfg_options)

@@ -12,9 +12,8 @@ from ..models.random_mixing import RandomMixing
 
 
 def fixed_size_reason(model: nn.Module) -> Optional[str]:
-    """Why an export of ``model`` holds for its traced height and width only (None when it
-    takes any): sMLP's axial weights and RandFormer's token matrix are resampled per input
-    size with Python-side size logic that a traced graph fixes."""
+    """Why an export of ``model`` holds only for its traced size (sMLP and random mixing
+    resample weights with Python-side size logic), or None."""
     kinds = sorted({'sMLP axial weights' if isinstance(m, SMLP) else 'random token mixing'
                     for m in model.modules() if isinstance(m, (SMLP, RandomMixing))})
     return None if not kinds else (f'{" and ".join(kinds)} resampled for the traced size; '
@@ -23,13 +22,9 @@ def fixed_size_reason(model: nn.Module) -> Optional[str]:
 
 def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int] = (224, 224),
                 batch: int = 1, opset: int = 17, deploy: bool = False) -> List[str]:
-    """Exports a MetaFormer backbone to ONNX with dynamic batch, height and width (batch
-    only where ``fixed_size_reason`` says why height and width are fixed).
-
-    ``deploy=True`` exports the folded formulation (``kernels='deploy'``), otherwise the
-    default path (traced, it is plain whole-tensor ops). The model is put in ``eval()`` mode
-    and keeps its ``kernels``. Returns the output names.
-    """
+    """Exports a MetaFormer backbone to ONNX, batch, height and width dynamic (height and
+    width fixed where ``fixed_size_reason`` says); ``deploy=True`` exports the folded formulation.
+    Returns the output names."""
     model.eval()
     x = torch.randn(batch, model.stem.conv.in_channels, *shape)
     names = [f'stage{i}' for i in model.out_indices] if model.fork_feat else ['logits']

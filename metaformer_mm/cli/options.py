@@ -1,5 +1,5 @@
-"""Options of the tools that rewrite the config: ``--amp``, ``--auto-scale-lr``, ``--compile``,
-``--show-dir`` and ``--out`` (:class:`DumpPredictions`)."""
+"""Tool options that rewrite the config: ``--amp``, ``--auto-scale-lr``, ``--compile``,
+``--show-dir``, ``--out``."""
 import os.path as osp
 from typing import Any, Optional, Sequence
 
@@ -55,10 +55,8 @@ def enable_auto_scale_lr(cfg: Config) -> None:
 
 # --------------------------------------------------------------------------- --compile
 def enable_compile(cfg: Config, freezing: bool = False) -> None:
-    """``--compile``: the config's ``compile`` key, set to True unless the config (or
-    ``--cfg-options compile.backend=...``) already gives torch.compile's options; mmengine
-    compiles ``train_step`` with it, ``compile_test_step`` the test step. ``freezing``
-    (inference only) adds Inductor's freezing: weights folded as constants."""
+    """``--compile``: the config's ``compile`` key, True unless it gives options already;
+    ``freezing`` (inference) adds Inductor's freezing."""
     if not compiles(cfg):
         cfg.compile = True
     if freezing:
@@ -68,8 +66,8 @@ def enable_compile(cfg: Config, freezing: bool = False) -> None:
 
 
 def compile_test_step(runner: Any) -> None:
-    """What mmengine's runner does for ``train_step`` under ``compile``, for ``test_step``
-    (mmengine 0.10 compiles only the training step): nothing without the key."""
+    """Compiles ``test_step`` as mmengine compiles ``train_step`` under ``compile`` (mmengine
+    0.10 compiles only the latter)."""
     if not compiles(runner.cfg):
         return
     options = {} if runner.cfg.compile is True else dict(runner.cfg.compile)
@@ -80,11 +78,8 @@ def compile_test_step(runner: Any) -> None:
 
 # --------------------------------------------------------------------------- --show-dir
 def enable_show_dir(cfg: Config, show_dir: str) -> None:
-    """Draws predictions of the test set into ``show_dir`` with the scope's visualization hook.
-
-    Detection writes ``show_dir/<image name>``; segmentation writes through the visualizer's
-    local backend, ``show_dir/vis_data/vis_image/<image name>_<step>.png`` (mmseg's layout).
-    """
+    """Draws test predictions into ``show_dir`` with the scope's visualization hook
+    (segmentation: ``show_dir/vis_data/vis_image/``, mmseg's layout)."""
     scope = default_scope(cfg)
     hook_type = VISUALIZATION_HOOKS[scope]
     hooks = cfg.setdefault('default_hooks', ConfigDict())
@@ -103,12 +98,8 @@ def enable_show_dir(cfg: Config, show_dir: str) -> None:
 
 # --------------------------------------------------------------------------- --out
 class DumpPredictions(DumpResults):
-    """Pickles the test predictions (``--out``), compactly.
-
-    Ground truth and segmentation logits are dropped, instance masks are stored as COCO RLE
-    and semantic maps as small-integer numpy arrays: raw tensors would take gigabytes on
-    COCO or ADE20K.
-    """
+    """Pickles the test predictions (``--out``) compactly: no ground truth or logits, masks
+    as COCO RLE, semantic maps as small-integer arrays."""
 
     _DROP = ('gt_instances', 'ignored_instances', 'gt_panoptic_seg', 'gt_sem_seg', 'seg_logits')
 
@@ -141,8 +132,7 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def check_out_path(path: str) -> str:
-    """``--out`` must be a pickle file (mmengine's DumpResults writes pickles) that can be
-    written (checked before inference)."""
+    """``--out`` must be a writable pickle file (what DumpResults writes)."""
     if not path.endswith(('.pkl', '.pickle')):
         raise ToolError(f'--out must end with .pkl or .pickle, got {path}')
     return output_file(path, '--out')

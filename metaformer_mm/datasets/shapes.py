@@ -1,18 +1,10 @@
-"""A synthetic COCO-format instance dataset of coloured shapes, made on the spot.
+"""A synthetic COCO-format instance dataset of coloured shapes, for ``make demo`` (no download).
 
-``make demo`` needs a detection dataset that exists on a fresh machine without any
-download: this module draws one. Each image holds one to four whole, non-overlapping
-shapes of three kinds (square, circle, triangle) in random colours, sizes and rotations
-(squares tilt by at most 20 degrees, so that none reads as a diamond) on a noisy gradient
-background. Every shape is drawn from the very polygon written as its mask, so
-boxes, masks and pixels agree exactly. The output is fully determined by the arguments:
-the same seed gives byte-identical annotation files and images.
+Each image holds one to four whole, non-overlapping squares (tilted at most 20 degrees),
+circles and triangles on a noisy gradient; each is drawn from the polygon written as its
+mask. The same arguments give byte-identical files. Written under ``out_dir``::
 
-Layout written under ``out_dir`` (the one mmdet's ``CocoDataset`` reads)::
-
-    annotations/instances_train.json   annotations/instances_val.json
-    train/000000.jpg ...               val/000000.jpg ...
-"""
+    annotations/instances_{train,val}.json   train/000000.jpg ...   val/000000.jpg ..."""
 import json
 import math
 import os
@@ -35,7 +27,7 @@ _SQUARE_MAX_TILT = np.pi / 9
 
 
 def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
-    """Vertices (N, 2) of a shape whose bounding box is about ``size`` wide, centred on (cx, cy)."""
+    """Vertices (N, 2) of a shape about ``size`` wide, centred on (cx, cy)."""
     if kind == 'square':
         radius = size / 2 * math.sqrt(2)
         angles = angle + np.pi / 4 + np.arange(4) * np.pi / 2
@@ -51,7 +43,7 @@ def _polygon(kind: str, cx: float, cy: float, size: float, angle: float) -> np.n
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A dim two-colour gradient with pixel noise (uint8 BGR, size x size x 3)."""
+    """A dim two-colour gradient with pixel noise (uint8 BGR)."""
     c0, c1 = rng.uniform(10, 90, size=(2, 3))
     t = np.linspace(0, 1, size)
     direction = rng.uniform(0, 2 * np.pi)
@@ -63,7 +55,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _bright_colour(rng: np.random.Generator) -> Tuple[int, int, int]:
-    """A saturated, light colour that stands out from the dim background (BGR)."""
+    """A saturated, light colour (BGR)."""
     hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(170, 256)]]],
                    dtype=np.uint8)
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
@@ -144,14 +136,14 @@ def _write_split(out_dir: str, split: str, num_images: int, rng: np.random.Gener
 
 def dataset_info(num_train: int, num_val: int, image_size: int, seed: int, max_shapes: int,
                  size_range: Tuple[float, float]) -> Dict:
-    """The ``info`` block written into both annotation files (identifies a generated dataset)."""
+    """The ``info`` block of both annotation files, which identifies a generated dataset."""
     return dict(description='metaformer_mm synthetic shapes', version=GENERATOR_VERSION,
                 num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
                 max_shapes=max_shapes, size_range=[float(s) for s in size_range])
 
 
 def _is_complete(out_dir: str, info: Dict) -> bool:
-    """True when ``out_dir`` already holds exactly the dataset these arguments describe."""
+    """Whether ``out_dir`` already holds exactly the dataset ``info`` describes."""
     for split, count in (('train', info['num_train']), ('val', info['num_val'])):
         ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
         try:
@@ -170,21 +162,10 @@ def make_shapes_dataset(out_dir: str, num_train: int = 400, num_val: int = 100,
                         image_size: int = 160, seed: int = 0, max_shapes: int = 4,
                         size_range: Tuple[float, float] = (24, 64), progress: bool = True,
                         overwrite: bool = False) -> Dict[str, str]:
-    """Writes the shapes dataset (train and val splits, COCO format) under ``out_dir``.
-
-    Args:
-        out_dir: folder to write into (created if needed).
-        num_train, num_val: images per split.
-        image_size: square image side in pixels.
-        seed: the only source of randomness; the splits use independent streams of it.
-        max_shapes: at most this many shapes per image (at least one).
-        size_range: shape size (side of squares and triangles, diameter of circles) in pixels.
-        progress: show a progress bar while writing.
-        overwrite: regenerate even when ``out_dir`` already holds this exact dataset.
-
-    Returns:
-        ``{'train': ann_file, 'val': ann_file}``.
-    """
+    """Writes the train and val splits of the shapes dataset (COCO format) under ``out_dir``
+    unless it holds them already; returns ``{'train': ann_file, 'val': ann_file}``. ``seed`` is
+    the only randomness; ``size_range``: side of squares and triangles, diameter of circles
+    (pixels)."""
     if num_train < 1 or num_val < 1:
         raise ValueError(f'num_train and num_val must be >= 1, got {num_train}, {num_val}')
     if not 0 < size_range[0] <= size_range[1] <= image_size - 4:

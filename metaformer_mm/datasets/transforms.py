@@ -1,15 +1,9 @@
 """``CheckedCompose``: a data pipeline whose errors name the file being read.
 
-mmcv's and mmdet's/mmseg's transforms fail with the library's message only: a zero-byte
-image is ``cv2.error: (-215:Assertion failed) !buf.empty() in function 'imdecode_'``, a
-2000x1 image resized to the config's scale ``cv2.error: ... !dsize.empty()``, neither with
-the file's name. ``CheckedCompose(transforms=[...])`` runs the same transforms and turns
-such a failure into one :class:`DataError` line naming the file, its size in pixels and
-the transform that failed. ``tools/train.py`` and ``tools/test.py`` wrap every pipeline of
-the datasets they read in it (:func:`metaformer_mm.cli.datasets.name_files_in_errors`);
-a config may also use it directly:
-``pipeline=[dict(type='CheckedCompose', transforms=[...])]``.
-"""
+Transforms fail with the library's words only (a zero-byte image: ``cv2.error: ...
+!buf.empty()``); ``CheckedCompose(transforms=[...])`` turns such a failure into one
+:class:`DataError` naming the file, its size and the transform. The tools wrap every
+pipeline in it (``cli.datasets.name_files_in_errors``)."""
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -39,8 +33,7 @@ def _describe(results: Dict, transform: Any, err: BaseException) -> str:
 
 @TRANSFORMS.register_module()
 class CheckedCompose:
-    """Runs ``transforms`` in order like mmengine's ``Compose``; an exception of any of them
-    becomes a :class:`DataError` naming the sample's file and the transform."""
+    """mmengine's ``Compose``; a transform's error becomes a :class:`DataError` naming the file."""
 
     def __init__(self, transforms: Sequence[Any]) -> None:
         self.transforms: List[Any] = Compose(list(transforms)).transforms

@@ -1,26 +1,12 @@
 """``NonFiniteGuardHook``: a training run stops at its first non-finite loss or gradient.
 
-Without it a diverging run (a learning rate far too high, an fp16 overflow) trains on with
-``nan`` losses, exits 0 and, with ``max_keep_ckpts``, replaces its last good checkpoint by
-one full of ``nan``. With it:
-
-* before every optimizer step (a ``torch.optim.Optimizer`` step pre-hook) the gradients
-  are checked; non-finite ones are dropped, so that step changes no parameter. Where the
-  runner compiles its train step (``compile=True``), each gradient is judged instead where
-  autograd accumulates it (a post-accumulate-grad hook, run eagerly by the autograd engine)
-  and the step pre-hook only reads that verdict: nothing of the guard reads a tensor's value
-  inside the compiled region, so it adds no graph break (under DDP the local gradients are
-  judged there: a rank whose step ran on non-finite averaged gradients stops at the
-  parameter check of the same iteration);
-* after every iteration (before ``CheckpointHook``, whose priority is lower) the loss terms
-  and the parameters are checked; the first bad iteration raises :class:`NonFiniteError`
-  naming the iteration, the loss terms that went bad and the last checkpoint written,
-  so no checkpoint of that iteration is written and none is rotated away;
-* ``max_skips=N`` lets up to ``N`` bad steps be skipped (each logged) before it stops.
-
-On in every config of this project (``custom_hooks = [dict(type='NonFiniteGuardHook')]``);
-users' configs add the same line.
-"""
+Without it a diverging run trains on ``nan``, exits 0 and, with ``max_keep_ckpts``, rotates
+its last good checkpoint away. Before every optimizer step (a step pre-hook) non-finite
+gradients are dropped, so the step changes nothing; under ``compile=True`` each gradient is
+judged where autograd accumulates it (a post-accumulate-grad hook, run eagerly), so the guard
+reads no tensor inside the compiled region. After every iteration, before ``CheckpointHook``,
+losses and parameters are checked and the first bad iteration raises :class:`NonFiniteError`
+(``max_skips=N`` skips up to N bad steps first)."""
 import math
 from typing import Any, Dict, List, Optional
 
@@ -38,8 +24,8 @@ def runner_model(runner: Any) -> torch.nn.Module:
 
 
 def compiles(cfg) -> bool:
-    """Whether a runner config compiles its train step: mmengine compiles for any
-    ``compile`` value but None and False (``{}`` and ``dict(backend=...)`` included)."""
+    """Whether a runner config compiles its train step: mmengine does for any ``compile``
+    value but None and False."""
     value = cfg.get('compile') if cfg is not None else None
     return value is not None and value is not False
 
@@ -68,12 +54,8 @@ def _wrappers(runner) -> List[Any]:
 @HOOKS.register_module()
 class NonFiniteGuardHook(Hook):
     """Stops training at the first non-finite loss or gradient norm (see the module doc).
-
-    Args:
-        max_skips: how many bad steps to skip (gradients dropped, logged) before stopping.
-        check_params: also check the parameters after each iteration (a step with finite
-            gradients can still overflow them at a huge learning rate).
-    """
+    ``check_params``: also check the parameters after each step (a huge learning rate can
+    overflow them from finite gradients)."""
 
     # Before CheckpointHook (VERY_LOW) and ParamSchedulerHook (LOW) in after_train_iter.
     priority = 'NORMAL'

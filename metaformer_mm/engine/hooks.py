@@ -1,24 +1,11 @@
 """``SafeCheckpointHook``: mmengine's CheckpointHook that never loses the last good checkpoint.
 
-mmengine 0.10's ``CheckpointHook`` deletes the oldest checkpoint (``max_keep_ckpts``) and
-the previous best one *before* writing the new file, writes the file in place (a write that
-fails part-way leaves a partial file under the final name) and rewrites ``last_checkpoint``,
-the file ``--resume`` reads, in place too. A full disk at the wrong moment can thus leave a
-run with no loadable checkpoint at all. This hook, a drop-in replacement:
-
-* writes checkpoints and ``last_checkpoint`` all-or-nothing (temporary file + rename,
-  :func:`~metaformer_mm.checkpoint.atomic_write`, through the file backend
-  ``'atomic_local'``, :class:`AtomicLocalBackend`) when they go to a local directory;
-* points ``last_checkpoint`` at a checkpoint only once that file is complete;
-* deletes expired and superseded checkpoints only after that;
-* refuses to write a checkpoint whose model holds a non-finite tensor (raising
-  :class:`~metaformer_mm.engine.guard.NonFiniteError`), so rotation never replaces the
-  last finite checkpoint by a broken one (``NonFiniteGuardHook`` normally stops such a run
-  one step earlier; this is the second line of defence).
-
-Use it with ``default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))``; every
-argument of ``CheckpointHook`` keeps its meaning.
-"""
+mmengine 0.10's ``CheckpointHook`` deletes the oldest and the previous best checkpoint
+*before* writing the new one, and writes it and ``last_checkpoint`` in place: a full disk can
+leave no loadable checkpoint. This drop-in replacement writes both all-or-nothing (the
+``'atomic_local'`` backend, for local directories), points ``last_checkpoint`` at a file only
+once it is complete, deletes old files only after that, and refuses to write a model holding
+non-finite tensors. ``default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))``."""
 import os.path as osp
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple, Union
@@ -37,7 +24,7 @@ ATOMIC_BACKEND = 'atomic_local'
 
 @register_backend(ATOMIC_BACKEND)
 class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend whose writes are all-or-nothing (see :func:`atomic_write`)."""
+    """mmengine's local file backend with all-or-nothing writes."""
 
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
         _named_write(obj, filepath)
@@ -47,8 +34,8 @@ class AtomicLocalBackend(LocalBackend):
 
 
 def _named_write(data: bytes, filepath: Union[str, Path]) -> None:
-    """:func:`atomic_write`; a failed write (a full disk: ``write`` errors carry no file name)
-    names the file it was for."""
+    """``atomic_write``; a failed write (``write`` errors of a full disk carry no file name)
+    names its file."""
     try:
         atomic_write(data, filepath)
     except OSError as err:
@@ -58,11 +45,8 @@ def _named_write(data: bytes, filepath: Union[str, Path]) -> None:
 
 
 class _DeferredRemovals:
-    """Stands in for a file backend, queueing ``remove``/``rmtree`` until :meth:`apply`.
-
-    ``CheckpointHook._save_best_checkpoint`` removes the previous best checkpoint before it
-    saves the new one; run through this, the removal happens only once the save succeeded.
-    """
+    """A file backend whose ``remove``/``rmtree`` wait for :meth:`apply`:
+    ``_save_best_checkpoint`` removes the previous best before saving the new one."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend

@@ -1,6 +1,5 @@
-"""``CPUAmpOptimWrapper``: mixed precision training on CPU (what ``tools/train.py --amp``
-selects on a machine without CUDA). Registered in mmengine's ``OPTIM_WRAPPERS`` by
-``import metaformer_mm``, so a config dumped by an ``--amp`` run builds anywhere."""
+"""``CPUAmpOptimWrapper`` (``tools/train.py --amp`` without CUDA), registered by ``import
+metaformer_mm`` so that a config dumped by an ``--amp`` run builds anywhere."""
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -12,11 +11,8 @@ from mmengine.registry import OPTIM_WRAPPERS
 
 @OPTIM_WRAPPERS.register_module()
 class CPUAmpOptimWrapper(OptimWrapper):
-    """Mixed precision on CPU: bfloat16 autocast in the forward pass.
-
-    mmengine's ``AmpOptimWrapper`` needs a GPU (its fp16 loss scaling is CUDA-only);
-    bfloat16 has float32's exponent range, so no loss scaling is needed.
-    """
+    """Mixed precision on CPU: bfloat16 autocast in the forward pass. mmengine's
+    ``AmpOptimWrapper`` needs CUDA for its loss scaling; bfloat16 needs none."""
 
     def __init__(self, dtype: str = 'bfloat16', **kwargs) -> None:
         super().__init__(**kwargs)

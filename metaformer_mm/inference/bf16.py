@@ -1,26 +1,12 @@
 """bf16 inference for whole mmdet/mmseg models: the network in bf16, post-processing in fp32.
 
-``torch.autocast('cpu', dtype=torch.bfloat16)`` (and mmengine's ``test_cfg.fp16=True``, which is
-that autocast on CPU) wraps a whole predict step, NMS and RoI ops included; mmcv's CPU ops have
-no bf16 kernels (``nms``: "expected scalar type Float but found BFloat16"; ``RoIAlign``: "not
-implemented for 'BFloat16'"). :func:`enable_bf16_inference` changes a *built model instance*
-(no library code is edited or patched) so that:
-
-* its ``forward`` in predict/tensor mode runs under bf16 autocast (with or without an outer
-  autocast), and the neck and heads hold channels-last conv weights, so their convs run as
-  channels-last oneDNN bf16 convolutions (our backbones manage their own layout);
-* these fp32 islands run with autocast off and their tensor inputs cast to float32:
-  every ``predict_by_feat`` (mmdet dense heads incl. RPN, RoI bbox and mask heads: box
-  decoding, NMS, mask pasting; mmseg decode heads: the logits' resize), the RoI feature
-  extractors (RoIAlign, fed fp32 NCHW features), mmseg's ``postprocess_result`` (crop, resize,
-  argmax) and, optionally, mmseg's pixel classifier ``cls_seg``;
-* a bf16 failure anywhere else (an op without a bf16 kernel) is logged once and the model
-  falls back to fp32 for good, instead of crashing mid-evaluation.
-
-Where the device has no bf16 units (a CPU without ``avx512_bf16``/``amx_bf16``; a CUDA
-device without bf16), bf16 would be emulated and slower: it says so once and runs fp32
-(``force=True`` runs the emulation anyway, e.g. to test correctness on any CPU).
-"""
+bf16 autocast around a whole predict step (``test_cfg.fp16=True`` on CPU) reaches mmcv's CPU
+NMS and RoIAlign, which have no bf16 kernels. :func:`enable_bf16_inference` changes a built
+model instance (no library code is patched): its predict ``forward`` runs under bf16
+autocast with channels-last neck and head weights; every ``predict_by_feat``, the RoI
+extractors (fp32 NCHW inputs), mmseg's ``postprocess_result`` and optionally ``cls_seg`` run
+in fp32; a bf16 failure elsewhere is logged once and the model falls back to fp32 for good.
+Without bf16 units it runs fp32 (``force=True`` emulates bf16 anyway)."""
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -38,12 +24,8 @@ _STATE = '_bf16_inference_state'
 _SAID: set = set()  # (reason, force) already reported
 
 
-def _logger() -> MMLogger:
-    return MMLogger.get_current_instance()
-
-
 def cpu_bf16_flags() -> Tuple[str, ...]:
-    """The CPU's bf16 matrix/vector unit flags (``amx_bf16``, ``avx512_bf16``), empty if none."""
+    """The CPU's bf16 unit flags (``amx_bf16``, ``avx512_bf16``), empty if none."""
     flags = []
     checks = (('amx_bf16', '_is_amx_tile_supported'), ('avx512_bf16', '_is_avx512_bf16_supported'))
     try:
@@ -56,7 +38,7 @@ def cpu_bf16_flags() -> Tuple[str, ...]:
 
 
 def bf16_units(device: torch.device) -> Tuple[bool, str]:
-    """Whether ``device`` computes bf16 natively, and a short description saying why."""
+    """Whether ``device`` computes bf16 natively, and a short reason."""
     if device.type == 'cuda':
         ok = torch.cuda.is_bf16_supported()
         return ok, f'{torch.cuda.get_device_name(device)} ({"" if ok else "no "}bf16)'
@@ -68,9 +50,8 @@ def bf16_units(device: torch.device) -> Tuple[bool, str]:
 
 
 def to_fp32(obj: Any, contiguous: bool = False) -> Any:
-    """``obj`` with every bf16/fp16 tensor in it cast to float32 (lists, tuples, dicts and
-    mmengine data elements such as ``InstanceData`` are walked; other values pass through);
-    ``contiguous=True`` also gives every tensor the plain NCHW layout."""
+    """``obj`` with every bf16/fp16 tensor cast to float32 (containers and mmengine data
+    elements walked); ``contiguous=True`` also makes each tensor NCHW-contiguous."""
     if isinstance(obj, torch.Tensor):
         if obj.dtype in (torch.bfloat16, torch.float16):
             obj = obj.float()
@@ -105,9 +86,8 @@ def _device_type(module: nn.Module) -> str:
 
 
 class Fp32Call:
-    """An instance attribute replacing ``module.<name>``: calls the original with autocast off
-    and float32 inputs (``contiguous``: NCHW inputs too). A class (not a closure) so that
-    ``deepcopy``/pickling the model keeps it bound to the copy."""
+    """Replaces ``module.<name>``: the original with autocast off and float32 inputs. A class,
+    not a closure, so that ``deepcopy``/pickling keeps it bound to the copy."""
 
     def __init__(self, module: nn.Module, name: str, original: Optional[Callable],
                  contiguous: bool = False) -> None:
@@ -122,7 +102,7 @@ class Fp32Call:
 
 @dataclass
 class Bf16State:
-    """What :func:`enable_bf16_inference` did to a model (kept on it, read by tests/tools)."""
+    """What :func:`enable_bf16_inference` did to a model (kept on it)."""
     device_type: str
     use_bf16: bool
     reason: str
@@ -134,7 +114,7 @@ class Bf16State:
 
 
 class Bf16Forward:
-    """The model's ``forward`` while bf16 inference is on (see the module docstring)."""
+    """The model's ``forward`` while bf16 inference is on."""
 
     def __init__(self, model: nn.Module, original: Optional[Callable]) -> None:
         self.model, self.original = model, original
@@ -158,9 +138,9 @@ class Bf16Forward:
                 if not any(s in text for s in ('BFloat16', 'bfloat16', 'Half', 'scalar type')):
                     raise
                 state.failed = text.splitlines()[0][:300]
-                _logger().warning(f'bf16 inference: a part of {type(self.model).__name__} has '
-                                  f'no bf16 kernel ({state.failed}); this model runs in fp32 '
-                                  'from now on')
+                MMLogger.get_current_instance().warning(
+                    f'bf16 inference: a part of {type(self.model).__name__} has no bf16 kernel '
+                    f'({state.failed}); this model runs in fp32 from now on')
         with torch.autocast(state.device_type, enabled=False):
             out = self._call(args, kwargs)
         state.calls['fp32'] += 1
@@ -189,8 +169,8 @@ def _is_roi_extractor(module: nn.Module) -> bool:
 
 
 def _raw_layout_ops(module: nn.Module) -> List[str]:
-    """mmcv ops in ``module`` fed by the network (RoI extractors, which get contiguous fp32
-    inputs here, excepted): they index raw NCHW memory, so channels-last input breaks them."""
+    """mmcv ops fed by the network (RoI extractors, given contiguous inputs, excepted):
+    they index raw NCHW memory, so channels-last input breaks them."""
     found, skip = [], set()
     for name, sub in module.named_modules():
         if any(name.startswith(prefix) for prefix in skip):
@@ -210,16 +190,12 @@ def _wrap(state: Bf16State, module: nn.Module, method: str, wrapper: Any) -> Non
 
 def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
                           fp32_classifier: bool = True, force: bool = False) -> nn.Module:
-    """Makes ``model`` (a built mmdet detector or mmseg segmentor, in eval mode) infer in bf16
-    with fp32 post-processing; returns it. Idempotent; undo with :func:`disable_bf16_inference`.
+    """Makes ``model`` (a built detector or segmentor) infer in bf16 with fp32
+    post-processing; returns it. Idempotent; undone by :func:`disable_bf16_inference`.
 
-    Args:
-        channels_last: hold the neck's and heads' 4-D weights channels-last (our backbones
-            manage their own layout) so their convs run channels-last end to end.
-        fp32_classifier: run mmseg's 1x1 pixel classifier (``cls_seg``) in fp32: cheap, and
-            keeps the logits' ranking (the label map) closest to fp32.
-        force: use bf16 even where it would be emulated (no bf16 units): slower, for tests.
-    """
+    ``channels_last``: the neck's and heads' 4-D weights channels-last (our backbones choose
+    their own layout). ``fp32_classifier``: mmseg's ``cls_seg`` in fp32 (keeps the label map
+    closest to fp32). ``force``: bf16 even where it is emulated."""
     if not isinstance(model, nn.Module):
         raise TypeError(f'model must be an nn.Module, got {type(model).__name__}')
     if hasattr(model, _STATE):
@@ -227,7 +203,7 @@ def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
     device_type = _device_type(model)
     units, reason = bf16_units(torch.device(device_type))
     state = Bf16State(device_type, units or force, reason)
-    logger = _logger()
+    logger = MMLogger.get_current_instance()
     if not units and (reason, force) not in _SAID:  # once per process, not per validation
         _SAID.add((reason, force))
         logger.log(logging.INFO if force else logging.WARNING,
@@ -259,7 +235,7 @@ def enable_bf16_inference(model: nn.Module, channels_last: bool = True,
 
 
 def disable_bf16_inference(model: nn.Module) -> nn.Module:
-    """Undoes :func:`enable_bf16_inference` (methods and weight layout); returns ``model``."""
+    """Undoes :func:`enable_bf16_inference`; returns ``model``."""
     state: Optional[Bf16State] = getattr(model, _STATE, None)
     if state is None:
         return model

@@ -1,19 +1,15 @@
-"""The config-level bf16 switch: :func:`apply_bf16` and the hook it adds.
+"""The config-level bf16 switch: :func:`apply_bf16` and ``Bf16InferenceHook``.
 
-``apply_bf16(cfg)`` sets mmengine's own switch, ``test_cfg.fp16=True`` (and ``val_cfg``'s),
-which on CPU is bf16 autocast (mmengine 0.10.7 ``runner.amp.autocast``: CPU autocast with
-``dtype=None`` is bfloat16), around each test/val step, and adds
-``dict(type='Bf16InferenceHook')`` to ``custom_hooks``. That autocast alone would reach mmcv's
-NMS/RoIAlign with bf16 tensors and crash; the hook applies
-:func:`~metaformer_mm.inference.bf16.enable_bf16_inference` to the runner's model before
-testing or validating (post-processing in fp32, channels-last, fp32 where the CPU has no bf16
-units) and undoes it after validation, so training continues unchanged.
-"""
+``apply_bf16(cfg)`` sets mmengine's ``fp16=True`` in ``test_cfg``/``val_cfg`` (bf16 autocast
+on CPU) and adds the hook, which applies ``enable_bf16_inference`` to the runner's model
+before testing or validating (autocast alone would crash mmcv's NMS/RoIAlign) and undoes it
+after, so training continues unchanged."""
 from typing import Any, Dict, Optional, Union
 
 from mmengine.config import Config, ConfigDict
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+
 from ..engine.guard import runner_model
 from .bf16 import bf16_state, disable_bf16_inference, enable_bf16_inference
 
@@ -22,11 +18,8 @@ __all__ = ['Bf16InferenceHook', 'apply_bf16']
 
 @HOOKS.register_module()
 class Bf16InferenceHook(Hook):
-    """Turns bf16 inference on for the runner's model while it tests or validates.
-
-    Args:
-        channels_last, fp32_classifier, force: passed to ``enable_bf16_inference``.
-    """
+    """bf16 inference for the runner's model while it tests or validates (arguments:
+    ``enable_bf16_inference``'s)."""
     priority = 'VERY_LOW'  # after hooks that may swap weights in before_val (e.g. EMA)
 
     def __init__(self, channels_last: bool = True, fp32_classifier: bool = True,
@@ -37,10 +30,9 @@ class Bf16InferenceHook(Hook):
     def before_test(self, runner: Any) -> None:
         enable_bf16_inference(runner_model(runner), **self.options)
 
-    def before_val(self, runner: Any) -> None:
-        enable_bf16_inference(runner_model(runner), **self.options)
+    before_val = before_test
 
-    def _finish(self, runner: Any) -> None:
+    def after_test(self, runner: Any) -> None:
         model = runner_model(runner)
         state = bf16_state(model)
         if state is not None:
@@ -49,18 +41,13 @@ class Bf16InferenceHook(Hook):
                                + (f' (fell back: {state.failed})' if state.failed else ''))
         disable_bf16_inference(model)
 
-    def after_val(self, runner: Any) -> None:
-        self._finish(runner)
-
-    def after_test(self, runner: Any) -> None:
-        self._finish(runner)
+    after_val = after_test
 
 
 def apply_bf16(cfg: Union[Config, Dict], force: bool = False,
                hook: Optional[Dict] = None) -> Union[Config, Dict]:
-    """Switches a runner config to bf16 inference in place (see the module docstring);
-    returns it. ``force`` runs emulated bf16 on CPUs without bf16 units; ``hook`` overrides
-    the hook's other arguments. Idempotent."""
+    """Switches a runner config to bf16 inference in place; returns it. ``force``: emulated
+    bf16 without bf16 units; ``hook``: the hook's other arguments. Idempotent."""
     if not isinstance(cfg, (Config, dict)):
         raise TypeError(f'cfg must be an mmengine Config or a dict, got {type(cfg).__name__}')
     for key in ('test_cfg', 'val_cfg'):

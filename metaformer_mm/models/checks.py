@@ -1,15 +1,12 @@
-"""Checks of the backbones' and mixers' arguments: one error naming the argument, the value
-given and what is allowed, raised when the model is built (not a ``TypeError`` from deep
-inside torch, nor a failure at the first forward pass). The backbones' table of arguments
-is ``backbones.arch.ARGUMENT_CHECKS``; the mixers check their own options with these."""
+"""Argument checks of the backbones and mixers: one error naming the argument, the value and
+what is allowed, raised when the model is built."""
 import math
 from numbers import Integral, Real
 from typing import Any, Optional
 
 
 class ArgumentError(ValueError, TypeError):
-    """A backbone or mixer argument of the wrong type or value. Both a ``ValueError`` and a
-    ``TypeError``: callers catch either for bad arguments."""
+    """A bad backbone or mixer argument: a ``ValueError`` and a ``TypeError``, for either catch."""
 
 
 def is_int(value: Any) -> bool:
@@ -23,8 +20,8 @@ def is_number(value: Any) -> bool:
 
 
 def fail(owner: str, name: str, wanted: str, value: Any, kind: str = '') -> None:
-    """Raises :class:`ArgumentError`: ``OWNER: NAME must be WANTED, got VALUE (a TYPE; KIND
-    is needed)``, the note only when the type is what is wrong."""
+    """Raises ``OWNER: NAME must be WANTED, got VALUE``, with ``(a TYPE; KIND is needed)`` when
+    the type is what is wrong."""
     note = f' (a {type(value).__name__}; {kind} is needed)' if kind else ''
     raise ArgumentError(f'{owner}: {name} must be {wanted}, got {value!r}{note}')
 
@@ -38,8 +35,7 @@ def check_bool(owner: str, name: str, value: Any) -> None:
 def check_int(owner: str, name: str, value: Any, lo: Optional[int] = None,
               hi: Optional[int] = None, odd: bool = False, optional: bool = False,
               wanted: Optional[str] = None) -> None:
-    """An integer in ``lo..hi`` (either end open when None), odd with ``odd``; None allowed
-    with ``optional``."""
+    """An integer in ``lo..hi`` (None: open), odd with ``odd``, None allowed with ``optional``."""
     if optional and value is None:
         return
     if wanted is None:
@@ -58,8 +54,7 @@ def check_int(owner: str, name: str, value: Any, lo: Optional[int] = None,
 def check_number(owner: str, name: str, value: Any, lo: Optional[float] = None,
                  hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False,
                  optional: bool = False, wanted: Optional[str] = None) -> None:
-    """A finite number between ``lo`` and ``hi`` (open ends with ``lo_open``/``hi_open``);
-    None allowed with ``optional``."""
+    """A finite number in ``lo..hi`` (``*_open``: exclusive), None allowed with ``optional``."""
     if optional and value is None:
         return
     if wanted is None:

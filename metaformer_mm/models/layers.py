@@ -1,4 +1,4 @@
-"""Small building blocks shared by every MetaFormer: activations, scales, MLP, stem/downsampling."""
+"""Building blocks shared by every MetaFormer: activations, scales, MLP, stem/downsampling."""
 from typing import Dict, Optional
 
 import torch
@@ -9,8 +9,8 @@ from .norms import NormCfg, build_norm, register_own, registered_class, split_cf
 
 
 def is_tracing() -> bool:
-    """Whether the code runs under a tracer (``torch.compile``, ``torch.export``, ONNX export,
-    TorchScript): Python-side state such as caches must then stay out of the graph."""
+    """Whether a tracer runs the code (``torch.compile``, ``torch.export``, ONNX, TorchScript):
+    Python-side state such as caches must stay out of the graph."""
     compiling = getattr(torch.compiler, 'is_compiling', None)  # torch >= 2.3
     return bool((compiling is not None and compiling()) or torch.jit.is_tracing()
                 or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
@@ -30,7 +30,7 @@ class StarReLU(nn.Module):
 
 
 class SquaredReLU(nn.Module):
-    """``relu(x) ** 2`` (the activation of the baselines' MLP classifier head)."""
+    """``relu(x) ** 2`` (the baselines' MLP head)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()
@@ -43,8 +43,8 @@ register_own(dict(StarReLU=StarReLU, SquaredReLU=SquaredReLU))
 
 
 def build_act(cfg: Optional[Dict]) -> nn.Module:
-    """Builds an activation from an mmcv-style ``act_cfg`` (None: identity): ours by name,
-    any other type from mmengine's ``MODELS`` as mmcv's ``build_activation_layer`` does."""
+    """An activation from an mmcv-style ``act_cfg`` (None: identity): ours by name, others
+    from mmengine's ``MODELS``."""
     if cfg is None:
         return nn.Identity()
     act_type, cfg = split_cfg(cfg, 'act_cfg')
@@ -83,8 +83,8 @@ class DropPath(nn.Module):
 
 
 def drop_path_factor(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-sample factor ``mask / keep`` of an active DropPath, None when it is inactive (one
-    draw for the plain and the fused path, so that both drop the same samples)."""
+    """The per-sample factor ``mask / keep`` of an active DropPath, else None (one draw
+    for the plain and the fused path)."""
     prob = getattr(drop_path, 'drop_prob', 0.0)
     if not drop_path.training or prob == 0.0:
         return None
@@ -93,7 +93,7 @@ def drop_path_factor(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Te
 
 
 class Mlp(nn.Module):
-    """Channel MLP of a MetaFormer block: 1x1 conv, activation, 1x1 conv."""
+    """Channel MLP: 1x1 conv, activation, 1x1 conv."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, act_cfg: Optional[Dict] = None,
                  bias: bool = True) -> None:
@@ -108,7 +108,7 @@ class Mlp(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided conv between stages (and the stem), with optional pre- and post-norm."""
+    """Strided conv between stages (and the stem), with an optional pre- or post-norm."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                  padding: int, bias: bool = True, pre_norm: NormCfg = None,

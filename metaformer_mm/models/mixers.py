@@ -1,9 +1,5 @@
-"""Token mixers: the one part of a MetaFormer block that differs between family members.
-
-Every mixer is built as ``Mixer(dim, token_stride, **options)`` (stage width; the stage's stride,
-4 to 32, used by the mixers with resolution-bound weights, sMLP and random) and maps an NCHW
-tensor to one of the same shape.
-"""
+"""Token mixers: ``Mixer(dim, token_stride, **options)`` maps an NCHW tensor to one of the same
+shape (``token_stride``, 4 to 32, sizes the resolution-bound weights of sMLP and random)."""
 import math
 from typing import Dict, Optional, Union
 
@@ -31,7 +27,7 @@ class Pooling(nn.Module):
 
 
 class IdentityMixer(nn.Module):
-    """No token mixing at all (IdentityFormer); the block is then an MLP stack."""
+    """No token mixing (IdentityFormer)."""
 
     def __init__(self, dim: int, token_stride: int = 4) -> None:
         super().__init__()
@@ -41,7 +37,7 @@ class IdentityMixer(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over all tokens of the stage (any H x W); ``qkv``/``proj`` are
+    """Multi-head self-attention over all tokens of the stage; ``qkv``/``proj`` are
     ``nn.Linear`` as in the originals, so checkpoints load as they are."""
 
     def __init__(self, dim: int, token_stride: int = 4, head_dim: int = 32,
@@ -72,7 +68,7 @@ class Attention(nn.Module):
 
 
 class SepConv(nn.Module):
-    """Inverted separable conv (MobileNetV2 style): pointwise, act, depthwise k x k, pointwise."""
+    """Inverted separable conv: pointwise, act, depthwise k x k, pointwise (ConvFormer)."""
 
     def __init__(self, dim: int, token_stride: int = 4, expansion_ratio: float = 2,
                  act_cfg: Optional[Dict] = None, act2_cfg: Optional[Dict] = None,
@@ -98,8 +94,8 @@ class SepConv(nn.Module):
 
 def _mix_last_axis(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    mode: str) -> torch.Tensor:
-    """Applies ``out[..., i] = sum_j weight[i, j] * x[..., j] + bias[i]`` along the last axis,
-    the n x n ``weight`` adapted to the axis length as ``SMLP``'s ``resize_mode`` says."""
+    """``x @ weight.T + bias`` along the last axis, the n x n ``weight`` adapted to its
+    length by ``mode`` (see ``SMLP``)."""
     length, n = x.shape[-1], weight.shape[0]
     if length == n:
         return torch.matmul(x, weight.t()) + bias
@@ -118,16 +114,13 @@ def _mix_last_axis(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 
 class SMLP(nn.Module):
-    """sMLPNet's token mixer: depthwise 3x3 conv block, then the sparse (axial) MLP.
+    """sMLPNet's token mixer: ``BN, GELU, dwconv 3x3, BN, GELU``, then identity, a linear
+    map along W and one along H, concatenated and fused by a 1x1 conv.
 
-    ``BN, GELU, dwconv, BN, GELU``, then identity, a linear map along W and one along H
-    (each shared by all rows/columns and channels), concatenated and fused by a 1x1 conv.
     The n x n axial weights (n = ``image_size // token_stride``) meet other lengths by
-    ``resize_mode``: ``'interpolate'`` (default) resamples them, keeping the global axial field
-    and features smooth in the image size; ``'window'`` applies them within windows of n tokens
-    (exact, but the windows do not interact). The original's ``proj_h`` acts on W (the channel
-    axis of ``x.permute(0, 3, 1, 2)``) and is ``mix_w`` here; its ``proh_w`` is ``mix_h``.
-    """
+    ``resize_mode``: ``'interpolate'`` resamples them (a global field, smooth in the image size);
+    ``'window'`` applies them in windows of n tokens (exact, windows do not interact). The
+    original's ``proj_h`` acts on W and is ``mix_w`` here; its ``proh_w`` is ``mix_h``."""
 
     resize_modes = ('interpolate', 'window')
 
@@ -174,7 +167,7 @@ MIXERS = {'pooling': Pooling, 'identity': IdentityMixer, 'attention': Attention,
 
 
 def build_mixer(cfg: Union[str, Dict], dim: int, token_stride: int) -> nn.Module:
-    """Builds a token mixer from a name (``'pooling'``) or a dict (``dict(type='pooling')``)."""
+    """A token mixer from a name (``'pooling'``) or a dict with ``type``."""
     cfg = dict(type=cfg) if isinstance(cfg, str) else cfg
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f'a token mixer is a name or a dict with "type", got {cfg!r}')

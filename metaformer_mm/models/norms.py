@@ -1,10 +1,5 @@
-"""Normalization layers of the MetaFormer family, built from mmcv-style ``norm_cfg`` dicts.
-
-Ours (NCHW, ``bias=False`` available as the baselines use it): ``GN1``, GroupNorm with one
-group (PoolFormer's "modified layer norm"), and ``LN2d``, LayerNorm over the channels. ``GN``
-is mmcv's (``num_groups`` required), built as :class:`GroupNorm` for ``bias=False`` and fp32
-statistics under autocast; other types (``BN``, ``SyncBN``, ...) go to ``build_norm_layer``.
-"""
+"""Norm layers from mmcv-style ``norm_cfg``: ours (``GN1``, ``LN2d``, and ``GN`` as
+:class:`GroupNorm` for ``bias=False`` and fp32 statistics), other types by ``build_norm_layer``."""
 import difflib
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -18,7 +13,7 @@ NormCfg = Optional[Dict]
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (one group by default) whose bias can be switched off."""
+    """``nn.GroupNorm`` whose bias can be switched off."""
 
     def __init__(self, num_channels: int, num_groups: int, eps: float = 1e-5,
                  affine: bool = True, bias: bool = True) -> None:
@@ -79,7 +74,7 @@ def register_own(classes: Dict[str, type]) -> None:
 
 
 def split_cfg(cfg: Dict, arg: str) -> Tuple[object, Dict]:
-    """The ``type`` of an mmcv-style config and its other options (a TypeError naming ``arg``)."""
+    """The ``type`` of an mmcv-style config and its other options."""
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise TypeError(f'{arg} must be a dict with a "type" key or None, got {cfg!r}')
     cfg = dict(cfg)
@@ -87,8 +82,8 @@ def split_cfg(cfg: Dict, arg: str) -> Tuple[object, Dict]:
 
 
 def registered_class(name, known: Sequence[str], what: str, where: str) -> type:
-    """The class ``MODELS.build`` would find for ``name`` (default scope, then its parents;
-    without the debug lines a registry lookup logs), else a ValueError with a close match."""
+    """The class ``MODELS.build`` would find for ``name`` (default scope, then parents;
+    without a registry lookup's debug lines), else a ValueError with a close match."""
     found = None
     if isinstance(name, str) and '.' in name:  # 'scope.Name': let mmengine resolve the scope
         found = MODELS.get(name)
@@ -108,7 +103,7 @@ register_own(_OWN_NORMS)
 
 
 def build_norm(cfg: NormCfg, num_channels: int) -> nn.Module:
-    """Builds a norm layer for ``num_channels`` channels from a ``norm_cfg`` (None: identity)."""
+    """A norm layer for ``num_channels`` from a ``norm_cfg`` (None: identity)."""
     if cfg is None:
         return nn.Identity()
     norm_type, cfg = split_cfg(cfg, 'norm_cfg')

@@ -1,11 +1,6 @@
-"""RandFormer's token mixer: a frozen random token-to-token matrix, at any input size.
-
-"MetaFormer Baselines for Vision" (https://arxiv.org/abs/2210.13452, sail-sg/metaformer
-``RandomMixing``) mixes a stage's N tokens with a fixed, row-softmaxed random N x N matrix tied
-to the training grid. Here it is the parameter ``random_matrix`` (checkpoints load unchanged);
-another grid gets a copy resampled as a 4-D kernel and renormalised per row (every output token
-stays a convex mixture of all tokens), cached per grid outside the state dict.
-"""
+"""RandFormer's token mixer: a frozen, row-softmaxed random token-to-token matrix tied to the
+training grid (sail-sg/metaformer ``RandomMixing``), the parameter ``random_matrix``; another
+grid gets a copy resampled as a 4-D kernel, rows renormalised, cached outside the state dict."""
 import math
 from collections import OrderedDict
 from typing import Dict, Sequence, Tuple, Union
@@ -30,8 +25,8 @@ def parse_image_size(image_size: Union[int, Sequence[int]], name: str = 'image_s
 
 
 def resample_token_matrix(matrix: torch.Tensor, native: Grid, grid: Grid) -> torch.Tensor:
-    """Resamples a (h*w, h*w) token matrix of grid ``native`` to ``grid`` (both token axes as
-    2-D images, bilinear, antialiased when shrinking), rows renormalised to sum 1."""
+    """A (h*w, h*w) token matrix of grid ``native`` resampled to ``grid`` (bilinear,
+    antialiased when shrinking), rows renormalised to sum 1."""
     if tuple(grid) == tuple(native):
         return matrix
     (nh, nw), (h, w) = native, grid
@@ -53,23 +48,13 @@ def _check_megabytes(name: str, value, positive: bool) -> None:
 
 
 class RandomMixing(nn.Module):
-    """Frozen random token mixing (RandFormer) over the stage's tokens, at any grid.
+    """Frozen random token mixing at any grid.
 
-    Args:
-        dim: stage width (unused: the matrix mixes tokens, not channels).
-        token_stride: the stage's stride (16 in stage 3, 32 in stage 4).
-        image_size: the input size (int or (H, W)) the matrix belongs to; the native grid is
-            ``image_size // token_stride`` (224 -> 14x14 in stage 3, 7x7 in stage 4).
-        max_matrix_mb: largest matrix (fp32, MB = 1e6 bytes), native or resampled for a
-            runtime grid: T tokens need 4 * T**2 bytes (58 MB at 800x1216, stage 3: 50 x 76
-            tokens); the default 1024 MB allows about 16,000 tokens (a 2048x2048 image is
-            refused).
-        max_cache_mb: resampled matrices kept per mixer for repeated input sizes, in MB
-            (least recently used dropped; 0 keeps none).
-
-    Under a tracer (``torch.compile``, ONNX export) the resampling is part of the graph, so
-    an exported or compiled model takes any input size.
-    """
+    ``image_size`` (int or (H, W)) is the input size the matrix belongs to (native grid
+    ``image_size // token_stride``). ``max_matrix_mb``: the largest matrix, native or resampled
+    (fp32, MB = 1e6 bytes; T tokens take 4 * T**2 bytes, e.g. 58 MB at 800x1216 in stage 3).
+    ``max_cache_mb``: resampled matrices kept for repeated sizes (LRU; 0 keeps none). Under a
+    tracer the resampling is part of the graph."""
 
     def __init__(self, dim: int, token_stride: int = 16, image_size: Union[int, Grid] = 224,
                  max_matrix_mb: float = 1024, max_cache_mb: float = 256) -> None:
@@ -107,8 +92,8 @@ class RandomMixing(nn.Module):
                 f'max_matrix_mb (a token_mixers option, RandFormer(max_matrix_mb=...))')
 
     def matrix_for(self, grid: Grid, dtype: torch.dtype = None) -> torch.Tensor:
-        """The mixing matrix of a runtime ``grid`` (H, W) in ``dtype`` (default: the parameter's):
-        the parameter at the native grid, else its resampled copy (cached in eager mode)."""
+        """The mixing matrix of a runtime ``grid`` in ``dtype``: the parameter at the native
+        grid, else its resampled copy (cached in eager mode)."""
         param = self.random_matrix
         dtype = dtype or param.dtype
         grid = (int(grid[0]), int(grid[1]))
@@ -130,8 +115,7 @@ class RandomMixing(nn.Module):
         return matrix
 
     def clear_cache(self) -> None:
-        """Drops the resampled copies (done on every load and ``.to()``; call it after
-        changing ``random_matrix`` in place)."""
+        """Drops the resampled copies (done on every load and ``.to()``)."""
         self._cache.clear()
 
     def _apply(self, fn, *args, **kwargs):
@@ -157,7 +141,7 @@ class RandomMixing(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def shape_mismatch(self, key: str, shape: Tuple[int, ...]) -> str:
-        """Says why a checkpoint matrix of ``shape`` does not fit this mixer's native grid."""
+        """Why a checkpoint matrix of ``shape`` does not fit this mixer's native grid."""
         n = shape[0] if len(shape) == 2 and shape[0] == shape[1] else None
         side = math.isqrt(n) if n else 0
         implied = (f'{n} tokens, e.g. a {side}x{side} grid (image_size={side * self.token_stride}'

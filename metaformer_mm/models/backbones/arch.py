@@ -1,11 +1,5 @@
-"""Turning ``arch=`` (a preset name or a dict) and keyword overrides into backbone settings.
-
-Each family class (``families.py``) holds the presets it builds (``arch_settings``, its
-table of ``presets.py``; all of them for the general ``MetaFormer``) and the prefix its short names
-take (``'s12'`` -> ``'poolformer_s12'``). A preset of another family is refused with the
-class, the name and the allowed presets; an unknown keyword with the valid arguments and the
-closest match. ``check_arguments`` checks every argument against ``ARGUMENT_CHECKS``.
-"""
+"""Turning ``arch=`` (a preset name or a dict) and keyword overrides into backbone settings,
+and checking every argument (``ARGUMENT_CHECKS``)."""
 import copy
 import difflib
 import inspect
@@ -29,8 +23,8 @@ MIXER_OPTIONS = {'pool_size': ('pooling',), 'image_size': ('random', 'smlp'),
 
 
 def preset_name(cls: type, arch: str, base: bool = False) -> str:
-    """The full preset name of ``arch`` (an ``arch=`` string, or with ``base`` the base of an
-    arch dict) for ``cls``; refuses unknown names and the presets of another family."""
+    """The full preset name of ``arch`` for ``cls`` (``base``: the base of an arch dict);
+    refuses unknown names and other families' presets."""
     presets, prefix = cls.arch_settings, cls.arch_prefix
     name = arch if arch in presets else f'{prefix}{arch}'
     if name in presets:
@@ -64,8 +58,8 @@ def constructor_args(cls: type) -> List[str]:
 
 
 def resolve_arch(cls: type, arch: Union[str, Dict], overrides: Dict) -> Dict:
-    """Settings of ``arch`` (a preset name of ``cls`` or a dict, optionally with ``base``)
-    updated by ``overrides``; keys a preset leaves out take PoolFormer-S12's values."""
+    """Settings of ``arch`` updated by ``overrides``; keys a preset leaves out take
+    PoolFormer-S12's values."""
     presets = cls.arch_settings
     if isinstance(arch, str):
         settings = copy.deepcopy(presets[preset_name(cls, arch)])
@@ -153,9 +147,8 @@ ARGUMENT_CHECKS: Dict[str, Check] = {
 
 
 def check_arguments(cls: type, settings: Dict, **arguments: Any) -> Tuple[int, ...]:
-    """Checks a backbone's constructor ``arguments`` and resolved arch ``settings`` (one
-    :class:`ArgumentError` naming the argument); returns ``out_indices`` as sorted stage
-    indices."""
+    """Checks the constructor ``arguments`` and resolved ``settings`` (one
+    :class:`ArgumentError` naming the argument); returns the sorted ``out_indices``."""
     owner = cls.__name__
     for name, value in {**arguments, **settings}.items():
         if name in ARGUMENT_CHECKS:

@@ -1,15 +1,13 @@
-"""The MetaFormer backbone: one class for PoolFormer, its baselines family and sMLPNet.
+"""The MetaFormer backbone: one class for PoolFormer, the baselines family and sMLPNet.
 
-A MetaFormer is a stem, four stages (a downsampling conv, then blocks) and either four
-output norms (``fork_feat=True``, for dense prediction) or the classifier. Each block is
+A stem, four stages (downsampling, then blocks) and either four output norms (``fork_feat``)
+or the classifier. Each block is
 
     x = res_scale1(x) + drop_path(layer_scale1(token_mixer(norm1(x))))
     x = res_scale2(x) + drop_path(layer_scale2(mlp(norm2(x))))
 
-Family members differ only in their presets (``presets.py``, one literal table per family).
-State-dict keys follow timm's ``metaformer.py`` (``stem``, ``stages.N.downsample``,
-``stages.N.blocks.M``, ``head``), plus ``out_norms.N`` for the dense-prediction maps.
-"""
+Members differ only in their presets (``presets.py``). State-dict keys follow timm's
+``metaformer.py``, plus ``out_norms.N``."""
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,7 +25,7 @@ from .presets import ARCH_SETTINGS
 
 
 def _per_stage(value, name: str) -> List:
-    """Expands a single value to four stages, or checks a per-stage list has four entries."""
+    """A single value for all four stages, or a checked list of four."""
     if isinstance(value, (list, tuple)):
         if len(value) != NUM_STAGES:
             raise ValueError(f'{name} must have {NUM_STAGES} entries (one per stage) or be a '
@@ -37,7 +35,7 @@ def _per_stage(value, name: str) -> List:
 
 
 class MetaFormerBlock(nn.Module):
-    """One MetaFormer block: token mixing and channel MLP, each in a scaled residual branch."""
+    """Token mixing and channel MLP, each in a scaled residual branch."""
 
     def __init__(self, dim: int, token_mixer: nn.Module, mlp: nn.Module, norm_cfg: Dict,
                  drop_path: float = 0.0, layer_scale_init_value: Optional[float] = None,
@@ -66,7 +64,7 @@ class MetaFormerBlock(nn.Module):
 
 
 class MetaFormerStage(nn.Module):
-    """Downsampling (the stem for stage 0 lives outside) followed by a stack of blocks."""
+    """Downsampling (identity in stage 0: the stem is outside) and blocks."""
 
     def __init__(self, downsample: nn.Module, blocks: List[nn.Module]) -> None:
         super().__init__()
@@ -90,10 +88,8 @@ class MlpHead(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Final norm, global average pooling and classifier (only without ``fork_feat``).
-
-    PoolFormer and sMLPNet normalize the last map before pooling; the baselines pool first.
-    """
+    """Final norm, global average pooling and classifier (only without ``fork_feat``);
+    PoolFormer and sMLPNet normalize before pooling, the baselines after."""
 
     def __init__(self, dim: int, num_classes: int, norm_cfg: Dict, pool_first: bool,
                  mlp: bool) -> None:
@@ -111,32 +107,11 @@ class ClassifierHead(nn.Module):
 class MetaFormer(BaseModule):
     """MetaFormer backbone for mmdet/mmseg (``fork_feat=True``) or classification.
 
-    Args:
-        arch: a preset name (``'poolformer_s12'``; a family class also takes ``'s12'``) or a
-            dict of ``arch.ARCH_KEYS`` (optionally ``base=PRESET``).
-        fork_feat: return the normalized maps of the stages in ``out_indices`` (strides
-            4, 8, 16, 32) instead of classification logits.
-        out_indices: stage indices 0..3 (negatives count from the end); output norms are
-            built only for these, so no parameter is left unused under DDP.
-        frozen_stages: -1 freezes nothing; k freezes the stem and stages 0..k-1 with their
-            output norms, kept in eval mode through ``train()``.
-        norm_eval: keep every BatchNorm in eval mode while training.
-        with_cp: gradient checkpointing per block.
-        drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
-        num_classes: classifier classes (only without ``fork_feat``).
-        strict_load: False allows deliberate partial loads (logged as a warning); otherwise
-            a load leaving backbone tensors missing, unexpected or misshapen raises.
-        kernels: ``'reference'`` (the plain forward), ``'auto'`` (the fastest eager kernels
-            of ``metaformer_mm.accel`` for this CPU), ``'aten'``/``'onednn'`` (one GEMM
-            library), ``'deploy'`` (folded, ``eval()`` without autograd). The kernels step
-            aside wherever the model is traced (``torch.compile``, ONNX export).
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
-            weights in any supported layout (see ``metaformer_mm.checkpoint``).
-        **arch_overrides: any of ``ARCH_KEYS`` (e.g. ``token_mixers``, ``layer_scale_init_value``)
-            and of ``MIXER_OPTIONS``, options of every token mixer of their kind: ``pool_size``
-            (pooling), ``image_size`` (random, smlp), ``max_matrix_mb`` (random),
-            ``resize_mode`` (smlp); one that no mixer of the model takes is refused.
-    """
+    ``arch`` is a preset name or a dict of ``ARCH_KEYS`` (optionally ``base=PRESET``); the other
+    arguments are mmpretrain's (README "Use a backbone"). ``kernels``: ``'reference'`` (the plain
+    forward), ``'auto'``, ``'aten'``, ``'onednn'`` or ``'deploy'`` (``metaformer_mm.accel``; plain
+    under ``torch.compile`` and ONNX export). ``strict_load=False`` allows partial loads.
+    ``arch_overrides``: ``ARCH_KEYS`` and ``MIXER_OPTIONS`` (one no mixer takes is refused)."""
 
     # A family class (``families.py``) builds its table's presets only, and resolves short
     # names such as 's12' to f'{arch_prefix}s12'.
@@ -174,9 +149,8 @@ class MetaFormer(BaseModule):
         res_scales = _per_stage(settings.get('res_scale_init_values'), 'res_scale_init_values')
         ls_init = settings.get('layer_scale_init_value')
 
-        stem = dict(settings['stem'])
-        self.stem = Downsample(in_channels, dims[0], **stem)
-        strides = [stem['stride'] * 2 ** i for i in range(NUM_STAGES)]
+        self.stem = Downsample(in_channels, dims[0], **settings['stem'])
+        strides = [settings['stem']['stride'] * 2 ** i for i in range(NUM_STAGES)]
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, cursor = [], 0
         for i in range(NUM_STAGES):
@@ -209,12 +183,10 @@ class MetaFormer(BaseModule):
             self.out_norms = nn.ModuleDict({
                 str(i): build_norm(settings['out_norm_cfg'], dims[i]) for i in self.out_indices})
         else:
-            head = dict(settings['head'])
-            self.head = ClassifierHead(dims[-1], num_classes, **head)
+            self.head = ClassifierHead(dims[-1], num_classes, **settings['head'])
         self._freeze_stages()
         self.set_kernels(kernels)
 
-    # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
         in_channels = self.stem.conv.in_channels
         if x.dim() != 4 or x.shape[1] != in_channels:
@@ -222,7 +194,7 @@ class MetaFormer(BaseModule):
                              f'got {tuple(x.shape)}')
 
     def forward_stages(self, x: torch.Tensor, last: int = NUM_STAGES - 1) -> List[torch.Tensor]:
-        """Runs the stem and stages 0..``last``; returns the raw (un-normalized) stage outputs."""
+        """The raw (un-normalized) outputs of stages 0..``last``."""
         self._check_input(x)
         x = self.stem(x.contiguous(memory_format=self.memory_format))
         outs = []
@@ -245,14 +217,12 @@ class MetaFormer(BaseModule):
                      for i in self.out_indices)
 
     def set_kernels(self, kernels: str) -> 'MetaFormer':
-        """Chooses how blocks are computed (see the ``kernels`` argument); returns self."""
-        if kernels == 'reference' and self.kernel_installer is None:
-            self.kernels = kernels
-            return self
-        if self.kernel_installer is None:
+        """Chooses how blocks are computed (see ``kernels``); returns self."""
+        if self.kernel_installer is not None:
+            type(self).kernel_installer(self, kernels)
+        elif kernels != 'reference':
             raise RuntimeError(f'kernels={kernels!r} needs the acceleration layer: '
                                f'import metaformer_mm (or use kernels="reference")')
-        type(self).kernel_installer(self, kernels)
         self.kernels = kernels
         return self
 
@@ -260,7 +230,6 @@ class MetaFormer(BaseModule):
         """``set_kernels('deploy')`` (``'auto'`` with ``enable=False``), for mmcv-style code."""
         return self.set_kernels('deploy' if enable else 'auto')
 
-    # ---------------------------------------------------------------- training state
     def _frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
@@ -286,9 +255,8 @@ class MetaFormer(BaseModule):
                     module.eval()
         return self
 
-    # ---------------------------------------------------------------- weights
     def init_weights(self) -> None:
-        """Loads ``init_cfg`` weights in any supported layout, or initialises like the originals."""
+        """Loads ``init_cfg`` weights in any layout, or initialises like the originals."""
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
             from ...checkpoint import load_pretrained
             load_pretrained(self, self.init_cfg['checkpoint'],
@@ -308,8 +276,7 @@ class MetaFormer(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
-        """Converts a known foreign layout under ``prefix`` in place and refuses misfits
-        (:func:`metaformer_mm.checkpoint.convert_backbone_keys`), in every load."""
+        """Converts foreign layouts and refuses misfits in every load."""
         from ...checkpoint import convert_backbone_keys
         convert_backbone_keys(self, state_dict, prefix, strict=strict)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

@@ -1,17 +1,9 @@
-"""Presets of every MetaFormer family member, one literal table per family.
+"""Presets of every MetaFormer family, one literal table per family.
 
-Each family has the settings its members share (``*_COMMON``) and a table of what differs
-per size (depths, widths, layer-scale values), in the style of mmpretrain's
-``arch_settings``: ``grep caformer_s18`` finds the line that defines it. A preset is the
-family's common settings updated by its row. Each family's class (``families.py``) takes its
-table as ``arch_settings``; ``ARCH_SETTINGS`` holds every preset by full name, for
-``MetaFormer`` itself.
-
-The keys are the ``MetaFormer`` architecture arguments (``ARCH_KEYS`` in ``arch.py``).
-Norm names: ``GN1`` is GroupNorm with one group (PoolFormer's "modified layer norm", the
-baselines' ``LayerNormGeneral(normalized_dim=(1, 2, 3))``), ``LN2d`` the channel LayerNorm of
-an NCHW map, ``LN`` LayerNorm of (N, C) head features (see ``models/norms.py``).
-"""
+Each family has its shared settings (``*_COMMON``) and a row per size, in the style of
+mmpretrain's ``arch_settings`` (``grep caformer_s18`` finds it); keys are ``ARCH_KEYS``.
+Norms: ``GN1`` GroupNorm with one group (PoolFormer's "modified layer norm"), ``LN2d`` channel
+LayerNorm of NCHW maps, ``LN`` LayerNorm of (N, C) head features."""
 from typing import Dict
 
 # --------------------------------------------------------------------------- PoolFormer
@@ -70,10 +62,8 @@ IDENTITYFORMER = {
     'identityformer_m48': dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768]),
 }
 
-# RandFormer: identity mixing in stages 1-2, a frozen random token-mixing matrix in stages 3-4
-# (:class:`~metaformer_mm.models.random_mixing.RandomMixing`, the "MetaFormer is a
-# Synthesizer" member); ``image_size`` is the input size the matrices belong to (224 for the
-# released weights: 14x14 and 7x7 tokens), other input sizes resample them.
+# RandFormer: identity mixing in stages 1-2, frozen random token mixing in stages 3-4 at the
+# grids of 224x224 inputs (the released weights: 14x14 and 7x7 tokens).
 RANDFORMER_COMMON = dict(
     _BASELINES, norm_cfg=dict(type='GN1', eps=1e-6, bias=False),
     token_mixers=['identity', 'identity', dict(type='random', image_size=224),
