@@ -342,7 +342,7 @@ def test_semantic_fpn_trains_and_evaluates(repo_root, ade_mini_run, tmp_path):
     assert 0 <= val['mIoU'] <= 100
 
 
-def test_deploy_and_checkpointing_paths_agree():
+def test_deploy_path_equals_the_plain_forward():
     torch.manual_seed(0)
     model = _tiny()
     x = torch.randn(2, 3, 97, 131)
@@ -351,11 +351,3 @@ def test_deploy_and_checkpointing_paths_agree():
         deployed = model.switch_to_deploy()(x)  # identity stages fold, random stages do not
     for a, b in zip(plain, deployed):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    model.switch_to_deploy(False)
-    grads, x = [], torch.randn(2, 3, 64, 96)
-    for with_cp in (False, True):
-        model.with_cp = with_cp
-        model.train().zero_grad()
-        sum(o.square().mean() for o in model(x)).backward()
-        grads.append(model.stages[2].blocks[0].mlp.fc1.weight.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
