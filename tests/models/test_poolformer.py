@@ -204,21 +204,6 @@ def test_drop_path_rate_is_linear_over_blocks():
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 5))
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(arch='s13'), r"unknown arch 's13'.*allowed: \['m36', 'm48', 's12', 's24', 's36'\]"),
-    (dict(out_indices=(0, 4)), r'out_indices must hold stage indices in -4\.\.3'),
-    (dict(out_indices=(1, 1)), r'out_indices must be non-empty and name each stage once'),
-    (dict(token_mixers=['pooling'] * 3), r'token_mixers must have 4 entries'),
-    (dict(token_mixers='convolution'), r"unknown token mixer 'convolution'; allowed: \["),
-    (dict(frozen_stages=5), r'frozen_stages must be in -1\.\.4'),
-    (dict(drop_path_rate=-0.1), r'drop_path_rate must be in \[0, 1\)'),
-    (dict(mlp_ratios=[4, 4]), r'mlp_ratios must have 4 entries'),
-])
-def test_bad_arguments_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        PoolFormer(**kwargs)
-
-
 def test_bad_input_shape_is_named():
     with pytest.raises(ValueError, match=r'expected an input of shape \(N, 3, H, W\), got \(3, 64, 64\)'):
         _tiny()(torch.randn(3, 64, 64))

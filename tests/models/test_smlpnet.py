@@ -379,15 +379,6 @@ def test_pooling_smlp_hybrid_is_one_config_line():
         (1, 64, 24, 33), (1, 128, 12, 17), (1, 320, 6, 9), (1, 512, 3, 5)]
 
 
-def test_registered_in_mmdet_and_mmseg():
-    from mmdet.registry import MODELS as DET
-    from mmseg.registry import MODELS as SEG
-    for registry in (DET, SEG):
-        model = registry.build(dict(type='SMLPNet', arch=dict(TINY_ARCH), image_size=64,
-                                    out_indices=(0, 1, 2, 3)))
-        assert isinstance(model, SMLPNet)
-
-
 # --------------------------------------------------------------------------- training options
 def test_frozen_stages():
     model = _small_model(frozen_stages=2)
