@@ -3,9 +3,10 @@
 Everything goes through the entry points a user meets: mmdet's/mmseg's model builders on our
 configs, a backbone's ``init_cfg``, ``init_detector``, ``tools/test.py`` and
 ``tools/train.py --resume``, ``inference_detector``/``inference_model`` and the dataset
-classes. Direct ``PoolFormer(...)`` argument errors, shape and depth mismatches and partial
-files are covered in models/test_poolformer.py; refusal of pickled callables by ``read_checkpoint``,
-``init_weights`` and ``load_from`` in checkpoint/test_weights_only_runner_checkpoints.py.
+classes. Backbone argument errors are covered in models/test_argument_errors.py, shape and
+depth mismatches and partial files in models/test_poolformer.py; refusal of pickled callables
+by ``read_checkpoint``, ``init_weights``, ``load_from`` and ``init_detector`` in
+checkpoint/test_weights_only_runner_checkpoints.py.
 """
 import os
 import os.path as osp
@@ -27,7 +28,7 @@ from mmengine.registry import init_default_scope
 import metaformer_mm  # noqa: F401
 from metaformer_mm.checkpoint import CheckpointError
 from metaformer_mm.models import PoolFormer
-from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
+from metaformer_mm.cli.datasets import check_dataset
 
 TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
 CONFIGS = {
@@ -161,27 +162,6 @@ def test_bad_checkpoint_through_mmengine_loading(repo_root, bad_files, name):
     error, match = CHECKPOINT_ERRORS[name]
     with pytest.raises(error, match=match):
         init_detector(cfg, _path(bad_files, name), device='cpu')
-
-
-class _Payload:
-    """Pickles as a call to os.system: what a malicious checkpoint does."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
-def test_malicious_checkpoint_is_refused_by_the_inference_api(repo_root, tmp_path):
-    from mmdet.apis import init_detector
-    marker = tmp_path / 'pwned'
-    path = str(tmp_path / 'evil.pth')
-    torch.save({'state_dict': {}, 'meta': _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match=r'refused to load .*evil\.pth: it holds a pickled '
-                                              r'object \(posix\.system\)'):
-        init_detector(_tiny(_config(repo_root, 'retinanet')), path, device='cpu')
-    assert not marker.exists()
 
 
 @pytest.mark.slow
@@ -398,20 +378,6 @@ def _point_at(cfg: Config, root: str) -> Config:
         if split != 'train':
             cfg[f'{split}_evaluator'].ann_file = root + 'annotations/instances_val2017.json'
     return cfg
-
-
-@pytest.mark.parametrize('remove', ['train2017', 'annotations/instances_train2017.json'])
-def test_partly_missing_dataset_names_only_what_is_missing(repo_root, data_dir, tmp_path, remove):
-    root = _coco_copy(data_dir, tmp_path)
-    target = osp.join(root, remove)
-    shutil.rmtree(target) if osp.isdir(target) else os.remove(target)
-    cfg = _point_at(_config(repo_root, 'retinanet'), root)
-    with pytest.raises(DatasetMissingError) as err:
-        check_dataset(cfg, 'train', config_name='retinanet_poolformer_s12.py')
-    message = str(err.value)
-    missing = [line.strip() for line in message.splitlines() if line.startswith('  /')]
-    assert missing == [target + ('/' if osp.splitext(remove)[1] == '' else '')], message
-    assert 'retinanet_poolformer_s12.py' in message and '--cfg-options' in message
 
 
 def test_image_listed_in_annotations_but_absent_is_named(repo_root, data_dir, tmp_path):
