@@ -7,6 +7,7 @@ Legacy checkpoints are made here from this project's models by the documented ke
 The backbones are PoolFormer-S12 with one block per stage: the released key layout at a
 fraction of the cost.
 """
+import copy
 import os.path as osp
 import re
 from collections import OrderedDict
@@ -27,7 +28,6 @@ from legacy_layouts import to_legacy
 TINY_S12 = dict(base='poolformer_s12', depths=[1, 1, 1, 1])
 # A deeper model of the same widths: what an S24 config is to an S12 checkpoint.
 TINY_S24 = dict(base='poolformer_s24', depths=[2, 2, 2, 2])
-
 
 
 def legacy_checkpoint(model, kind: str, classes):
@@ -138,13 +138,59 @@ def test_legacy_layout_is_recognised_not_ours(retinanet):
     assert 'backbone.norm0.weight' not in keys and not any('stages' in k for k in keys)
 
 
-def test_init_detector_converts_a_mmdet2_release(retinanet, caplog):
-    from mmdet.apis import init_detector
-    cfg, source, legacy, _ = retinanet
-    model = init_detector(cfg.copy(), legacy, device='cpu')
+def _load_through(entry, cfg, path, tmp_path):
+    """The model ``entry`` builds from ``cfg`` with the weights of ``path``."""
+    if entry == 'init_cfg':
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=path, prefix='backbone.')
+        model = build(cfg, 'mmdet')
+        model.init_weights()
+        return model
+    if entry == 'load_from':
+        from mmengine.runner import Runner
+        runner = Runner(model=cfg.model.to_dict(), work_dir=str(tmp_path), load_from=path,
+                        default_scope='mmdet')
+        runner.load_or_resume()
+        return runner.model
+    if entry == 'init_detector':
+        from mmdet.apis import init_detector
+        return init_detector(cfg.copy(), path, device='cpu')
+    if entry == 'DetInferencer':
+        from mmdet.apis import DetInferencer
+        return DetInferencer(model=cfg.copy(), weights=path, device='cpu',
+                             show_progress=False).model
+    if entry == 'init_model':
+        from mmseg.apis import init_model
+        return init_model(cfg.copy(), path, device='cpu')
+    assert entry == 'MMSegInferencer'
+    from mmseg.apis import MMSegInferencer
+    return MMSegInferencer(model=cfg.copy(), weights=path, device='cpu').model
+
+
+@pytest.mark.parametrize('release, entry, first_class', [
+    ('retinanet', 'init_cfg', None), ('retinanet', 'load_from', None),
+    ('retinanet', 'init_detector', 'person'), ('retinanet', 'DetInferencer', 'person'),
+    ('semantic_fpn', 'init_model', 'wall'), ('semantic_fpn', 'MMSegInferencer', 'wall')])
+def test_legacy_release_loads_to_identical_outputs_through_every_entry_point(
+        request, tmp_path, release, entry, first_class):
+    """An mmdet 2.x / mmseg 0.x release (sail-sg backbone keys) through a backbone's
+    ``init_cfg``, the Runner's ``load_from``, ``init_detector``/``init_model`` and the
+    inferencers: converted on the way in, the backbone holds exactly the source's tensors and
+    the model gives the source's outputs (the backbone's, for ``init_cfg``: it loads only the
+    backbone); where the entry point reads classes, 2.x's ``meta['CLASSES']`` becomes
+    ``dataset_meta['classes']``."""
+    cfg, source, path = request.getfixturevalue(release)[:3]
+    model = _load_through(entry, cfg, path, tmp_path)
     assert_same_backbone(model, source)
-    assert_same_outputs(model, source)
-    assert model.dataset_meta['classes'][0] == 'person'  # 2.x's meta['CLASSES']
+    if entry == 'init_cfg':
+        x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            for ours, theirs in zip(model.backbone.eval()(x), source.backbone(x), strict=True):
+                assert torch.equal(ours, theirs)
+    else:
+        assert_same_outputs(model, source)
+    if first_class is not None:
+        assert model.dataset_meta['classes'][0] == first_class
 
 
 def test_conversion_is_logged_once(retinanet):
@@ -170,42 +216,6 @@ class _Collect(__import__('logging').Handler):
 
     def emit(self, record):
         self.records.append(record.getMessage())
-
-
-def test_init_model_converts_a_mmseg0_release(semantic_fpn):
-    from mmseg.apis import init_model
-    cfg, source, path = semantic_fpn
-    model = init_model(cfg.copy(), path, device='cpu')
-    assert_same_backbone(model, source)
-    assert_same_outputs(model, source)
-    assert model.dataset_meta['classes'][0] == 'wall'
-
-
-def test_det_inferencer_converts_a_mmdet2_release(retinanet):
-    from mmdet.apis import DetInferencer
-    cfg, source, legacy, _ = retinanet
-    inferencer = DetInferencer(model=cfg.copy(), weights=legacy, device='cpu',
-                               show_progress=False)
-    assert_same_backbone(inferencer.model, source)
-    assert_same_outputs(inferencer.model, source)
-
-
-def test_mmseg_inferencer_converts_a_mmseg0_release(semantic_fpn):
-    from mmseg.apis import MMSegInferencer
-    cfg, source, path = semantic_fpn
-    inferencer = MMSegInferencer(model=cfg.copy(), weights=path, device='cpu')
-    assert_same_backbone(inferencer.model, source)
-    assert_same_outputs(inferencer.model, source)
-
-
-def test_runner_load_from_converts_a_mmdet2_release(retinanet, tmp_path):
-    from mmengine.runner import Runner
-    cfg, source, legacy, _ = retinanet
-    runner = Runner(model=cfg.model.to_dict(), work_dir=str(tmp_path), load_from=legacy,
-                    default_scope='mmdet')
-    runner.load_or_resume()
-    assert_same_backbone(runner.model, source)
-    assert_same_outputs(runner.model, source)
 
 
 def test_torch_load_state_dict_converts_a_backbone_file():

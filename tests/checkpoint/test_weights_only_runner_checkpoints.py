@@ -15,11 +15,6 @@ from metaformer_mm.models import PoolFormer
 from tiny_runner import TINY, RandomImages, TinyClassifier
 
 
-
-
-
-
-
 class Snapshot(Hook):
     """Records where training starts and the optimizer state it starts with."""
 
@@ -82,18 +77,30 @@ class _Payload:
         return os.system, (f'touch {self.marker}',)
 
 
-def test_pickled_callable_is_refused_and_never_run(tmp_path):
+def test_pickled_callable_is_refused_and_never_run(repo_root, tmp_path):
+    """Through ``read_checkpoint``, a backbone's ``init_cfg``, the Runner's ``load_from`` and
+    mmdet's ``init_detector``: refused, naming the file and the callable; it never runs."""
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
     marker = tmp_path / 'pwned'
     path = str(tmp_path / 'evil.pth')
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'extra': _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match=r'refused to load .*evil\.pth: it holds a pickled '
-                                              r'object \(posix\.system\)'):
+    refused = r'refused to load .*evil\.pth: it holds a pickled object \(posix\.system\)'
+    with pytest.raises(CheckpointError, match=refused):
         read_checkpoint(path)
     model = PoolFormer(arch=TINY, init_cfg=dict(type='Pretrained', checkpoint=path))
     with pytest.raises(CheckpointError, match='refused to load'):
         model.init_weights()
     with pytest.raises(Exception, match='unsupported GLOBAL posix.system'):  # mmengine's loader
         _runner(tmp_path / 'w', max_iters=1, load_from=path).load_or_resume()
+    evil_meta = str(tmp_path / 'evil_meta.pth')  # the payload where the inferencer reads meta
+    torch.save({'state_dict': {}, 'meta': _Payload(str(marker))}, evil_meta)
+    cfg = Config.fromfile(osp.join(repo_root, 'configs', 'detection',
+                                   'retinanet_poolformer_s12.py'))
+    cfg.model.backbone.merge(dict(init_cfg=None, arch=dict(_delete_=True, **TINY)))
+    cfg.model.neck.in_channels = TINY['dims'][1:]
+    with pytest.raises(CheckpointError, match=refused.replace('evil', 'evil_meta')):
+        init_detector(cfg, evil_meta, device='cpu')
     assert not marker.exists()
 
 

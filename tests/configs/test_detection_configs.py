@@ -1,4 +1,5 @@
-"""Detection configs: the paper's recipe, whole-model parameter counts, no unused parameters."""
+"""Detection configs: the paper's recipe and no unused parameters (whole-model parameter
+counts: configs/test_model_zoo.py, against the README)."""
 import os.path as osp
 
 import pytest
@@ -12,11 +13,6 @@ import metaformer_mm  # noqa: F401
 URL = 'poolformer_{}'
 ARCHS = ('s12', 's24', 's36', 'm36', 'm48')
 WIDTHS = {'s': [64, 128, 320, 512], 'm': [96, 192, 384, 768]}
-# /work/shared/reference/README.md: original backbones inside mmdet 3.3's detectors (M params).
-PARAMS = {
-    'retinanet': dict(s12=21.65, s24=31.13, s36=40.60, m36=66.34, m48=83.64),
-    'mask_rcnn': dict(s12=31.57, s24=41.04, s36=50.52, m36=75.68, m48=92.98),
-}
 
 
 def load(repo_root, detector, arch):
@@ -81,14 +77,6 @@ def test_recipe(repo_root, detector, arch):
     for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
         assert evaluator.type == 'CocoMetric' and evaluator.metric == metric
         assert evaluator.ann_file == 'data/coco/annotations/instances_val2017.json'
-
-
-@pytest.mark.parametrize('detector', ['retinanet', 'mask_rcnn'])
-@pytest.mark.parametrize('arch', ARCHS)
-def test_parameter_count(repo_root, detector, arch):
-    model = build(load(repo_root, detector, arch))
-    count = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(count - PARAMS[detector][arch]) < 0.01, (detector, arch, count)
 
 
 def _gt_sample(height, width):

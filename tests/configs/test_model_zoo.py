@@ -270,18 +270,105 @@ def test_readme_model_zoo_tables_are_the_index():
             assert entry['Config'] in text
 
 
-def test_model_zoo_tool(capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('model_zoo_tool',
-                                                  osp.join(ROOT, 'tools', 'model_zoo.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main(['show', 'fpn_poolformer_s12_ade20k_40k']) == 0
-    shown = json.loads(capsys.readouterr().out)
+def _readme_params():
+    """{model name: its Params cell} of the README's model-zoo tables."""
+    with open(osp.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    cells = {}
+    for _, _, table, _ in zoo.README_BLOCK.findall(text):
+        lines = [line for line in table.splitlines() if line.startswith('|')]
+        column = [c.strip() for c in lines[0].split('|')].index('Params')
+        for line in lines[2:]:
+            row = [c.strip() for c in line.split('|')]
+            cells[row[1].strip('`')] = row[column]
+    return cells
+
+
+# Exact whole-model counts where they are known to the unit: RandFormer's configs (their
+# frozen random matrices, 235,298, included).
+EXACT_PARAMS = {'retinanet_randformer_s12': 21864878, 'mask_rcnn_randformer_s12': 31782442,
+                'fpn_randformer_s12': 15881680}
+RANDFORMER_S12_FROZEN = 235298
+
+
+@pytest.mark.parametrize('name', sorted(_readme_params()))
+def test_readme_params_are_the_whole_model_counts_of_the_configs(name):
+    """Every row of the README's detection and segmentation tables (PoolFormer, sMLPNet,
+    CAFormer, ConvFormer, RandFormer): the config's model, built with mmdet's or mmseg's
+    ``MODELS``, has the README's parameter count to its last printed digit."""
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(zoo.resolve_config(name))
+    cfg.model.backbone.init_cfg = None  # no download: the count does not depend on weights
+    init_default_scope(cfg.default_scope)
+    if cfg.default_scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    model = MODELS.build(cfg.model)
+    count = sum(p.numel() for p in model.parameters())
+    assert f'{count / 1e6:.2f}M' == _readme_params()[name], (name, count)
+    if name in EXACT_PARAMS:
+        assert count == EXACT_PARAMS[name]
+        assert sum(p.numel() for p in model.parameters() if not p.requires_grad) == \
+            RANDFORMER_S12_FROZEN
+
+
+def _model_zoo(*args, env=None):
+    """``python tools/model_zoo.py ARGS`` as a user runs it."""
+    import os
+    import sys
+    return subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'model_zoo.py'), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+
+def test_model_zoo_tool_lists_shows_prints_weights_and_rewrites_readme(tmp_path):
+    index = zoo.model_index()
+    # list: one line per model of the index, with its config
+    listed = _model_zoo('list')
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert {name: config for name, config in rows} == \
+        {name: entry['Config'] for name, entry in index.items()}
+
+    # show: one entry as JSON with its config path; an unknown name lists the closest
+    shown = _model_zoo('show', 'fpn_poolformer_s12_ade20k_40k')  # an alias
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
     assert shown['Name'] == 'fpn_poolformer_s12' and osp.isfile(shown['config_path'])
-    assert tool.main(['show', 'fpn_poolformer_s13']) == 2
-    assert 'fpn_poolformer_s12' in capsys.readouterr().err
-    assert tool.main(['readme', osp.join(ROOT, 'README.md')]) == 0
+    unknown = _model_zoo('show', 'fpn_poolformer_s13')
+    assert unknown.returncode == 2 and 'fpn_poolformer_s12' in unknown.stderr
+
+    # weights: the ImageNet table, name -> URL; METAFORMER_MM_WEIGHTS adds and replaces names
+    mirror = tmp_path / 'mirror.json'
+    mirror.write_text(json.dumps({'poolformer_s12': 'http://mirror/s12.pth',
+                                  'my_weights': 'http://mirror/mine.pth'}))
+    for env, expected in [(None, dict(zoo.IMAGENET_WEIGHTS)),
+                          ({zoo.WEIGHTS_ENV: str(mirror)},
+                           dict(zoo.IMAGENET_WEIGHTS, poolformer_s12='http://mirror/s12.pth',
+                                my_weights='http://mirror/mine.pth'))]:
+        printed = _model_zoo('weights', env=env)
+        assert printed.returncode == 0, printed.stderr
+        assert dict(line.split() for line in printed.stdout.splitlines()) == expected
+    assert 'caformer_s18' in expected and expected['caformer_s18'].startswith('https://')
+
+    # readme: a stale copy is reported (exit 1); --write regenerates the tables from the
+    # index, which gives back the committed README byte for byte
+    with open(osp.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    stale = readme.replace('| 21.65M |', '| 1.00M |', 1)
+    stale = '\n'.join(line for line in stale.split('\n')
+                      if not line.startswith('| `fpn_convformer_s18` |'))
+    assert stale.count('| 1.00M |') == 1 and '`fpn_convformer_s18`' not in stale
+    copy = tmp_path / 'README.md'
+    copy.write_text(stale)
+    check = _model_zoo('readme', str(copy))
+    assert check.returncode == 1 and 'readme --write' in check.stderr
+    assert copy.read_text() == stale  # checking never writes
+    written = _model_zoo('readme', '--write', str(copy))
+    assert written.returncode == 0, written.stderr
+    assert copy.read_text() == readme
+    assert _model_zoo('readme', str(copy)).returncode == 0
 
 
 def test_tools_take_model_names(repo_root, tmp_path):

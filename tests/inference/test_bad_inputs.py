@@ -3,9 +3,10 @@
 Everything goes through the entry points a user meets: mmdet's/mmseg's model builders on our
 configs, a backbone's ``init_cfg``, ``init_detector``, ``tools/test.py`` and
 ``tools/train.py --resume``, ``inference_detector``/``inference_model`` and the dataset
-classes. Direct ``PoolFormer(...)`` argument errors, shape and depth mismatches and partial
-files are covered in models/test_poolformer.py; refusal of pickled callables by ``read_checkpoint``,
-``init_weights`` and ``load_from`` in checkpoint/test_weights_only_runner_checkpoints.py.
+classes. Backbone argument errors are covered in models/test_argument_errors.py, shape and
+depth mismatches and partial files in models/test_poolformer.py; refusal of pickled callables
+by ``read_checkpoint``, ``init_weights``, ``load_from`` and ``init_detector`` in
+checkpoint/test_weights_only_runner_checkpoints.py.
 """
 import os
 import os.path as osp
@@ -27,7 +28,7 @@ from mmengine.registry import init_default_scope
 import metaformer_mm  # noqa: F401
 from metaformer_mm.checkpoint import CheckpointError
 from metaformer_mm.models import PoolFormer
-from metaformer_mm.cli.datasets import DatasetMissingError, check_dataset
+from metaformer_mm.cli.datasets import check_dataset
 
 TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
 CONFIGS = {
@@ -71,40 +72,6 @@ def _raised_in(err: BaseException) -> str:
 
 
 # =========================================================================== configs
-BAD_BACKBONES = [
-    (dict(arch='s13'), r"unknown arch 's13' for PoolFormer; allowed: \['m36', 'm48', 's12'"),
-    (dict(arch=dict(base='poolformer_s13')), r"unknown arch base 'poolformer_s13'; allowed: \["),
-    (dict(arch=dict(base='poolformer_s12', dim=[8, 16, 24, 32])),
-     r"unknown arch dict keys \['dim'\]; allowed: \['base', 'depths', 'dims'"),
-    (dict(type='ConvFormer', arch='s12'), r"unknown arch 's12' for ConvFormer; allowed: "
-                                          r"\['b36', 'm36', 's18', 's36'\]"),
-    (dict(type='SMLPNet', arch='huge'), r"unknown arch 'huge' for SMLPNet; allowed: "
-                                        r"\['base', 'small', 'tiny'\]"),
-    (dict(token_mixers='convolution'), r"unknown token mixer 'convolution'; allowed: "
-                                       r"\['attention', 'identity', 'pooling'"),
-    (dict(out_indices=(1, 2, 4)), r'out_indices must hold stage indices in -4\.\.3, got'),
-    (dict(out_indices=(2, 2, 3)), r'out_indices must be non-empty and name each stage once'),
-    (dict(frozen_stages=5), r'frozen_stages must be in -1\.\.4, got 5'),
-    (dict(token_mixers=['pooling'] * 3), r'token_mixers must have 4 entries \(one per stage\)'),
-    (dict(mlp_ratios=[4, 4]), r'mlp_ratios must have 4 entries \(one per stage\)'),
-    (dict(arch=dict(base='poolformer_s12', dims=[64, 128, 320])),
-     r'depths and dims must have 4 entries'),
-    (dict(arch=dict(base='poolformer_s12', dims=[64, 128, -320, 512])),
-     r'depths and dims must be positive integers'),
-    (dict(drop_path_rate=-0.1), r'drop_path_rate must be in \[0, 1\), got -0\.1'),
-]
-
-
-@pytest.mark.parametrize('name', ['mask_rcnn', 'fpn'])
-@pytest.mark.parametrize('backbone,match', BAD_BACKBONES,
-                         ids=[str(i) for i in range(len(BAD_BACKBONES))])
-def test_bad_backbone_settings_fail_when_the_model_is_built(repo_root, name, backbone, match):
-    with pytest.raises(ValueError, match=match) as err:
-        _build(repo_root, name, **backbone)
-    # raised by the argument checks, not by a layer that received a bad value
-    assert 'torch/nn' not in _raised_in(err.value)
-
-
 def test_unknown_backbone_type_names_the_registry(repo_root):
     with pytest.raises(KeyError, match=r'PoolFormerS12 is not in the mmdet::model registry'):
         _build(repo_root, 'retinanet', type='PoolFormerS12')
@@ -195,27 +162,6 @@ def test_bad_checkpoint_through_mmengine_loading(repo_root, bad_files, name):
     error, match = CHECKPOINT_ERRORS[name]
     with pytest.raises(error, match=match):
         init_detector(cfg, _path(bad_files, name), device='cpu')
-
-
-class _Payload:
-    """Pickles as a call to os.system: what a malicious checkpoint does."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
-
-
-def test_malicious_checkpoint_is_refused_by_the_inference_api(repo_root, tmp_path):
-    from mmdet.apis import init_detector
-    marker = tmp_path / 'pwned'
-    path = str(tmp_path / 'evil.pth')
-    torch.save({'state_dict': {}, 'meta': _Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match=r'refused to load .*evil\.pth: it holds a pickled '
-                                              r'object \(posix\.system\)'):
-        init_detector(_tiny(_config(repo_root, 'retinanet')), path, device='cpu')
-    assert not marker.exists()
 
 
 @pytest.mark.slow
@@ -432,20 +378,6 @@ def _point_at(cfg: Config, root: str) -> Config:
         if split != 'train':
             cfg[f'{split}_evaluator'].ann_file = root + 'annotations/instances_val2017.json'
     return cfg
-
-
-@pytest.mark.parametrize('remove', ['train2017', 'annotations/instances_train2017.json'])
-def test_partly_missing_dataset_names_only_what_is_missing(repo_root, data_dir, tmp_path, remove):
-    root = _coco_copy(data_dir, tmp_path)
-    target = osp.join(root, remove)
-    shutil.rmtree(target) if osp.isdir(target) else os.remove(target)
-    cfg = _point_at(_config(repo_root, 'retinanet'), root)
-    with pytest.raises(DatasetMissingError) as err:
-        check_dataset(cfg, 'train', config_name='retinanet_poolformer_s12.py')
-    message = str(err.value)
-    missing = [line.strip() for line in message.splitlines() if line.startswith('  /')]
-    assert missing == [target + ('/' if osp.splitext(remove)[1] == '' else '')], message
-    assert 'retinanet_poolformer_s12.py' in message and '--cfg-options' in message
 
 
 def test_image_listed_in_annotations_but_absent_is_named(repo_root, data_dir, tmp_path):

@@ -179,7 +179,8 @@ def test_convert_detector_file_keeps_classes(repo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_test_py_evaluates_a_released_checkpoint(repo_root, coco_mini_run, tmp_path):
+def test_test_py_predicts_the_same_from_a_released_and_a_converted_file(repo_root, coco_mini_run,
+                                                                       tmp_path):
     """tools/test.py on an mmdet 2.x-layout file predicts exactly what the converted file does."""
     model = build_detector(Config.fromfile(config_path(repo_root, 'retinanet_poolformer_s12')))
     with torch.no_grad():

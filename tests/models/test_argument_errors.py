@@ -7,6 +7,8 @@ go through ``token_mixers`` of the same configs. Without the checks these were a
 ``TypeError`` inside torch, a ``ZeroDivisionError``, a failure at the first forward pass, or
 (``strict_load='false'``, ``depths=[True, ...]``) no error at all.
 """
+import copy
+import functools
 import os.path as osp
 import traceback
 
@@ -17,6 +19,7 @@ from mmengine.registry import init_default_scope
 
 import metaformer_mm  # noqa: F401
 from metaformer_mm.models import PoolFormer
+from metaformer_mm.models.checks import ArgumentError
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = {'retinanet': ('detection/retinanet_poolformer_s12.py', 'mmdet'),
@@ -25,9 +28,14 @@ TINY = dict(base='poolformer_s12', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
 CAFORMER = dict(base='caformer_s18', depths=[1, 1, 1, 1], dims=[8, 16, 32, 32])
 
 
+@functools.lru_cache(maxsize=None)
+def _parse(path: str) -> Config:
+    return Config.fromfile(osp.join(ROOT, 'configs', path))
+
+
 def build(name: str, **backbone):
     path, scope = CONFIGS[name]
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', path))
+    cfg = copy.deepcopy(_parse(path))
     for key, value in dict(dict(init_cfg=None, arch=dict(TINY)), **backbone).items():
         cfg.model.backbone[key] = value  # replaced, not merged into the config's value
     init_default_scope(scope)
@@ -87,19 +95,50 @@ BAD = [
     (dict(type='SMLPNet', image_size=-64, arch=dict(TINY, base='smlpnet_tiny')),
      r'smlp mixer: image_size must be a positive integer, got -64'),
 ]
+# Unknown names, values out of range, lists of the wrong length: a ValueError.
+BAD_VALUES = [
+    (dict(arch='s13'), r"unknown arch 's13' for PoolFormer; allowed: \['m36', 'm48', 's12'"),
+    (dict(arch=dict(base='poolformer_s13')), r"unknown arch base 'poolformer_s13'; allowed: \["),
+    (dict(arch=dict(base='poolformer_s12', dim=[8, 16, 24, 32])),
+     r"unknown arch dict keys \['dim'\]; allowed: \['base', 'depths', 'dims'"),
+    (dict(type='ConvFormer', arch='s12'), r"unknown arch 's12' for ConvFormer; allowed: "
+                                          r"\['b36', 'm36', 's18', 's36'\]"),
+    (dict(type='SMLPNet', arch='huge'), r"unknown arch 'huge' for SMLPNet; allowed: "
+                                        r"\['base', 'small', 'tiny'\]"),
+    (dict(token_mixers='convolution'), r"unknown token mixer 'convolution'; allowed: "
+                                       r"\['attention', 'identity', 'pooling'"),
+    (dict(out_indices=(1, 2, 4)), r'out_indices must hold stage indices in -4\.\.3, got'),
+    (dict(out_indices=(2, 2, 3)), r'out_indices must be non-empty and name each stage once'),
+    (dict(frozen_stages=5), r'frozen_stages must be in -1\.\.4, got 5'),
+    (dict(token_mixers=['pooling'] * 3), r'token_mixers must have 4 entries \(one per stage\)'),
+    (dict(mlp_ratios=[4, 4]), r'mlp_ratios must have 4 entries \(one per stage\)'),
+    (dict(arch=dict(base='poolformer_s12', dims=[64, 128, 320])),
+     r'depths and dims must have 4 entries'),
+    (dict(arch=dict(base='poolformer_s12', dims=[64, 128, -320, 512])),
+     r'depths and dims must be positive integers'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be in \[0, 1\), got -0\.1'),
+]
+
+
+CASES = [(backbone, match, ArgumentError) for backbone, match in BAD] + \
+    [(backbone, match, ValueError) for backbone, match in BAD_VALUES]
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
-@pytest.mark.parametrize('backbone,match', BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_argument_is_named_when_the_model_is_built(name, backbone, match):
-    # (a TypeError and a ValueError: what callers catch for either)
-    with pytest.raises(TypeError, match=match) as err:
+@pytest.mark.parametrize('backbone,match,error', CASES, ids=[str(i) for i in range(len(CASES))])
+def test_bad_argument_is_named_when_the_model_is_built(name, backbone, match, error):
+    with pytest.raises(error, match=match) as err:
         build(name, **backbone)
-    assert isinstance(err.value, ValueError)
-    # raised by the argument checks, not by a layer (or torch) that received the value
+    if error is ArgumentError:  # a wrong type: a TypeError and a ValueError, what callers catch
+        assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+    # raised by the argument checks (the backbone's, or the mixer table for a mixer name),
+    # not by a layer (or torch) that received the value
     raised_in = traceback.extract_tb(err.value.__traceback__)[-1].filename
-    assert raised_in.endswith(osp.join('metaformer_mm', 'models', 'checks.py')) or \
-        raised_in.endswith(osp.join('backbones', 'arch.py')), raised_in
+    checks = ['checks.py', osp.join('backbones', 'arch.py'), osp.join('backbones', 'metaformer.py')]
+    if 'token_mixers' in backbone:
+        checks.append('mixers.py')
+    assert any(raised_in.endswith(osp.join('metaformer_mm', 'models', c)) for c in checks), \
+        raised_in
 
 
 def test_the_error_names_the_backbone_class():

@@ -6,20 +6,31 @@ import textwrap
 import pytest
 
 BACKBONES = ['MetaFormer', 'PoolFormer', 'PoolFormerV2', 'IdentityFormer', 'ConvFormer',
-             'CAFormer', 'SMLPNet']
+             'CAFormer', 'SMLPNet', 'RandFormer']
+TINY = dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+# type -> a preset of that family (built tiny from the scope's registry)
+PRESETS = {'MetaFormer': 'caformer_s18', 'PoolFormer': 'poolformer_s12',
+           'PoolFormerV2': 'poolformerv2_s12', 'IdentityFormer': 'identityformer_s12',
+           'ConvFormer': 'convformer_s18', 'CAFormer': 'caformer_s18', 'SMLPNet': 'smlpnet_tiny',
+           'RandFormer': 'randformer_s12'}
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_backbones_build_from_scope(scope):
+def test_every_backbone_class_is_registered_and_builds_from_scope(scope):
     import metaformer_mm  # noqa: F401
     from mmengine.registry import DefaultScope
+
+    from metaformer_mm.models import backbones
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     for name in BACKBONES:
-        assert registry.get(name) is not None, f'{name} missing from {scope}'
+        assert registry.get(name) is getattr(backbones, name), f'{name} missing from {scope}'
     with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(dict(type='PoolFormer', arch=dict(
-            base='poolformer_s12', depths=[1, 1, 1, 1]), out_indices=(1, 2, 3)))
-    assert model.out_indices == (1, 2, 3)
+        for name in BACKBONES:
+            extra = dict(image_size=64) if name in ('SMLPNet', 'RandFormer') else {}
+            model = registry.build(dict(type=name, arch=dict(TINY, base=PRESETS[name]),
+                                        out_indices=(1, 2, 3), **extra))
+            assert type(model) is getattr(backbones, name)
+            assert model.out_indices == (1, 2, 3) and model.dims == TINY['dims']
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Tiny MetaFormers with randomized weights and the comparisons the kernel tests share
 (``kernels/test_eager_kernels.py``: fp32 paths; ``kernels/test_eager_kernels_bf16.py``: under
-bf16 autocast; ``kernels/test_torch_compile.py``: torch.compile; ``tools/test_export_onnx.py``)."""
+bf16 autocast; ``models/test_gradient_checkpointing.py``: ``with_cp``; ``kernels/test_torch_compile.py``: torch.compile; ``tools/test_export_onnx.py``)."""
 import collections
 import contextlib
 from typing import Counter, Iterator
@@ -70,6 +70,20 @@ def assert_rel(ours, ref, tol=1e-4, what=''):
         assert o.shape == r.shape, (what, i, o.shape, r.shape)
         err = (o.float() - r.float()).abs().max().item() / r.float().abs().max().item()
         assert err <= tol, f'{what} output {i}: relative error {err:.2e}'
+
+
+def assert_grads_close(model: nn.Module, ref_grads, tol: float = 1e-4) -> None:
+    """Per-parameter gradients of ``model`` within ``tol`` of ``ref_grads`` (relative to the
+    largest gradient of that parameter, with a floor for gradients that are zero in exact
+    maths, such as PoolFormer's norm1 bias, which pooling-minus-identity cancels)."""
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (name not in ref_grads), name
+        if p.grad is None:
+            continue
+        ref = ref_grads[name]
+        err = (p.grad - ref).abs().max().item()
+        assert err <= tol * ref.abs().max().item() + 1e-6 * scale, (name, err)
 
 
 @contextlib.contextmanager

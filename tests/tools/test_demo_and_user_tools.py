@@ -154,12 +154,16 @@ def test_image_demo_detection_with_the_demo_checkpoint(short_demo, tmp_path):
     assert f'prediction written to {out_file}' in result.stdout
 
 
-def test_image_demo_segmentation(tmp_path, data_dir):
-    """mmseg's API for a segmentation config (random-weight Semantic FPN + PoolFormer-S12)."""
+def test_image_demo_segmentation_in_fp32_and_bf16(tmp_path, data_dir):
+    """mmseg's API for a segmentation config (random-weight Semantic FPN + PoolFormer-S12), in
+    fp32 and with ``--bf16``: on a CPU with bf16 units the network runs in bf16 and labels the
+    image as fp32 does; without them a warning says so and the run is fp32's exactly."""
     import metaformer_mm  # noqa: F401
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
+
+    from metaformer_mm.inference.bf16 import cpu_bf16_flags
     config = osp.join(ROOT, 'configs', 'segmentation', 'fpn_poolformer_s12.py')
     cfg = Config.fromfile(config)
     init_default_scope('mmseg')
@@ -171,11 +175,27 @@ def test_image_demo_segmentation(tmp_path, data_dir):
     ckpt = str(tmp_path / 'fpn.pth')
     torch.save({'state_dict': model.state_dict(),
                 'meta': {'dataset_meta': {'classes': classes, 'palette': palette}}}, ckpt)
-    out_file = str(tmp_path / 'seg.jpg')
     image = osp.join(data_dir, 'demo', 'ade_demo.jpg')
-    result = run(osp.join('demo', 'image_demo.py'), image, config, ckpt, '--out-file', out_file)
-    assert _png_size(out_file) == (512, 683)
-    assert re.search(r'\d+ classes in the image; largest: class\d+ \d+%', result.stdout)
+    summaries = {}
+    for precision in ('fp32', 'bf16'):
+        out_file = str(tmp_path / f'seg_{precision}.jpg')
+        extra = ['--bf16'] if precision == 'bf16' else []
+        result = run(osp.join('demo', 'image_demo.py'), image, config, ckpt, '--out-file',
+                     out_file, *extra)
+        assert _png_size(out_file) == (512, 683)
+        found = re.search(r'\d+ classes in the image; largest: (class\d+) (\d+)%', result.stdout)
+        assert found, result.stdout
+        summaries[precision] = (found.group(0), found.group(1), int(found.group(2)),
+                                result.stdout + result.stderr)
+    emulated = 'bf16 would be emulated and slower, running fp32'
+    assert emulated not in summaries['fp32'][3]
+    if cpu_bf16_flags():
+        assert emulated not in summaries['bf16'][3]
+        assert summaries['bf16'][1] == summaries['fp32'][1]  # the same largest class
+        assert abs(summaries['bf16'][2] - summaries['fp32'][2]) <= 5
+    else:
+        assert emulated in summaries['bf16'][3]
+        assert summaries['bf16'][0] == summaries['fp32'][0]
 
 
 def test_image_demo_reports_missing_files(tmp_path):

@@ -264,6 +264,9 @@ def _same_label_maps(one: List[Dict], two: List[Dict]) -> None:
     ('fpn', _same_label_maps, ('mIoU', 'aAcc', 'mAcc')),
 ])
 def test_two_process_evaluation_equals_one_process(runs, name, same_predictions, keys):
+    """tools/dist_test.sh with 2 processes and with 1: the world size each reports, the
+    sampler's split of the 3 images (2 per rank, one padded), and the same metrics and the
+    same predictions for every image."""
     dirs, logs = runs['dirs'], runs['logs']
     one, two = dirs[f'test_{name}_1'], dirs[f'test_{name}_2']
     assert _world_size(logs[f'test_{name}_1']) == 1 and _world_size(logs[f'test_{name}_2']) == 2

@@ -4,6 +4,8 @@ import json
 import os
 import os.path as osp
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -50,17 +52,30 @@ def config_path(repo_root, name):
 
 
 # --------------------------------------------------------------------------- dataset check
-def test_missing_dataset_is_one_clear_message(repo_root, tmp_path):
-    # Run from an empty directory: data/coco/ does not exist there.
+@pytest.mark.parametrize('remove', [None, 'train2017', 'annotations/instances_train2017.json'])
+def test_missing_dataset_is_one_clear_message_naming_only_what_is_missing(repo_root, data_dir,
+                                                                          tmp_path, remove):
+    """``tools/train.py`` run from a directory without ``data/coco/`` (``remove=None``), or
+    with a copy of a dataset that lacks one folder or file: one ``error:`` line, naming
+    exactly what is missing and the options that point elsewhere, before the Runner starts."""
+    if remove is None:
+        missing = ['data/coco/annotations/instances_train2017.json', 'data/coco/train2017/',
+                   'data/coco/annotations/instances_val2017.json', 'data/coco/val2017/']
+    else:
+        shutil.copytree(osp.join(data_dir, 'coco_mini'), tmp_path / 'data' / 'coco')
+        target = tmp_path / 'data' / 'coco' / remove
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        missing = ['data/coco/' + remove + ('/' if target.suffix == '' else '')]
     proc = run_tool(repo_root, 'train.py', config_path(repo_root, 'retinanet_poolformer_s12'),
                     '--work-dir', tmp_path / 'w', cwd=tmp_path)
     assert proc.returncode != 0
     err = proc.stderr
     assert 'Traceback' not in err and 'Traceback' not in proc.stdout
     assert err.count('error:') == 1
-    for expected in ('data/coco/annotations/instances_train2017.json', 'data/coco/train2017/',
-                     'data/coco/annotations/instances_val2017.json', 'data/coco/val2017/',
-                     '--cfg-options', 'train_dataloader.dataset.data_root=/path/to/coco/',
+    assert 'retinanet_poolformer_s12.py' in err
+    listed = re.findall(r'Not found \(relative to [^)]*\):((?:\s+data/\S+)+)', err)
+    assert len(listed) == 1 and listed[0].split() == missing, err
+    for expected in ('--cfg-options', 'train_dataloader.dataset.data_root=/path/to/coco/',
                      'val_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json',
                      'ln -s /path/to/coco data/coco'):
         assert expected in err, (expected, err)
