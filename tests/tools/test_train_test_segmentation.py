@@ -3,9 +3,10 @@
 The runs use a small derived config: ``_base_`` is configs/segmentation/fpn_poolformer_s12.py,
 pointed at the 3-image ADE20K sample, with 128-pixel crops, 4 iterations and no ImageNet
 weights. Everything else (model, optimizer, schedule type, SyncBN head, evaluator) is the
-recipe's own.
+recipe's own. The single-process run trains with ``--amp``; the 2-process one in float32.
 """
 import json
+import math
 import os
 import os.path as osp
 import pickle
@@ -15,6 +16,7 @@ import sys
 from typing import Dict, List
 
 import pytest
+import torch
 
 MAX_ITERS = 4
 LR = 2e-4
@@ -85,18 +87,27 @@ def test_runner_reverts_syncbn_when_not_distributed(small_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_test_report_miou(repo_root, small_config, tmp_path):
+def test_amp_train_then_test_report_the_same_miou(repo_root, small_config, tmp_path):
+    """``tools/train.py --amp`` (bfloat16 on CPU): the schedule, finite losses and float32
+    weights, one validation; ``tools/test.py --out --show-dir`` on the checkpoint it wrote."""
     work_dir = tmp_path / 'train'
-    _run(repo_root, [_tool(repo_root, 'train.py'), small_config, '--work-dir', str(work_dir)],
-         cwd=str(tmp_path))
+    _run(repo_root, [_tool(repo_root, 'train.py'), small_config, '--amp',
+                     '--work-dir', str(work_dir)], cwd=str(tmp_path))
     checkpoint = work_dir / f'iter_{MAX_ITERS}.pth'
     assert checkpoint.is_file()
     assert (work_dir / 'last_checkpoint').read_text().strip() == str(checkpoint)
+    dumped = (work_dir / osp.basename(small_config)).read_text()
+    assert "type='CPUAmpOptimWrapper'" in dumped and "dtype='bfloat16'" in dumped
+    state = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    # the weights are float32 masters: autocast only lowers the compute precision
+    assert state['backbone.stem.conv.weight'].dtype == torch.float32
 
     records = _scalars(str(work_dir))
     train = [r for r in records if 'loss' in r]
     assert [r['iter'] for r in train] == list(range(1, MAX_ITERS + 1))
     assert all(r['loss'] == r['loss'] and 0 < r['loss'] < 20 for r in train)  # finite
+    assert all(math.isfinite(r['decode.loss_ce']) for r in train)
     # AdamW at lr 2e-4 under mmengine's PolyLR (power 0.9, eta_min 0), which reaches 0 at the
     # last iteration: lr_t = 2e-4 * (1 - t / (max_iters - 1)) ** 0.9.
     lrs = [r['lr'] for r in train]
@@ -106,14 +117,18 @@ def test_train_then_test_report_miou(repo_root, small_config, tmp_path):
     assert len(val) == 1 and val[0]['step'] == MAX_ITERS
 
     test_dir, show_dir, out = tmp_path / 'test', tmp_path / 'show', tmp_path / 'preds.pkl'
+    # The training split pointed nowhere: a test run must not read it.
     result = _run(repo_root, [_tool(repo_root, 'test.py'), small_config, str(checkpoint),
                               '--work-dir', str(test_dir), '--out', str(out),
-                              '--show-dir', str(show_dir)], cwd=str(tmp_path))
+                              '--show-dir', str(show_dir), '--cfg-options',
+                              f'train_dataloader.dataset.data_root={tmp_path / "nowhere"}'],
+                  cwd=str(tmp_path))
     metrics = _test_metrics(str(test_dir))
     assert isinstance(metrics['mIoU'], float) and 0 <= metrics['mIoU'] <= 100
+    assert 'aAcc' in metrics
     assert 'mIoU' in result.stdout + result.stderr
     # The same weights and images as the validation at the end of training: the same mIoU,
-    # so test.py evaluated the trained checkpoint.
+    # so test.py evaluated the trained checkpoint (validation and test run in float32).
     assert metrics['mIoU'] == pytest.approx(val[0]['mIoU'])
 
     with open(out, 'rb') as f:
@@ -121,8 +136,12 @@ def test_train_then_test_report_miou(repo_root, small_config, tmp_path):
     shapes = {osp.basename(p['img_path']): p['pred_sem_seg']['data'].shape for p in predictions}
     assert shapes == {'ADE_val_00000001.jpg': (1, 512, 683), 'ADE_val_00000002.jpg': (1, 364, 500),
                       'ADE_val_00000003.jpg': (1, 300, 400)}
+    assert all(p['pred_sem_seg']['data'].dtype.name == 'uint8' for p in predictions)
     assert all(p['pred_sem_seg']['data'].max() < 150 for p in predictions)
+    assert not any('seg_logits' in p or 'gt_sem_seg' in p for p in predictions)
     assert len(list(show_dir.rglob('*.png'))) == 3
+    drawn = sorted(os.listdir(show_dir / 'vis_data' / 'vis_image'))
+    assert len(drawn) == 3 and all(name.startswith('test_ADE_val_') for name in drawn)
 
 
 def _free_port() -> int:
