@@ -3,6 +3,8 @@
 * Mask R-CNN trains 3 iterations in 2 processes: DDP without ``find_unused_parameters``
   raises from the second iteration on if any parameter got no gradient, so finishing is the
   check that none is left unused (the stride-4 map feeds the FPN, every head is used).
+* ``tools/test.py --out`` on that checkpoint writes COCO bbox and segm metrics and RLE masks
+  at each image's original size.
 * Evaluating a checkpoint with 2 processes gives the same metrics and the same predictions
   as with 1 process, for Mask R-CNN (CocoMetric bbox + segm) and Semantic FPN (IoUMetric).
   The 3 test images do not split evenly over 2 ranks, so the sampler's padding and the
@@ -237,6 +239,26 @@ def test_mask_rcnn_trains_in_two_processes_with_no_unused_parameter(runs):
         for key in ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox', 'loss_mask'):
             assert np.isfinite(record[key]), record
     assert osp.isfile(osp.join(work_dir, f'iter_{ITERS}.pth'))
+
+
+@pytest.mark.slow
+def test_mask_rcnn_test_py_reports_coco_metrics_and_rle_masks_at_each_image_size(
+        runs, data_dir):
+    """tools/test.py --out on the trained Mask R-CNN (the 1-process evaluation): bbox and segm
+    metrics in [0, 1], a mask for every box, as COCO RLE at the image's original size."""
+    metrics = _metrics(runs['dirs']['test_mask_rcnn_1'])
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, metrics
+    with open(osp.join(data_dir, 'coco_mini', 'annotations', 'instances_train2017.json')) as f:
+        sizes = {i['id']: [i['height'], i['width']] for i in json.load(f)['images']}
+    predictions = _predictions(runs['dirs']['test_mask_rcnn_1'])
+    assert sorted(p['img_id'] for p in predictions) == sorted(sizes)
+    for prediction in predictions:
+        pred = prediction['pred_instances']
+        assert len(pred['masks']) == len(pred['bboxes']) > 0
+        assert all(set(mask) == {'size', 'counts'} for mask in pred['masks'])  # COCO RLE
+        assert {tuple(mask['size']) for mask in pred['masks']} == \
+            {tuple(sizes[prediction['img_id']])}
 
 
 def _same_detections(one: List[Dict], two: List[Dict]) -> None:
