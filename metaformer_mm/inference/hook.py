@@ -13,8 +13,6 @@ from mmengine.registry import HOOKS
 from ..engine.guard import runner_model
 from .bf16 import bf16_state, disable_bf16_inference, enable_bf16_inference
 
-__all__ = ['Bf16InferenceHook', 'apply_bf16']
-
 
 @HOOKS.register_module()
 class Bf16InferenceHook(Hook):
