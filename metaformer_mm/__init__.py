@@ -15,9 +15,10 @@ from .engine import mmengine_internals  # noqa: E402
 from .inference import apply_bf16, enable_bf16_inference  # noqa: E402  (registers Bf16InferenceHook)
 from .models import *  # noqa: F401,F403,E402
 from . import accel  # noqa: F401,E402  (the eager kernels; registers itself with the model)
-from .startup import register_package_configs  # noqa: E402
+from .startup import register_mmengine  # noqa: E402
+from mmengine.config import utils as config_utils  # noqa: E402
 
 mmengine_internals.install()
-register_package_configs()
+register_mmengine(config_utils)  # the start-up hook's part, for an interpreter without it
 
 __all__ = ['__version__', 'apply_bf16', 'enable_bf16_inference']

@@ -29,13 +29,6 @@ def register_mmengine(utils) -> None:
     utils.MODULE2PACKAGE.setdefault(PACKAGE, MMENGINE_TARGET)
 
 
-def register_package_configs() -> None:
-    """The hook's mmengine part for an interpreter without it (``PYTHONPATH`` to a
-    checkout), run by ``import metaformer_mm``."""
-    from mmengine.config import utils
-    register_mmengine(utils)
-
-
 def _patch_mim_utils(utils) -> None:
     installed_path = utils.get_installed_path
 

@@ -1,10 +1,7 @@
 """Models and weights by name: the model index and the table of ImageNet backbone weights.
 
-``resolve_weights`` (a weight name -> its URL), ``resolve_config`` (a model name, alias or
-``metaformer_mm::`` path -> the config in the installed package, from ``model-index.yml``),
-``model_weights`` (the released whole-model checkpoint, if directly downloadable). Unknown
-names raise ``ValueError`` listing the closest. ``METAFORMER_MM_WEIGHTS`` names a JSON/YAML
-file of extra or replacement weights (mirrors, tests), read at every call."""
+Unknown names raise ``ValueError`` listing the closest. ``METAFORMER_MM_WEIGHTS`` names a
+JSON/YAML file of extra or replacement weights (mirrors, tests), read at every call."""
 import difflib
 import functools
 import json

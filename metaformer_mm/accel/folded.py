@@ -16,12 +16,6 @@ from .elementwise import scale_vector
 from .mlp import is_plain_mlp
 
 
-def _scaled(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` times a layer/res scale module's vector (``x`` itself for identity)."""
-    scale = scale_vector(module)
-    return x if scale is None else x * scale.view(1, -1, 1, 1)
-
-
 def _is_gn1(norm: nn.Module) -> bool:
     return isinstance(norm, nn.GroupNorm) and norm.num_groups == 1
 
@@ -55,7 +49,7 @@ def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     a = torch.rsqrt(var + n1.eps)
     if ls1 is not None or n1.weight is not None:
         a = a * _channels(ls1, n1.weight)
-    y = _scaled(block.res_scale1, x)
+    y = block.res_scale1(x)  # a Scale or identity
     if isinstance(block.token_mixer, Pooling):
         y = y + a * (block.token_mixer.pool(x) - x)
     else:
@@ -74,4 +68,4 @@ def folded_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     mean, var = _moments(y)
     tokens = ((y - mean) * torch.rsqrt(var + n2.eps)).permute(0, 2, 3, 1)
     out = F.linear(ACTS[act_kind(mlp.act)].plain(F.linear(tokens, w1, c1)), w2, c2)
-    return _scaled(block.res_scale2, y) + out.permute(0, 3, 1, 2)
+    return block.res_scale2(y) + out.permute(0, 3, 1, 2)

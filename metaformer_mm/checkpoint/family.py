@@ -24,11 +24,6 @@ def _presets():
     return FAMILIES, MIXERS
 
 
-def _mixer_names(setting) -> List[str]:
-    per_stage = setting if isinstance(setting, (list, tuple)) else [setting] * 4
-    return [m['type'] if isinstance(m, dict) else m for m in per_stage]
-
-
 def _backbone_fields(text: str) -> Dict[str, str]:
     """The string fields (``type``, ``arch``, ``arch.base``) of the first
     ``backbone=dict(...)`` of config ``text``, and its other field names (value '')."""
@@ -110,8 +105,9 @@ def check_architecture(module: nn.Module, path: Optional[str],
     if not named or ours is None:
         return
     family, where = named
+    from ..models.backbones.arch import mixer_types
     families, _ = _presets()
-    theirs = _mixer_names(next(iter(families[family].values()))['token_mixers'])
+    theirs = mixer_types(next(iter(families[family].values()))['token_mixers'])
     if theirs != ours:
         raise CheckpointError(
             f'{path} holds weights of another architecture: {where} names {family} '

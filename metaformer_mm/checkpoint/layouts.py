@@ -30,7 +30,7 @@ Rules = Sequence[Tuple[str, Replacement]]
 
 # Layouts whose keys already are ours: nothing to convert.
 NATIVE_LAYOUTS = ('metaformer_mm', 'timm')
-_SHOWN = 5  # keys listed in an error
+KEYS_SHOWN = 5  # keys listed in an error (per kind)
 
 
 def _kind(value: Any) -> str:
@@ -70,7 +70,7 @@ def check_finite(weights: Dict[str, Any], path: str) -> None:
     bad = non_finite_tensors(weights)
     if bad:
         raise CheckpointError(f'refused to load {path}: {len(bad)} of its tensors hold nan or '
-                              f'inf values (first: {bad[:_SHOWN]}); a model loaded from it '
+                              f'inf values (first: {bad[:KEYS_SHOWN]}); a model loaded from it '
                               f'would compute nan')
 
 
@@ -89,7 +89,7 @@ def extract_state_dict(obj: Any, path: str, prefix: Optional[str] = None) -> Sta
         sub = strip_prefix(state, prefix)
         if not sub:
             raise CheckpointError(f'no key of {path} starts with prefix {prefix!r}; '
-                                  f'first keys: {list(state)[:5]}')
+                                  f'first keys: {list(state)[:KEYS_SHOWN]}')
         state = sub
     return state
 

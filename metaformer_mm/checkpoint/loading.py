@@ -21,11 +21,10 @@ from .embedded_config import guard_embedded_configs
 from .family import check_architecture
 from .io import (CheckpointError, checkpoint_source, file_being_loaded, loading_source,
                  read_checkpoint)
-from .layouts import (NATIVE_LAYOUTS, StateDict, convert_state_dict, extract_state_dict,
-                      strip_prefix, unwrap_weights)
+from .layouts import (KEYS_SHOWN, NATIVE_LAYOUTS, StateDict, convert_state_dict,
+                      extract_state_dict, strip_prefix, unwrap_weights)
 
 _PARTIAL: contextvars.ContextVar = contextvars.ContextVar('metaformer_mm_partial', default=False)
-_SHOWN = 5  # keys listed per kind in an error
 
 
 @contextlib.contextmanager
@@ -124,11 +123,11 @@ def _misfit_report(source: str, module: nn.Module, prefix: str, total: int,
     parts = []
     if missing:
         parts.append(f'{len(missing)} of its {total} tensors missing (first: '
-                     f'{missing[:_SHOWN]})')
+                     f'{missing[:KEYS_SHOWN]})')
     if unexpected:
-        parts.append(f'{len(unexpected)} unexpected keys (first: {unexpected[:_SHOWN]})')
+        parts.append(f'{len(unexpected)} unexpected keys (first: {unexpected[:KEYS_SHOWN]})')
     if mismatched:
-        parts.append(f'{len(mismatched)} shapes that do not fit (first: {mismatched[:_SHOWN]})')
+        parts.append(f'{len(mismatched)} shapes that do not fit (first: {mismatched[:KEYS_SHOWN]})')
     return f'{source} does not fit the {where}{found}: ' + '; '.join(parts) + '.'
 
 

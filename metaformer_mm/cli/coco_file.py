@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from mmengine.logging import MMLogger
 
 from ..datasets.transforms import DataError
+from ..models.checks import is_int
 
 
 def read_json(path: str) -> Tuple[Optional[dict], str]:
@@ -49,10 +50,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_id(value: Any) -> bool:
-    # COCO's ids are integers; mmdet skips an annotation whose category_id is not one of the
-    # file's category ids, so a string one would be dropped without a word.
-    return isinstance(value, int) and not isinstance(value, bool)
+# COCO's ids are integers; mmdet skips an annotation whose category_id is not one of the
+# file's category ids, so a string one would be dropped without a word.
+_is_id = is_int
 
 
 def _image_problem(image: dict) -> Optional[str]:

@@ -12,6 +12,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from mmengine.config import Config
 
+from ..models.checks import is_int
+
 SCOPES = ('mmdet', 'mmseg')
 
 
@@ -77,8 +79,7 @@ def check_train_schedule(cfg: Config) -> None:
     train_cfg = cfg.get('train_cfg') or {}
     for key in ('max_iters', 'max_epochs'):
         value = train_cfg.get(key)
-        if key in train_cfg and not (isinstance(value, int) and not isinstance(value, bool)
-                                     and value > 0):
+        if key in train_cfg and not (is_int(value) and value > 0):
             raise ToolError(f'train_cfg.{key} must be a positive integer, got {value!r} '
                             f'(nothing would be trained)')
 
@@ -186,13 +187,9 @@ def check_neck_inputs(cfg: Config) -> None:
 
 
 def _default_argument(cfg: Config, type_name: Any, name: str) -> Any:
-    if not isinstance(type_name, str):
-        return None
-    if default_scope(cfg) == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    cls = MODELS.get(type_name)
+    from ..registry import REGISTRIES
+    registry = REGISTRIES.get(default_scope(cfg))
+    cls = registry.get(type_name) if registry and isinstance(type_name, str) else None
     try:
         parameter = inspect.signature(cls).parameters.get(name) if cls else None
     except (TypeError, ValueError):

@@ -16,6 +16,8 @@ import numpy as np
 from mmengine.logging import MMLogger
 from mmengine.utils import ProgressBar
 
+from ..checkpoint import atomic_write
+
 CLASSES: Tuple[str, ...] = ('square', 'circle', 'triangle')
 # Bump when the drawing changes, so a stale dataset on disk is never taken for the current one.
 GENERATOR_VERSION = 2
@@ -126,11 +128,7 @@ def _write_split(out_dir: str, split: str, num_images: int, rng: np.random.Gener
                 categories=[dict(id=i + 1, name=name, supercategory='shape')
                             for i, name in enumerate(CLASSES)])
     ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
-    os.makedirs(osp.dirname(ann_file), exist_ok=True)
-    tmp = f'{ann_file}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(coco, f)
-    os.replace(tmp, ann_file)  # a half-written file never passes for a dataset
+    atomic_write(json.dumps(coco), ann_file)  # a half-written file never passes for a dataset
     return ann_file
 
 

@@ -15,7 +15,7 @@ Each exists because mmengine 0.10 has no public mechanism for it;
   ``_save_checkpoint_with_step`` and ``_save_best_checkpoint``: mmengine deletes old files
   there before the new one is written, and offers no public step to reorder.
 * **``metaformer_mm::`` config paths**: an entry in mmengine's ``MODULE2PACKAGE``
-  (``startup.register_package_configs``), the only table ``Config`` consults for packages."""
+  (``startup.register_mmengine``), the only table ``Config`` consults for packages."""
 import os.path as osp
 from typing import Any, List
 

@@ -15,9 +15,6 @@ import torch
 from mmengine.logging import MMLogger
 from torch import nn
 
-__all__ = ['Bf16Forward', 'Bf16State', 'Fp32Call', 'bf16_state', 'bf16_units', 'cpu_bf16_flags',
-           'disable_bf16_inference', 'enable_bf16_inference', 'to_fp32']
-
 #: Methods that run in fp32, looked up on every submodule of the model.
 FP32_METHODS = ('predict_by_feat', 'postprocess_result')
 _STATE = '_bf16_inference_state'

@@ -1,9 +1,6 @@
-"""The config-level bf16 switch: :func:`apply_bf16` and ``Bf16InferenceHook``.
-
-``apply_bf16(cfg)`` sets mmengine's ``fp16=True`` in ``test_cfg``/``val_cfg`` (bf16 autocast
-on CPU) and adds the hook, which applies ``enable_bf16_inference`` to the runner's model
-before testing or validating (autocast alone would crash mmcv's NMS/RoIAlign) and undoes it
-after, so training continues unchanged."""
+"""The config-level bf16 switch: :func:`apply_bf16` and ``Bf16InferenceHook``, which applies
+``enable_bf16_inference`` while the runner tests or validates (autocast alone would crash mmcv's
+NMS/RoIAlign) and undoes it after, so training continues unchanged."""
 from typing import Any, Dict, Optional, Union
 
 from mmengine.config import Config, ConfigDict
@@ -12,8 +9,6 @@ from mmengine.registry import HOOKS
 
 from ..engine.guard import runner_model
 from .bf16 import bf16_state, disable_bf16_inference, enable_bf16_inference
-
-__all__ = ['Bf16InferenceHook', 'apply_bf16']
 
 
 @HOOKS.register_module()

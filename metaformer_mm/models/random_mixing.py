@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import is_int
 from .layers import is_tracing
 
 Grid = Tuple[int, int]
@@ -18,7 +19,7 @@ def parse_image_size(image_size: Union[int, Sequence[int]], name: str = 'image_s
     """``image_size`` as (H, W); an int means a square image. Refuses anything else."""
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     if (isinstance(size, (list, tuple)) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            and all(is_int(v) and v > 0 for v in size)):
         return int(size[0]), int(size[1])
     raise ValueError(f'{name} must be a positive int or a pair (H, W) of positive ints, '
                      f'got {image_size!r}')

@@ -43,6 +43,13 @@ def preset_name(cls: type, arch: str, base: bool = False) -> str:
     raise ValueError(f'unknown arch {arch!r} for {cls.__name__}; allowed: {allowed}{hint}')
 
 
+def mixer_types(token_mixers: Any) -> List[Any]:
+    """The type of each stage's token mixer in a ``token_mixers`` setting (one or per stage)."""
+    per_stage = (token_mixers if isinstance(token_mixers, (list, tuple))
+                 else [token_mixers] * NUM_STAGES)
+    return [m.get('type') if isinstance(m, dict) else m for m in per_stage]
+
+
 def constructor_args(cls: type) -> List[str]:
     """Named arguments of the constructors of ``cls`` and its bases below ``BaseModule``."""
     names: List[str] = []
@@ -162,8 +169,7 @@ def check_arguments(cls: type, settings: Dict, **arguments: Any) -> Tuple[int, .
         raise ArgumentError(f'{owner}: depths and dims must be positive integers, got '
                             f'depths={list(depths)}, dims={list(dims)}')
     mixers = settings['token_mixers']
-    kinds = {k for m in (mixers if isinstance(mixers, (list, tuple)) else [mixers])
-             for k in [m.get('type') if isinstance(m, dict) else m] if isinstance(k, str)}
+    kinds = {k for k in mixer_types(mixers) if isinstance(k, str)}
     for key, types in MIXER_OPTIONS.items():
         if settings.get(key) is not None and not kinds & set(types):
             raise ArgumentError(f'{owner}: {key} is an option of the {"/".join(types)} token '
