@@ -1,5 +1,7 @@
 """What the suites of ``benchmark.py`` share: the machine line, the timing helper, the limit
-helper (GEMM rate and copy bandwidth), the model builder, peak memory and the Markdown table."""
+helper (GEMM rate and copy bandwidth), the model builder, peak memory, the Markdown table and
+the cases' building blocks."""
+import contextlib
 import logging
 import math
 import os
@@ -21,8 +23,7 @@ Case = Callable[[], object]
 
 
 def start(threads: int) -> None:
-    """Thread count, this repository importable, a quiet mmengine logger on stderr (stdout
-    carries the tables alone: they are piped and compared with ``--out`` files)."""
+    """Thread count, this repository importable, mmengine's logs on stderr (stdout: tables)."""
     torch.set_num_threads(threads)
     sys.path.insert(0, REPO)
     from mmengine.logging import MMLogger
@@ -32,8 +33,7 @@ def start(threads: int) -> None:
 
 
 def machine_line(device: str = 'cpu') -> str:
-    """CPU model and flags, threads, versions, load average (and the GPU): what every figure
-    of a run is read against."""
+    """CPU, flags, threads, versions, load (and GPU): what a run's figures are read against."""
     from metaformer_mm.inference import cpu_bf16_flags
     try:
         with open('/proc/cpuinfo') as f:
@@ -60,9 +60,8 @@ def machine_line(device: str = 'cpu') -> str:
 
 
 class Limits:
-    """A table's limits, timed in its own rounds: a 2048^3 GEMM per precision (FLOP/s) and,
-    with ``copy``, a 256 MiB copy (bytes/s, read + written). A rate is its best round (the
-    machine's), a case's time its median: contention only makes time / limit look worse."""
+    """A table's limits, timed in its rounds: a 2048^3 GEMM per precision and a 256 MiB copy.
+    A rate is its best round, a case's time its median: contention only worsens time / limit."""
 
     def __init__(self, device: str, precisions: Sequence[str], copy: bool = False) -> None:
         self.cases: Dict[str, Tuple[Case, float]] = {}  # name: (run, FLOPs or bytes)
@@ -94,9 +93,8 @@ class Limits:
 
 def time_cases(cases: Dict[str, Case], repeats: int, warmup: int = 1, device: str = 'cpu',
                limits: Optional[Limits] = None) -> Dict[str, List[float]]:
-    """Seconds of each case's ``repeats`` runs after ``warmup`` untimed ones, in interleaved
-    rounds (one run of every case, ``limits``' too, per round), so that a busy machine slows
-    every case of a table alike."""
+    """Seconds of each case's ``repeats`` runs after ``warmup`` ones, in interleaved rounds
+    (every case, ``limits``' too, once per round): a busy machine slows all cases alike."""
     sync = torch.cuda.synchronize if device == 'cuda' else lambda: None
     runs = dict({k: fn for k, (fn, _) in limits.cases.items()} if limits else {}, **cases)
     for fn in runs.values():
@@ -130,9 +128,8 @@ def kind(name: str) -> str:
 
 
 def build(name: str, device: str = 'cpu') -> Tuple[nn.Module, str]:
-    """The model ``name`` (see ``kind``; a config: a file, a model name or ``mmdet::`` /
-    ``mmseg::``) with its own random initialisation (seed 0), in eval mode, and its ``kind``
-    (a config's: its scope)."""
+    """Model ``name`` (a config: a file, a model name, ``mmdet::``...) in eval mode, randomly
+    initialised (seed 0), and its ``kind`` (a config's: its scope)."""
     import metaformer_mm  # noqa: F401  (registers the backbones)
     from metaformer_mm.models import MetaFormer
     torch.manual_seed(0)
@@ -224,9 +221,7 @@ class Table:
             limit: Optional[float] = None, baseline: Optional[str] = None,
             memory: Optional[int] = None, memory_baseline: Optional[str] = None,
             **extra: float) -> Dict:
-        """A row: median, spread (IQR) and best of ``seconds``, median / ``limit``, speed-up
-        against row ``baseline``, peak memory against row ``memory_baseline`` (default
-        ``baseline``); ``extra`` columns as given."""
+        """A row of ``seconds``' median, IQR and best, against ``limit`` and other rows."""
         ordered = sorted(seconds)
         q = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
         row = dict(name=name, batch=batch, median=statistics.median(ordered), iqr=q[2] - q[0],
@@ -258,3 +253,61 @@ class Table:
                      *(_num(r['extra'][k]) if k in r['extra'] else '' for k in extra)]
             lines.append('| ' + ' | '.join(cells) + ' |')
         return '\n'.join(lines)
+
+
+def deployable(model: nn.Module) -> bool:
+    """Whether ``model`` is a MetaFormer with stages the deploy kernels fold."""
+    from metaformer_mm.accel.folded import stage_is_foldable
+    from metaformer_mm.models import MetaFormer
+    return isinstance(model, MetaFormer) and any(stage_is_foldable(s.blocks) for s in model.stages)
+
+
+def run_with(model: nn.Module, kernels: Optional[str], *args, **kwargs):
+    """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels`` (if given)."""
+    from metaformer_mm.accel import use_kernels
+    with use_kernels(model, kernels) if kernels else contextlib.nullcontext():
+        return model(*args, **kwargs)
+
+
+def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None) -> Case:
+    """``fn`` under autocast to ``dtype`` (None: ``fn`` itself)."""
+    def run():
+        with torch.autocast(device, dtype=dtype):
+            return fn()
+    return fn if dtype is None else run
+
+
+def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (),
+             flops: float = 0.0, batch: int = 1, grad: bool = False,
+             memory_vs: Optional[Dict[str, str]] = None) -> Table:
+    """``cases`` timed into a table: against the first case and ``flops``' limit."""
+    precision = {c: next((p for p in ('fp16', 'bf16') if p in c), 'fp32') for c in cases}
+    first, limits = next(iter(cases)), None
+    if flops:
+        limits = Limits(args.device, ['fp32', *sorted({*precision.values()} - {'fp32'})])
+    with torch.set_grad_enabled(grad):
+        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
+        table = Table(title, '; '.join([*([limits.describe(flops)] if limits else []),
+                                        *filter(None, notes)]))
+        for case, seconds in times.items():
+            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
+            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
+                cases[case], args.device)
+            table.add(case, seconds, batch, limits and limits.seconds(
+                flops, precision=precision[case]), first if case != first else None, mem,
+                memory_baseline=(memory_vs or {}).get(case))
+    return table
+
+
+def train_step(model, x, device: str = 'cpu', dtype=None, kernels: Optional[str] = None,
+               with_cp: bool = False, owner=None) -> Case:
+    """Forward and backward of ``model`` on ``x``; ``owner``'s gradients are reset first."""
+    owner = owner or model
+
+    def run():
+        owner.zero_grad(set_to_none=True)
+        if hasattr(owner, 'with_cp'):  # a MetaFormer reads it per call (mmdet's ResNet: False)
+            owner.with_cp = with_cp
+        outs = autocast(lambda: run_with(model, kernels, x), device, dtype)()
+        sum(o.float().mean() for o in outs).backward()
+    return run

@@ -9,7 +9,6 @@ Each suite has its default models (``SUITES``) and a function below that says it
 but ``cuda``. stdout is the tables (also written to ``--out``); logs go to stderr.
 """
 import argparse
-import contextlib
 import copy
 import functools
 import json
@@ -25,9 +24,9 @@ warnings.filterwarnings('ignore')
 
 import torch  # noqa: E402
 
-from bench_common import (DTYPES, REPO, RESNETS, Case, Limits, Table, build,  # noqa: E402
-                          conv_macs, first_call, kind, machine_line, peak_memory, start,
-                          time_cases)  # (this folder is on sys.path)
+from bench_common import (DTYPES, REPO, RESNETS, Case, Limits, Table, autocast,  # noqa: E402
+                          build, conv_macs, deployable, first_call, kind, machine_line,
+                          measured, run_with, start, time_cases, train_step)  # (on sys.path)
 
 SHARED = os.environ.get('METAFORMER_SHARED', osp.join(REPO, '..', 'shared'))
 POOL = ['poolformer_s12', 'poolformer_s24', 'poolformer_m36']
@@ -77,69 +76,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def deployable(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a MetaFormer with stages the deploy kernels fold."""
-    from metaformer_mm.accel.folded import stage_is_foldable
-    from metaformer_mm.models import MetaFormer
-    return isinstance(model, MetaFormer) and any(stage_is_foldable(s.blocks) for s in model.stages)
-
-
-def run_with(model: torch.nn.Module, kernels: Optional[str], *args, **kwargs):
-    """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels`` (if given)."""
-    from metaformer_mm.accel import use_kernels
-    with use_kernels(model, kernels) if kernels else contextlib.nullcontext():
-        return model(*args, **kwargs)
-
-
-def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None) -> Case:
-    """``fn`` under autocast to ``dtype`` (None: ``fn`` itself)."""
-    def run():
-        with torch.autocast(device, dtype=dtype):
-            return fn()
-    return fn if dtype is None else run
-
-
-def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (),
-             flops: float = 0.0, batch: int = 1, grad: bool = False,
-             memory_vs: Optional[Dict[str, str]] = None) -> Table:
-    """Times ``cases`` into a table, each row against the first case and, with ``flops``,
-    against ``flops`` at the GEMM rate of the precision its name says."""
-    precision = {c: next((p for p in ('fp16', 'bf16') if p in c), 'fp32') for c in cases}
-    first, limits = next(iter(cases)), None
-    if flops:
-        limits = Limits(args.device, ['fp32', *sorted({*precision.values()} - {'fp32'})])
-    with torch.set_grad_enabled(grad):
-        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
-        table = Table(title, '; '.join([*([limits.describe(flops)] if limits else []),
-                                        *filter(None, notes)]))
-        for case, seconds in times.items():
-            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
-            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
-                cases[case], args.device)
-            table.add(case, seconds, batch, limits and limits.seconds(
-                flops, precision=precision[case]), first if case != first else None, mem,
-                memory_baseline=(memory_vs or {}).get(case))
-    return table
-
-
-def train_step(model, x, device: str = 'cpu', dtype=None, kernels: Optional[str] = None,
-               with_cp: bool = False, owner=None) -> Case:
-    """Forward and backward of ``model`` on ``x``; ``owner``'s gradients are reset first."""
-    owner = owner or model
-
-    def run():
-        owner.zero_grad(set_to_none=True)
-        if hasattr(owner, 'with_cp'):  # a MetaFormer reads it per call (mmdet's ResNet: False)
-            owner.with_cp = with_cp
-        outs = autocast(functools.partial(run_with, model, kernels, x), device, dtype)()
-        sum(o.float().mean() for o in outs).backward()
-    return run
-
-
 def backbones(name: str, args) -> List[Table]:
-    """Inference of one backbone: fp32 (a MetaFormer on CPU: the original code NCHW and
-    channels-last, ``accel`` on ``aten`` / ``onednn``, ``default``, ``deploy``, onnxruntime),
-    compiled, and the channels-last original, default and compiled under autocast."""
+    """Inference of one backbone: the original code, each kernel choice, ONNX, compiled, bf16."""
     from metaformer_mm.accel import ops, plain_forward
     model, what = build(name, args.device)
     h, w = args.shape or (800, 1216)
@@ -185,9 +123,8 @@ def backbones(name: str, args) -> List[Table]:
 
 
 def compile_rows(cases: Dict[str, Case], model, x) -> str:
-    """Adds ``torch.compile`` of a copy of ``model`` on ``x``, without and with Inductor's
-    freezing; returns their compile seconds, cold (an empty FX graph cache) and warm (after a
-    dynamo reset the graph comes from that cache, as a rerun of a job finds it)."""
+    """Adds ``torch.compile`` of a copy of ``model``, without and with freezing; returns their
+    compile seconds with an empty FX graph cache and from it (after a dynamo reset)."""
     seconds = []
     for case, freezing in (('compiled', False), ('compiled, freezing', True)):
         cache = tempfile.mkdtemp(prefix='metaformer_inductor_')
@@ -224,8 +161,7 @@ def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> s
 
 
 def train(name: str, args) -> List[Table]:
-    """Training steps of one backbone: eager, default, with_cp (a MetaFormer on CPU), compiled,
-    and the default and compiled under autocast."""
+    """Training steps of one backbone: eager, default, with_cp, compiled, autocast."""
     model, what = build(name, args.device)
     model.train()
     ours, cpu = what == 'metaformer', args.device == 'cpu'
@@ -238,8 +174,7 @@ def train(name: str, args) -> List[Table]:
         cases['with_cp'] = train_step(model, x, with_cp=True)
     nets, notes = [('default', model, None)], []
     if ours and args.compile:
-        # A copy: the eager case switches the model's kernels, which would recompile a
-        # compiled model on every switch.
+        # A copy: the eager case switches the kernels, which would recompile on each switch.
         torch._dynamo.reset()
         twin = copy.deepcopy(model)
         nets.append(('compiled', torch.compile(twin), twin))
@@ -259,8 +194,7 @@ def train(name: str, args) -> List[Table]:
 
 
 def models(name: str, args) -> List[Table]:
-    """``predict`` of one detector/segmentor: eager / default / deploy for a MetaFormer
-    backbone; on cuda, ``enable_bf16_inference`` too."""
+    """``predict`` of one detector/segmentor: eager, default, deploy (cuda: bf16 too)."""
     from metaformer_mm.inference import enable_bf16_inference
     from metaformer_mm.models import MetaFormer
     model, scope = build(name, args.device)
@@ -295,8 +229,7 @@ def models(name: str, args) -> List[Table]:
 
 
 def pipeline_bf16(name: str, args) -> List[Table]:
-    """fp32 against ``enable_bf16_inference`` through mmdet's ``inference_detector`` /
-    mmseg's ``inference_model`` on the shared demo image, pipeline included."""
+    """fp32 against ``enable_bf16_inference`` through the inference API on the demo image."""
     from metaformer_mm.inference import bf16_state, enable_bf16_inference
     model, scope = build(name)
     if scope == 'mmseg':
@@ -315,9 +248,8 @@ def pipeline_bf16(name: str, args) -> List[Table]:
 
 
 def step_hooks(model, itemsize: int, call: Dict[Tuple[int, int], List[float]]) -> list:
-    """Forward hooks that cut each block's forward into ``STEPS`` and add each step's seconds,
-    bytes and FLOPs to ``call[stage, step]``. Bytes: what a step must move at least (every
-    input map read once, every output written once, the MLP's weights of ``itemsize`` bytes
+    """Hooks that add each block ``STEPS``' seconds, bytes and FLOPs to ``call[stage, step]``.
+    Bytes: the least a step moves (input maps read and outputs written once, the MLP's weights
     once; its hidden activation stays in cache by design)."""
     handles = []
     for stage, layer in enumerate(model.stages):
@@ -351,8 +283,7 @@ def step_hooks(model, itemsize: int, call: Dict[Tuple[int, int], List[float]]) -
 
 
 def traffic(name: str, args) -> List[Table]:
-    """Per precision, each block step's time (default path, channels-last input) and bytes,
-    against the larger of its bytes at the copy bandwidth and its FLOPs at the GEMM rate."""
+    """Per precision, each block step's time and bytes (default path, channels-last input)."""
     model, _ = build(name)
     h, w = args.shape or (800, 1216)
     x = torch.randn(1, 3, h, w).contiguous(memory_format=torch.channels_last)
