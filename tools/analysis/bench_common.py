@@ -41,8 +41,7 @@ def machine_line(device: str = 'cpu') -> str:
     except OSError:  # not Linux
         info = ''
     cpu = (re.findall(r'^model name\s*:\s*(.*)$', info, re.M) or [platform.processor()])[0]
-    flags = set(' '.join(re.findall(r'^flags\s*:(.*)$', info, re.M)).split())
-    shown = [f for f in ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16') if f in flags]
+    shown = [f for f in ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16') if f in info.split()]
     try:
         import onnxruntime
         ort = onnxruntime.__version__
@@ -65,7 +64,7 @@ class Limits:
 
     def __init__(self, device: str, precisions: Sequence[str], copy: bool = False) -> None:
         self.cases: Dict[str, Tuple[Case, float]] = {}  # name: (run, FLOPs or bytes)
-        self.rate: Dict[str, float] = {}  # 'fp32', ..., 'copy': per second, once timed
+        self.rate: Dict[str, float] = {}  # 'fp32', ..., 'copy': per second, set by time_cases
         for p in precisions:
             a, b = (torch.randn(2048, 2048, device=device, dtype=DTYPES[p]) for _ in 'ab')
             self.cases[f'limit {p}'] = (lambda a=a, b=b: torch.mm(a, b)), 2.0 * 2048 ** 3
@@ -277,9 +276,8 @@ def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None)
     return fn if dtype is None else run
 
 
-def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (),
-             flops: float = 0.0, batch: int = 1, grad: bool = False,
-             memory_vs: Optional[Dict[str, str]] = None) -> Table:
+def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (), flops: float = 0.0,
+             batch: int = 1, grad: bool = False, memory_vs: Optional[Dict] = None) -> Table:
     """``cases`` timed into a table: against the first case and ``flops``' limit."""
     precision = {c: next((p for p in ('fp16', 'bf16') if p in c), 'fp32') for c in cases}
     first, limits = next(iter(cases)), None

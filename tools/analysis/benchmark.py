@@ -4,9 +4,8 @@
     python tools/analysis/benchmark.py [--suite SUITE ...] [--models NAME|CONFIG ...]
         [--shape H W] [--repeats R] [--no-memory] [--out FILE] [--json FILE]
 
-Each suite has its default models (``SUITES``) and a function below that says its rows;
-``bf16`` and ``compile`` add rows to the others, ``cuda`` runs them on the GPU; ``all``: all
-but ``cuda``. stdout is the tables (also written to ``--out``); logs go to stderr.
+Each suite has default models (``SUITES``) and a function below (``bf16`` and ``compile`` add
+rows to the others; ``cuda`` runs them on the GPU); ``all``: all but ``cuda``. stdout: the tables.
 """
 import argparse
 import copy
@@ -51,9 +50,8 @@ STEPS = ('norm1', 'token mixer', 'residual 1', 'norm2', 'MLP + residual 2')
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--suite', nargs='+', default=['backbones'], choices=[*SUITES, 'all'])
-    parser.add_argument('--models', nargs='*', default=None, metavar='NAME',
-                        help='backbones (ARCH_SETTINGS presets, resnet50, resnet18, timm_NAME) '
-                             'and configs; each suite takes those it measures')
+    parser.add_argument('--models', nargs='*', metavar='NAME', help='backbones (ARCH_SETTINGS '
+                        'presets, resnet50, resnet18, timm_NAME) and configs, per suite')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
                         help='input size (default 800 1216; mmseg models, cuda training 512 512)')
     parser.add_argument('--batch', type=int, default=1, help='images per inference call')

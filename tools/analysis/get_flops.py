@@ -3,8 +3,8 @@
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--paper]
 
-``--paper`` puts the papers' numbers beside ours: the backbone as the ImageNet classifier at
-224x224 (params, MACs) and the whole model's parameters. The report says what a MAC is.
+``--paper``: the papers' figures beside ours (the backbone as the ImageNet classifier at
+224x224, the whole model's parameters). The report says what a MAC is.
 """
 import argparse
 import logging
@@ -62,9 +62,8 @@ def sdpa_macs(inputs: List, outputs: List) -> int:
 
 
 def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
-    """(parameters, MACs) of ``module`` on one ``1x3xHxW`` input: mmengine's ``FlopAnalyzer``
-    plus the attention op, so that CAFormer counts like the paper. Not under ``no_grad``: there
-    the traced graph of some layers (e.g. sMLPNet's MLPs) changes and the counter misses them."""
+    """(parameters, MACs) of ``module`` on a ``1x3xHxW`` input: mmengine's counts plus attention
+    (as the CAFormer paper). Not under ``no_grad``: its traces of sMLPNet's MLPs miss MACs."""
     import torch
     from mmengine.analysis import FlopAnalyzer, parameter_count
     flops = FlopAnalyzer(module, (torch.randn(1, 3, *shape),))
@@ -73,8 +72,7 @@ def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
 
 
 class TensorForward(nn.Module):
-    """A detector's ``mode='tensor'`` forward on ``x`` alone (two-stage detectors need each
-    image's shape in a data sample to make proposals)."""
+    """A detector's ``mode='tensor'`` forward on ``x`` (proposals need the image's shape)."""
 
     def __init__(self, model: nn.Module, shape: Tuple[int, int]) -> None:
         super().__init__()

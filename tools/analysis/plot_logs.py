@@ -3,9 +3,8 @@
 
     python tools/analysis/plot_logs.py WORK_DIR --keys loss bbox_mAP --out-file curves.png
 
-WORK_DIR is a work dir (its newest run is used), one run's ``<timestamp>`` folder, or a
-``scalars.json`` file. A key matches a logged name exactly or as its last part, so
-``bbox_mAP`` finds ``coco/bbox_mAP`` and ``mIoU`` finds mmseg's ``mIoU``.
+WORK_DIR: a work dir (its newest run), a run's ``<timestamp>`` folder or a ``scalars.json``.
+A key matches a logged name or its last part (``bbox_mAP`` finds ``coco/bbox_mAP``).
 """
 import argparse
 import glob

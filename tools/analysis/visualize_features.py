@@ -3,10 +3,9 @@
 
     python tools/analysis/visualize_features.py IMAGE CONFIG [CHECKPOINT] --out-file F.png
 
-Each panel shows one stage's channel-mean activation (min-max scaled) over the image,
-labelled with its stride and shape: trained weights give maps that follow the objects;
-random ones (no CHECKPOINT) give texture. CHECKPOINT: a whole detector/segmentor checkpoint
-(its ``backbone.*``) or a backbone file in any supported layout.
+One panel per stage (channel mean, stride and shape): trained weights give maps that follow
+the objects, random ones (no CHECKPOINT) texture. CHECKPOINT: a whole detector/segmentor
+checkpoint (its ``backbone.*``) or a backbone file in any supported layout.
 """
 import argparse
 import os
