@@ -132,8 +132,7 @@ def compile_rows(cases: Dict[str, Case], model, x) -> str:
                 cases[case] = functools.partial(torch.compile(
                     copy.deepcopy(model), options={'freezing': freezing}), x)
                 seconds.append(f'{first_call(cases[case], x.device.type):.0f}')
-    return (f'compile s cold / warm: compiled {seconds[0]} / {seconds[1]}, compiled, freezing '
-            f'{seconds[2]} / {seconds[3]}')
+    return 'compile s cold / warm: compiled {} / {}, compiled, freezing {} / {}'.format(*seconds)
 
 
 def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> str:
@@ -153,8 +152,7 @@ def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> s
     # Idle threads that spin keep a core busy after each run, slowing the next case.
     opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-    feed = {'input': x.numpy()}
-    cases['onnxruntime'] = lambda: session.run(None, feed)
+    cases['onnxruntime'] = functools.partial(session.run, None, {'input': x.numpy()})
     return ''
 
 

@@ -29,13 +29,9 @@ PAPER_BACKBONES: Dict[str, Tuple[float, float]] = {
     'caformer_m36': (56, 13.2), 'caformer_b36': (99, 23.2),
     'smlpnet_tiny': (24.1, 5.0), 'smlpnet_small': (48.6, 10.3), 'smlpnet_base': (65.9, 14.0),
 }
-# Whole-model parameters (M) with the original backbones (PoolFormer paper, Tables 2 and 3;
-# recomputed to 0.01M in ../shared/reference/README.md).
-PAPER_MODELS: Dict[str, Dict[str, float]] = {
-    'RetinaNet': dict(s12=21.65, s24=31.13, s36=40.60, m36=66.34, m48=83.64),
-    'Mask R-CNN': dict(s12=31.57, s24=41.04, s36=50.52, m36=75.68, m48=92.98),
-    'Semantic FPN': dict(s12=15.67, s24=25.14, s36=34.62, m36=59.78, m48=77.08),
-}
+# A model's type (a segmentor's: its head's) -> its family in the papers, its model index prefix.
+FAMILIES = {'RetinaNet': ('RetinaNet', 'retinanet'), 'MaskRCNN': ('Mask R-CNN', 'mask_rcnn'),
+            'FPNHead': ('Semantic FPN', 'fpn')}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -91,6 +87,7 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
     from metaformer_mm.cli.models import build_model_from_config, model_registry
     from metaformer_mm.models import MetaFormer
     from metaformer_mm.models.backbones.arch import preset_name
+    from metaformer_mm.zoo import model_index
     model = build_model_from_config(config)  # random weights: counting needs none
     cfg, model_cfg, scope = model.cfg, model.cfg.model, model.cfg.default_scope
     shape = tuple(shape) if shape else ((800, 1280) if scope == 'mmdet' else (512, 512))
@@ -109,11 +106,12 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
             **{k: v for k, v in bb_cfg.items() if k in ('image_size', 'resize_mode')})).eval()
         out['classifier_params'], out['classifier_macs'] = complexity(classifier, (224, 224))
         out['paper_backbone'] = PAPER_BACKBONES.get(name)
-        head = (model_cfg.get('decode_head') or {}).get('type')  # the row of PAPER_MODELS:
-        family = out['family'] = {'RetinaNet': 'RetinaNet', 'MaskRCNN': 'Mask R-CNN'}.get(
-            model_cfg.type, 'Semantic FPN' if head == 'FPNHead' else None)
-        size = name.split('_')[-1] if name and name.startswith('poolformer_') else None
-        out['paper_model'] = PAPER_MODELS.get(family, {}).get(size)
+        head = (model_cfg.get('decode_head') or {}).get('type')
+        out['family'], prefix = FAMILIES.get(model_cfg.type, FAMILIES.get(head, (None, None)))
+        # The PoolFormer paper's whole-model parameters (Tables 2 and 3) are the model index's.
+        entry = model_index().get(f'{prefix}_{name}') if (name or '').startswith('poolformer_') \
+            else None
+        out['paper_model'] = entry and entry['Metadata'].get('Parameters (M)')
     return out
 
 
