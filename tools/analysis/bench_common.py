@@ -1,5 +1,7 @@
-"""What the suites of ``benchmark.py`` share: the machine line, one timing helper, one limit
-helper (GEMM rate and copy bandwidth), one model builder, peak memory and the Markdown table."""
+"""What the suites of ``benchmark.py`` share: the machine line, the timing helper, the limit
+helper (GEMM rate and copy bandwidth), the model builder, peak memory, the Markdown table and
+the cases' building blocks."""
+import contextlib
 import logging
 import math
 import os
@@ -21,8 +23,7 @@ Case = Callable[[], object]
 
 
 def start(threads: int) -> None:
-    """Thread count, this repository importable, a quiet mmengine logger on stderr (stdout
-    carries the tables alone: they are piped and compared with ``--out`` files)."""
+    """Thread count, this repository importable, mmengine's logs on stderr (stdout: tables)."""
     torch.set_num_threads(threads)
     sys.path.insert(0, REPO)
     from mmengine.logging import MMLogger
@@ -32,8 +33,7 @@ def start(threads: int) -> None:
 
 
 def machine_line(device: str = 'cpu') -> str:
-    """CPU model and flags (avx512f, avx512_bf16, amx), threads, versions and load average (and
-    the GPU): what every figure of a run is read against."""
+    """CPU, flags, threads, versions, load (and GPU): what a run's figures are read against."""
     from metaformer_mm.inference import cpu_bf16_flags
     try:
         with open('/proc/cpuinfo') as f:
@@ -41,8 +41,7 @@ def machine_line(device: str = 'cpu') -> str:
     except OSError:  # not Linux
         info = ''
     cpu = (re.findall(r'^model name\s*:\s*(.*)$', info, re.M) or [platform.processor()])[0]
-    flags = set(' '.join(re.findall(r'^flags\s*:(.*)$', info, re.M)).split())
-    shown = [f for f in ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16') if f in flags]
+    shown = [f for f in ('avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16') if f in info.split()]
     try:
         import onnxruntime
         ort = onnxruntime.__version__
@@ -59,31 +58,20 @@ def machine_line(device: str = 'cpu') -> str:
     return line
 
 
-def sync(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 class Limits:
-    """A table's limits, measured in its own rounds: a 2048^3 GEMM per precision (FLOP/s) and,
-    with ``copy``, a 256 MiB copy (bytes/s, read + written). A rate is its best round (the
-    machine's), a case's time its median: contention only makes time / limit look worse."""
+    """A table's limits, timed in its rounds: a 2048^3 GEMM per precision and a 256 MiB copy.
+    A rate is its best round, a case's time its median: contention only worsens time / limit."""
 
-    def __init__(self, device: str = 'cpu', precisions: Sequence[str] = ('fp32',),
-                 copy: bool = False, size: int = 2048) -> None:
-        self.cases: Dict[str, Tuple[Case, float]] = {}
-        self.rate: Dict[str, float] = {}
+    def __init__(self, device: str, precisions: Sequence[str], copy: bool = False) -> None:
+        self.cases: Dict[str, Tuple[Case, float]] = {}  # name: (run, FLOPs or bytes)
+        self.rate: Dict[str, float] = {}  # 'fp32', ..., 'copy': per second, set by time_cases
         for p in precisions:
-            a, b = (torch.randn(size, size, device=device, dtype=DTYPES[p]) for _ in 'ab')
-            self.cases[f'limit {p}'] = (lambda a=a, b=b: torch.mm(a, b)), 2.0 * size ** 3
+            a, b = (torch.randn(2048, 2048, device=device, dtype=DTYPES[p]) for _ in 'ab')
+            self.cases[f'limit {p}'] = (lambda a=a, b=b: torch.mm(a, b)), 2.0 * 2048 ** 3
         if copy:
             src = torch.randn(64 * 2 ** 20, device=device)
             dst = torch.empty_like(src)
             self.cases['limit copy'] = (lambda: dst.copy_(src)), 2.0 * src.nbytes
-
-    def measure(self, times: Dict[str, List[float]]) -> None:
-        for name, (_, work) in self.cases.items():
-            self.rate[name.split()[1]] = work / min(times.pop(name))
 
     def seconds(self, flops: float = 0.0, nbytes: float = 0.0, precision: str = 'fp32') -> float:
         """The least time ``flops`` at the GEMM rate and ``nbytes`` at the copy rate take."""
@@ -102,16 +90,11 @@ class Limits:
         return text
 
 
-def precision_of(case: str) -> str:
-    """The precision a case's name says (``'default bf16'``, ``'compiled fp16 AMP'``)."""
-    return next((p for p in ('fp16', 'bf16') if p in case), 'fp32')
-
-
 def time_cases(cases: Dict[str, Case], repeats: int, warmup: int = 1, device: str = 'cpu',
                limits: Optional[Limits] = None) -> Dict[str, List[float]]:
-    """Seconds of each case's ``repeats`` runs after ``warmup`` untimed ones, in interleaved
-    rounds (one run of every case, ``limits``' too, per round), so that a busy machine slows
-    every case of a table alike."""
+    """Seconds of each case's ``repeats`` runs after ``warmup`` ones, in interleaved rounds
+    (every case, ``limits``' too, once per round): a busy machine slows all cases alike."""
+    sync = torch.cuda.synchronize if device == 'cuda' else lambda: None
     runs = dict({k: fn for k, (fn, _) in limits.cases.items()} if limits else {}, **cases)
     for fn in runs.values():
         for _ in range(warmup):
@@ -119,34 +102,44 @@ def time_cases(cases: Dict[str, Case], repeats: int, warmup: int = 1, device: st
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            sync(device)
+            sync()
             begin = time.perf_counter()
             fn()
-            sync(device)
+            sync()
             times[name].append(time.perf_counter() - begin)
-    if limits:
-        limits.measure(times)
+    for name, (_, work) in (limits.cases.items() if limits else ()):
+        limits.rate[name.split()[1]] = work / min(times.pop(name))
     return times
 
 
-def build(name: str, device: str = 'cpu') -> Tuple[nn.Module, str]:
-    """A model with its own random initialisation (seed 0), in eval mode, and its kind.
+def first_call(fn: Case, device: str = 'cpu', grad: bool = False) -> float:
+    """Seconds of one call of ``fn`` (of a compiled model: its compile time)."""
+    with torch.set_grad_enabled(grad):
+        return time_cases({'first': fn}, 1, 0, device)['first'][0]
 
-    ``'backbone'``: a preset of ``ARCH_SETTINGS`` (the four-map MetaFormer), ``resnet50`` /
-    ``resnet18`` (mmdet's) or ``timm_NAME`` (timm's features); the scope (``'mmdet'`` /
-    ``'mmseg'``): a detector/segmentor config (a file, a model name or ``mmdet::``/``mmseg::``).
-    """
+
+def kind(name: str) -> str:
+    """'metaformer' (a preset of ARCH_SETTINGS), 'backbone' (another one) or 'config'."""
+    from metaformer_mm.models import ARCH_SETTINGS
+    if name in ARCH_SETTINGS:
+        return 'metaformer'
+    return 'backbone' if name in RESNETS or name.startswith('timm_') else 'config'
+
+
+def build(name: str, device: str = 'cpu') -> Tuple[nn.Module, str]:
+    """Model ``name`` (a config: a file, a model name, ``mmdet::``...) in eval mode, randomly
+    initialised (seed 0), and its ``kind`` (a config's: its scope)."""
     import metaformer_mm  # noqa: F401  (registers the backbones)
-    from metaformer_mm.models import ARCH_SETTINGS, MetaFormer
+    from metaformer_mm.models import MetaFormer
     torch.manual_seed(0)
-    kind = 'backbone'
+    what = kind(name)
     if name in RESNETS:
         from mmdet.models.backbones import ResNet
         model = ResNet(depth=RESNETS[name])
-    elif name.startswith('timm_'):
+    elif what == 'backbone':
         import timm  # an ImportError names the missing package
         model = timm.create_model(name[5:], pretrained=False, features_only=True)
-    elif name in ARCH_SETTINGS:
+    elif what == 'metaformer':
         model = MetaFormer(arch=name, fork_feat=True, out_indices=(0, 1, 2, 3))
     else:
         from metaformer_mm.cli.config import ToolError
@@ -157,11 +150,11 @@ def build(name: str, device: str = 'cpu') -> Tuple[nn.Module, str]:
         except (ToolError, FileNotFoundError, ValueError) as err:
             raise SystemExit(f'--models: {name!r} is no backbone (a preset of ARCH_SETTINGS, '
                              f'{", ".join(RESNETS)}, timm_NAME) and no config: {err}')
-        kind = model.cfg.default_scope
+        what = model.cfg.default_scope
     if hasattr(model, 'init_weights'):
         model.init_weights()
     model.to(device).eval()  # (mmdet's ResNet.train() returns None: no chaining)
-    return model, kind
+    return model, what
 
 
 def conv_macs(model: nn.Module, run: Case) -> Tuple[int, int]:
@@ -225,21 +218,18 @@ class Table:
 
     def add(self, name: str, seconds: List[float], batch: Optional[int] = 1,
             limit: Optional[float] = None, baseline: Optional[str] = None,
-            memory: Optional[int] = None, memory_kind: str = '',
-            memory_baseline: Optional[str] = None, **extra: float) -> Dict:
-        """A row: median, spread (IQR) and best of ``seconds``, median / ``limit``, speed-up
-        against row ``baseline``, peak memory against row ``memory_baseline`` (default
-        ``baseline``); ``extra`` columns as given."""
+            memory: Optional[int] = None, memory_baseline: Optional[str] = None,
+            **extra: float) -> Dict:
+        """A row of ``seconds``' median, IQR and best, against ``limit`` and other rows."""
         ordered = sorted(seconds)
         q = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
         row = dict(name=name, batch=batch, median=statistics.median(ordered), iqr=q[2] - q[0],
-                   min=ordered[0], max=ordered[-1], memory=memory, memory_kind=memory_kind,
-                   limit_s=limit, extra=extra)
+                   min=ordered[0], max=ordered[-1], memory=memory, limit_s=limit, extra=extra)
         row['x_limit'] = row['median'] / limit if limit else None
         rows = {r['name']: r for r in self.rows}
         base, mem = rows.get(baseline), rows.get(memory_baseline or baseline)
         row['speedup'] = base['median'] / row['median'] if base else None
-        if mem and mem['memory'] and memory is not None and not memory_kind:
+        if mem and mem['memory'] and memory is not None:
             row.update(memory_ratio=memory / mem['memory'], memory_vs=mem['name'])
         self.rows.append(row)
         return row
@@ -253,7 +243,6 @@ class Table:
                    if self.rows else [])]
         for r in self.rows:
             mem = '-' if r['memory'] is None else f"{r['memory'] / 2 ** 20:.0f}"
-            mem += f" ({r['memory_kind']})" if r['memory_kind'] else ''
             if 'memory_ratio' in r:
                 mem += f" ({r['memory_ratio']:.2f}x {r['memory_vs']})"
             cells = [r['name'], *(_num(r[k] * 1e3) for k in ('median', 'iqr', 'min')),
@@ -263,3 +252,60 @@ class Table:
                      *(_num(r['extra'][k]) if k in r['extra'] else '' for k in extra)]
             lines.append('| ' + ' | '.join(cells) + ' |')
         return '\n'.join(lines)
+
+
+def deployable(model: nn.Module) -> bool:
+    """Whether ``model`` is a MetaFormer with stages the deploy kernels fold."""
+    from metaformer_mm.accel.folded import stage_is_foldable
+    from metaformer_mm.models import MetaFormer
+    return isinstance(model, MetaFormer) and any(stage_is_foldable(s.blocks) for s in model.stages)
+
+
+def run_with(model: nn.Module, kernels: Optional[str], *args, **kwargs):
+    """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels`` (if given)."""
+    from metaformer_mm.accel import use_kernels
+    with use_kernels(model, kernels) if kernels else contextlib.nullcontext():
+        return model(*args, **kwargs)
+
+
+def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None) -> Case:
+    """``fn`` under autocast to ``dtype`` (None: ``fn`` itself)."""
+    def run():
+        with torch.autocast(device, dtype=dtype):
+            return fn()
+    return fn if dtype is None else run
+
+
+def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (), flops: float = 0.0,
+             batch: int = 1, grad: bool = False, memory_vs: Optional[Dict] = None) -> Table:
+    """``cases`` timed into a table: against the first case and ``flops``' limit."""
+    precision = {c: next((p for p in ('fp16', 'bf16') if p in c), 'fp32') for c in cases}
+    first, limits = next(iter(cases)), None
+    if flops:
+        limits = Limits(args.device, ['fp32', *sorted({*precision.values()} - {'fp32'})])
+    with torch.set_grad_enabled(grad):
+        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
+        table = Table(title, '; '.join([*([limits.describe(flops)] if limits else []),
+                                        *filter(None, notes)]))
+        for case, seconds in times.items():
+            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
+            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
+                cases[case], args.device)
+            table.add(case, seconds, batch, limits and limits.seconds(
+                flops, precision=precision[case]), first if case != first else None, mem,
+                memory_baseline=(memory_vs or {}).get(case))
+    return table
+
+
+def train_step(model, x, device: str = 'cpu', dtype=None, kernels: Optional[str] = None,
+               with_cp: bool = False, owner=None) -> Case:
+    """Forward and backward of ``model`` on ``x``; ``owner``'s gradients are reset first."""
+    owner = owner or model
+
+    def run():
+        owner.zero_grad(set_to_none=True)
+        if hasattr(owner, 'with_cp'):  # a MetaFormer reads it per call (mmdet's ResNet: False)
+            owner.with_cp = with_cp
+        outs = autocast(lambda: run_with(model, kernels, x), device, dtype)()
+        sum(o.float().mean() for o in outs).backward()
+    return run

@@ -4,31 +4,15 @@
     python tools/analysis/benchmark.py [--suite SUITE ...] [--models NAME|CONFIG ...]
         [--shape H W] [--repeats R] [--no-memory] [--out FILE] [--json FILE]
 
-Suites, each with its own default models (``all``: all but ``cuda``, what ``make bench`` runs):
-``backbones``: a table per backbone, fp32 inference: ``eager`` (the original formulation,
-NCHW), ``eager, channels-last``, ``accel``'s kernels on ``aten`` / ``onednn`` GEMMs,
-``default`` (what mmdet/mmseg run), ``deploy`` (folded), ``onnxruntime``; ``bf16``: those
-tables with rows under CPU bf16 autocast (``... bf16``), and whole models through mmdet's /
-mmseg's inference API on the demo image, fp32 against ``enable_bf16_inference``; ``compile``:
-``torch.compile`` rows in the backbone and training tables (without and with freezing,
-compile seconds cold / warm of the FX graph cache); ``train``: forward + backward, eager,
-default, ``with_cp``; ``models``: whole detectors/segmentors, ``predict``; ``traffic``: each
-block step timed by hooks, fp32 and bf16, its bytes against the copy bandwidth; ``cuda``:
-the backbone, training and model tables on the GPU with fp16/bf16 AMP rows (refused without).
-
-A table's cases run in interleaved rounds with a 2048^3 GEMM per precision (and a copy), so
-a busy machine slows all alike: read ratios within one table. Limit: the conv/linear
-multiply-adds at the best GEMM round's rate. Peak memory: PyTorch's tensors during one more
-run. stdout is the tables (also written to ``--out``, table by table); logs go to stderr.
+Each suite has default models (``SUITES``) and a function below (``bf16`` and ``compile`` add
+rows to the others; ``cuda`` runs them on the GPU); ``all``: all but ``cuda``. stdout: the tables.
 """
 import argparse
-import contextlib
 import copy
 import functools
 import json
 import os
 import os.path as osp
-import sys
 import tempfile
 import time
 import warnings
@@ -39,21 +23,20 @@ warnings.filterwarnings('ignore')
 
 import torch  # noqa: E402
 
-from bench_common import (DTYPES, REPO, RESNETS, Case, Limits, Table, build,  # noqa: E402
-                          conv_macs, machine_line, peak_memory, precision_of, start, sync,
-                          time_cases)  # (this folder is on sys.path)
+from bench_common import (DTYPES, REPO, RESNETS, Case, Limits, Table, autocast,  # noqa: E402
+                          build, conv_macs, deployable, first_call, kind, machine_line,
+                          measured, run_with, start, time_cases, train_step)  # (on sys.path)
 
 SHARED = os.environ.get('METAFORMER_SHARED', osp.join(REPO, '..', 'shared'))
 POOL = ['poolformer_s12', 'poolformer_s24', 'poolformer_m36']
-SUITES = {  # suite: its default models
+SUITES = {  # suite: its default models, in the order the suites run
     'backbones': POOL + ['smlpnet_tiny', 'randformer_s12', 'resnet50', 'resnet18'],
     'train': ['poolformer_s12', 'poolformer_m36'],
-    'models': [f'configs/{c}.py' for c in ('detection/retinanet_poolformer_s12',
-                                          'detection/mask_rcnn_poolformer_s12',
-                                          'segmentation/fpn_poolformer_s12')]
-    + ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-       'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
-       'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'],
+    'models': [f'configs/{c}_poolformer_s12.py' for c in (
+        'detection/retinanet', 'detection/mask_rcnn', 'segmentation/fpn')] + [
+        'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+        'mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py'],
     'bf16': POOL + ['retinanet_poolformer_s12', 'mask_rcnn_poolformer_s12', 'fpn_poolformer_s12'],
     'traffic': POOL[:1], 'compile': POOL[:1],
     'cuda': POOL + ['resnet50', 'timm_poolformer_s12', 'fpn_poolformer_s12',
@@ -67,9 +50,8 @@ STEPS = ('norm1', 'token mixer', 'residual 1', 'norm2', 'MLP + residual 2')
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--suite', nargs='+', default=['backbones'], choices=[*SUITES, 'all'])
-    parser.add_argument('--models', nargs='*', default=None, metavar='NAME',
-                        help='backbones (ARCH_SETTINGS presets, resnet50, resnet18, timm_NAME) '
-                             'and configs; each suite takes those it measures')
+    parser.add_argument('--models', nargs='*', metavar='NAME', help='backbones (ARCH_SETTINGS '
+                        'presets, resnet50, resnet18, timm_NAME) and configs, per suite')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), default=None,
                         help='input size (default 800 1216; mmseg models, cuda training 512 512)')
     parser.add_argument('--batch', type=int, default=1, help='images per inference call')
@@ -82,110 +64,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out', default=None, help='also write the tables to this file')
     parser.add_argument('--json', default=None, help='also write the rows to this file')
     args = parser.parse_args(argv)
+    if 'all' in args.suite and args.models is not None:
+        parser.error('--suite all runs the default backbones and configs; choose suites to '
+                     'name --models')
     if 'all' in args.suite:
-        if args.models is not None:
-            parser.error('--suite all runs the default backbones and configs; choose suites '
-                         'to name --models')
-        args.suite = ['backbones', 'train', 'models', 'bf16', 'traffic', 'compile'] + [
-            s for s in args.suite if s == 'cuda']
+        args.suite = [s for s in SUITES if s != 'cuda' or s in args.suite]
     if (args.repeats or 1) < 1:
         parser.error(f'--repeats must be >= 1, got {args.repeats}')
     return args
 
 
-# ============================================================================ shared by suites
-def is_metaformer(module: torch.nn.Module) -> bool:
-    from metaformer_mm.models import MetaFormer
-    return isinstance(module, MetaFormer)
-
-
-def kind(name: str) -> str:
-    """'metaformer' (a preset of ARCH_SETTINGS), 'backbone' (another one) or 'config'."""
-    from metaformer_mm.models import ARCH_SETTINGS
-    if name in ARCH_SETTINGS:
-        return 'metaformer'
-    return 'backbone' if name in RESNETS or name.startswith('timm_') else 'config'
-
-
-def deployable(model: torch.nn.Module) -> bool:
-    from metaformer_mm.accel.folded import stage_is_foldable
-    return is_metaformer(model) and any(stage_is_foldable(s.blocks) for s in model.stages)
-
-
-def run_with(model: torch.nn.Module, kernels: Optional[str], *args, **kwargs):
-    """``model(*args, **kwargs)`` with its MetaFormer backbone(s) on ``kernels`` (if given)."""
-    from metaformer_mm.accel import use_kernels
-    with use_kernels(model, kernels) if kernels else contextlib.nullcontext():
-        return model(*args, **kwargs)
-
-
-def autocast(fn: Case, device: str = 'cpu', dtype: Optional[torch.dtype] = None) -> Case:
-    """``fn`` under autocast to ``dtype`` (None: ``fn`` itself)."""
-    def run():
-        with torch.autocast(device, dtype=dtype):
-            return fn()
-    return fn if dtype is None else run
-
-
-def first_call(fn: Case, device: str = 'cpu', grad: bool = False) -> float:
-    """Seconds of one call of ``fn`` (of a compiled model: its compile time)."""
-    begin = time.perf_counter()
-    with torch.set_grad_enabled(grad):
-        fn()
-    sync(device)
-    return time.perf_counter() - begin
-
-
-def where(args) -> str:
-    return f'{args.threads} threads' if args.device == 'cpu' else args.device
-
-
-def measured(title: str, cases: Dict[str, Case], args, notes: List[str] = (),
-             flops: float = 0.0, batch: int = 1, grad: bool = False,
-             memory_vs: Optional[Dict[str, str]] = None) -> Table:
-    """Times ``cases`` into a table, each row against the first case and, with ``flops``,
-    against its limit: ``flops`` at the GEMM rate of the precision its name says, measured
-    in the same rounds."""
-    first, limits = next(iter(cases)), None
-    if flops:
-        limits = Limits(args.device, ['fp32', *sorted({*map(precision_of, cases)} - {'fp32'})])
-    with torch.set_grad_enabled(grad):
-        times = time_cases(cases, args.repeats, args.warmup, args.device, limits)
-        table = Table(title, '; '.join([*([limits.describe(flops)] if limits else []),
-                                        *filter(None, notes)]))
-        for case, seconds in times.items():
-            # onnxruntime's memory is not PyTorch's: the profiler does not see it.
-            mem = None if args.no_memory or case == 'onnxruntime' else peak_memory(
-                cases[case], args.device)
-            table.add(case, seconds, batch, limits and limits.seconds(
-                flops, precision=precision_of(case)), first if case != first else None, mem,
-                memory_baseline=(memory_vs or {}).get(case))
-    return table
-
-
-def train_step(model, x, device: str = 'cpu', dtype=None, kernels: Optional[str] = None,
-               with_cp: bool = False, owner=None) -> Case:
-    """Forward and backward of ``model`` on ``x``; ``owner``'s gradients are reset first."""
-    owner = owner or model
-
-    def run():
-        owner.zero_grad(set_to_none=True)
-        if is_metaformer(owner):
-            owner.with_cp = with_cp
-        outs = autocast(functools.partial(run_with, model, kernels, x), device, dtype)()
-        sum(o.float().mean() for o in outs).backward()
-    return run
-
-
-# ============================================================================ suites
 def backbones(name: str, args) -> List[Table]:
-    """Inference rows of one backbone: fp32, with ``compile`` compiled, and the channels-last
-    original, default and compiled cases under autocast to each of ``args.precisions``."""
+    """Inference of one backbone: the original code, each kernel choice, ONNX, compiled, bf16."""
     from metaformer_mm.accel import ops, plain_forward
-    model, _ = build(name, args.device)
+    model, what = build(name, args.device)
     h, w = args.shape or (800, 1216)
     x = torch.randn(args.batch, 3, h, w, device=args.device)
-    ours, cpu, cases = is_metaformer(model), args.device == 'cpu', {}
+    ours, cpu, cases = what == 'metaformer', args.device == 'cpu', {}
     notes = [f'default = {ops.default_gemm()} kernels (CPU capability '
              f'{torch.backends.cpu.get_cpu_capability()})' if ours else '']
     if ours and cpu:
@@ -201,8 +96,7 @@ def backbones(name: str, args) -> List[Table]:
         notes.append(compile_rows(cases, model, x))
     if ours and cpu and not args.no_onnx:
         notes.append(onnx_rows(cases, model, x, args.threads, 'deploy' in cases))
-    macs, pw = conv_macs(model, functools.partial(run_with, model, 'reference' if ours else None,
-                                                  x))
+    macs, pw = conv_macs(model, lambda: run_with(model, 'reference' if ours else None, x))
     notes.insert(0, f'conv/linear MACs {macs / 1e9:.2f} G (1x1 convs {pw / 1e9:.2f} G)')
     for p, dtype in args.precisions.items():
         for base in ('eager, channels-last', 'default', 'compiled', 'compiled, freezing'):
@@ -215,7 +109,7 @@ def backbones(name: str, args) -> List[Table]:
                       for a, b in zip(cases['default'](), cases[f'default {p}']()))
         notes.append(f'{p} max error / map range: {err:.1e}')
     table = measured(f'{f"mmdet ResNet-{RESNETS[name]}" if name in RESNETS else name}, '
-                     f'{args.batch}x3x{h}x{w}, {where(args)}, inference', cases, args, notes,
+                     f'{args.batch}x3x{h}x{w}, {args.where}, inference', cases, args, notes,
                      2.0 * macs, args.batch)
     med = {r['name']: r['median'] for r in table.rows}
     for p in args.precisions:
@@ -227,26 +121,22 @@ def backbones(name: str, args) -> List[Table]:
 
 
 def compile_rows(cases: Dict[str, Case], model, x) -> str:
-    """Adds ``torch.compile`` of a copy of ``model`` (its plain forward) on ``x``, without and
-    with Inductor's freezing, and returns their first calls' seconds, cold (an empty FX graph
-    cache) and warm (after a dynamo reset the graph comes from that cache, as a rerun of a job
-    finds it). The reset also drops earlier compiled cases' code: their warm-up recompiles."""
+    """Adds ``torch.compile`` of a copy of ``model``, without and with freezing; returns their
+    compile seconds with an empty FX graph cache and from it (after a dynamo reset)."""
     seconds = []
     for case, freezing in (('compiled', False), ('compiled, freezing', True)):
         cache = tempfile.mkdtemp(prefix='metaformer_inductor_')
         with mock.patch.dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache):
-            for _ in range(2):
+            for _ in range(2):  # (the reset also makes earlier compiled cases recompile)
                 torch._dynamo.reset()
                 cases[case] = functools.partial(torch.compile(
                     copy.deepcopy(model), options={'freezing': freezing}), x)
                 seconds.append(f'{first_call(cases[case], x.device.type):.0f}')
-    return (f'compile s cold / warm: compiled {seconds[0]} / {seconds[1]}, compiled, freezing '
-            f'{seconds[2]} / {seconds[3]}')
+    return 'compile s cold / warm: compiled {} / {}, compiled, freezing {} / {}'.format(*seconds)
 
 
 def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> str:
-    """Adds onnxruntime on ``model``'s ONNX export (the deploy path where it folds); returns
-    why not where it cannot."""
+    """Adds onnxruntime on ``model``'s ONNX export (deploy: folded); returns why not if not."""
     try:
         import onnxruntime as ort
         from metaformer_mm.cli.onnx import export_onnx
@@ -262,17 +152,15 @@ def onnx_rows(cases: Dict[str, Case], model, x, threads: int, deploy: bool) -> s
     # Idle threads that spin keep a core busy after each run, slowing the next case.
     opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-    feed = {'input': x.numpy()}
-    cases['onnxruntime'] = lambda: session.run(None, feed)
+    cases['onnxruntime'] = functools.partial(session.run, None, {'input': x.numpy()})
     return ''
 
 
 def train(name: str, args) -> List[Table]:
-    """Training-step rows of one backbone: eager, default, with_cp (CPU, MetaFormer), with
-    ``compile`` compiled, each default/compiled also under autocast to ``args.precisions``."""
-    model, _ = build(name, args.device)
+    """Training steps of one backbone: eager, default, with_cp, compiled, autocast."""
+    model, what = build(name, args.device)
     model.train()
-    ours, cpu = is_metaformer(model), args.device == 'cpu'
+    ours, cpu = what == 'metaformer', args.device == 'cpu'
     h, w = args.shape or ((800, 1216) if cpu else (512, 512))
     batch = args.train_batch or (2 if cpu else 8)
     x = torch.randn(batch, 3, h, w, device=args.device)
@@ -282,8 +170,7 @@ def train(name: str, args) -> List[Table]:
         cases['with_cp'] = train_step(model, x, with_cp=True)
     nets, notes = [('default', model, None)], []
     if ours and args.compile:
-        # A copy: the eager case switches the model's kernels, which would recompile a
-        # compiled model on every switch.
+        # A copy: the eager case switches the kernels, which would recompile on each switch.
         torch._dynamo.reset()
         twin = copy.deepcopy(model)
         nets.append(('compiled', torch.compile(twin), twin))
@@ -294,19 +181,18 @@ def train(name: str, args) -> List[Table]:
             if owner is not None:  # the first step compiles forward and backward
                 seconds = first_call(cases[case], args.device, grad=True)
                 notes.append(f'{case}: first step {seconds:.0f} s')
-    macs = conv_macs(model, functools.partial(
-        run_with, model, 'reference' if ours else None, x[:1]))[0] * batch
+    macs = conv_macs(model, lambda: run_with(model, 'reference' if ours else None, x[:1]))[0]
     # Forward and backward: three GEMMs per conv (output, input gradient, weight gradient).
     return [measured(f'{name}, training step (forward + backward), {batch}x3x{h}x{w}, '
-                     f'{where(args)}', cases, args,
-                     [f'limit: 3 x conv MACs {macs / 1e9:.1f} G', *notes], 6.0 * macs, batch,
-                     grad=True, memory_vs={'with_cp': 'default'})]
+                     f'{args.where}', cases, args,
+                     [f'limit: 3 x conv MACs {macs * batch / 1e9:.1f} G', *notes],
+                     6.0 * macs * batch, batch, grad=True, memory_vs={'with_cp': 'default'})]
 
 
 def models(name: str, args) -> List[Table]:
-    """``predict`` rows of one detector/segmentor: eager / default / deploy for a MetaFormer
-    backbone; on cuda, ``enable_bf16_inference`` too."""
+    """``predict`` of one detector/segmentor: eager, default, deploy (cuda: bf16 too)."""
     from metaformer_mm.inference import enable_bf16_inference
+    from metaformer_mm.models import MetaFormer
     model, scope = build(name, args.device)
     if args.device == 'cuda' and scope == 'mmdet':
         try:
@@ -317,14 +203,14 @@ def models(name: str, args) -> List[Table]:
     h, w = args.shape or ((512, 512) if scope == 'mmseg' else (800, 1216))
     x = torch.randn(args.batch, 3, h, w, device=args.device)
     structures = __import__(f'{scope}.structures', fromlist=['DetDataSample'])
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
-                scale_factor=(1.0, 1.0), padding_size=[0, 0, 0, 0])
-    samples = [(structures.SegDataSample if scope == 'mmseg' else structures.DetDataSample)(
-        metainfo=meta) for _ in range(args.batch)]
+    sample = structures.SegDataSample if scope == 'mmseg' else structures.DetDataSample
+    samples = [sample(metainfo=dict(
+        img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
+        scale_factor=(1.0, 1.0), padding_size=[0, 0, 0, 0])) for _ in range(args.batch)]
 
     def predict(net, kernels=None) -> Case:
         return lambda: run_with(net, kernels, x, copy.deepcopy(samples), mode='predict')
-    cases = {'eager': predict(model, 'reference')} if is_metaformer(model.backbone) else {}
+    cases = {'eager': predict(model, 'reference')} if isinstance(model.backbone, MetaFormer) else {}
     cases['default'] = predict(model)
     if deployable(model.backbone):
         cases['deploy'] = predict(model, 'deploy')
@@ -334,13 +220,12 @@ def models(name: str, args) -> List[Table]:
     macs = conv_macs(model, next(iter(cases.values())))[0]
     return [measured(
         f'{osp.basename(name)} ({type(model).__name__}, {type(model.backbone).__name__}), '
-        f'{args.batch}x3x{h}x{w}, fp32, {where(args)}, predict', cases, args,
+        f'{args.batch}x3x{h}x{w}, fp32, {args.where}, predict', cases, args,
         [f'conv/linear MACs {macs / 1e9:.1f} G (whole model)'], 2.0 * macs, args.batch)]
 
 
 def pipeline_bf16(name: str, args) -> List[Table]:
-    """fp32 against ``enable_bf16_inference`` through mmdet's ``inference_detector`` /
-    mmseg's ``inference_model`` on the shared demo image, pipeline included."""
+    """fp32 against ``enable_bf16_inference`` through the inference API on the demo image."""
     from metaformer_mm.inference import bf16_state, enable_bf16_inference
     model, scope = build(name)
     if scope == 'mmseg':
@@ -353,30 +238,27 @@ def pipeline_bf16(name: str, args) -> List[Table]:
     fast = enable_bf16_inference(copy.deepcopy(model))
     label = 'bf16' if bf16_state(fast).use_bf16 else 'bf16 (no bf16 units: ran fp32)'
     return [measured(
-        f'{name}, pipeline included ({infer.__name__} on {osp.basename(image)}), {where(args)}',
+        f'{name}, pipeline included ({infer.__name__} on {osp.basename(image)}), {args.where}',
         {'fp32': lambda: infer(model, image), label: lambda: infer(fast, image)}, args,
         ["random weights with the config's initialisation"])]
 
 
-def step_hooks(model, itemsize: int, records: list) -> list:
-    """Forward hooks that cut each block's forward into ``STEPS``; each block call appends
-    (stage, step, seconds, bytes, FLOPs) per step to ``records``. Bytes: what a step must move
-    at least (every input map read once, every output written once, the MLP's weights of
-    ``itemsize`` bytes once; its hidden activation stays in cache by design)."""
+def step_hooks(model, itemsize: int, call: Dict[Tuple[int, int], List[float]]) -> list:
+    """Hooks that add each block ``STEPS``' seconds, bytes and FLOPs to ``call[stage, step]``.
+    Bytes: the least a step moves (input maps read and outputs written once, the MLP's weights
+    once; its hidden activation stays in cache by design)."""
     handles = []
     for stage, layer in enumerate(model.stages):
         for block in layer.blocks:
-            marks: Dict[str, tuple] = {}
+            marks: List[tuple] = []  # (time, map) where each step starts, in call order
 
-            def mark(key, marks=marks):
-                def hook(module, args, *out):
-                    marks[key] = (time.perf_counter(), out[0] if out else args[0])
-                return hook
+            def mark(module, args, *out, marks=marks):  # (a pre-hook has no ``out``)
+                marks.append((time.perf_counter(), out[0] if out else args[0]))
 
             def finish(module, args, out, marks=marks, stage=stage, block=block):
                 end = time.perf_counter()
-                (t0, x), (t1, y), (t2, p), (t3, s), (t4, z) = (
-                    marks[k] for k in ('start', 'norm1', 'mixer', 'stream', 'norm2'))
+                (t0, x), (t1, y), (t2, p), (t3, s), (t4, z) = marks
+                marks.clear()
                 nb = lambda t: t.numel() * t.element_size()  # noqa: E731
                 weights = sum(w.numel() for w in block.mlp.parameters())
                 moved = (nb(x) + nb(y), nb(y) + nb(p) if p is not y else 0,  # identity: nothing
@@ -384,54 +266,51 @@ def step_hooks(model, itemsize: int, records: list) -> list:
                          nb(z) + nb(s) + nb(out) + weights * itemsize)
                 seconds = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, end - t4)
                 flops = (0, 0, 0, 0, 2.0 * weights * z.numel() / z.shape[1])
-                records.extend(zip([stage] * 5, range(5), seconds, moved, flops))
-            handles += [block.register_forward_pre_hook(mark('start')),
-                        block.norm1.register_forward_hook(mark('norm1')),
-                        block.token_mixer.register_forward_hook(mark('mixer')),
-                        block.norm2.register_forward_pre_hook(mark('stream')),
-                        block.norm2.register_forward_hook(mark('norm2')),
+                for step, figures in enumerate(zip(seconds, moved, flops)):
+                    total = call.setdefault((stage, step), [0.0, 0.0, 0.0])
+                    total[:] = [a + b for a, b in zip(total, figures)]
+            handles += [block.register_forward_pre_hook(mark),
+                        block.norm1.register_forward_hook(mark),
+                        block.token_mixer.register_forward_hook(mark),
+                        block.norm2.register_forward_pre_hook(mark),
+                        block.norm2.register_forward_hook(mark),
                         block.register_forward_hook(finish)]
     return handles
 
 
 def traffic(name: str, args) -> List[Table]:
-    """Per precision, each block step's time (default path, channels-last input) and bytes,
-    against the larger of its bytes at the copy bandwidth and its FLOPs at the GEMM rate."""
+    """Per precision, each block step's time and bytes (default path, channels-last input)."""
     model, _ = build(name)
     h, w = args.shape or (800, 1216)
     x = torch.randn(1, 3, h, w).contiguous(memory_format=torch.channels_last)
-    records: Dict[str, list] = {'fp32': [], 'bf16': []}
+    calls: Dict[str, list] = {'fp32': [], 'bf16': []}  # per precision, per call: step figures
 
     def traced(p: str) -> Case:
         def run():
-            handles = step_hooks(model, DTYPES[p].itemsize, records[p])
+            calls[p].append({})
+            handles = step_hooks(model, DTYPES[p].itemsize, calls[p][-1])
             try:
                 return model(x)
             finally:
                 for handle in handles:
                     handle.remove()
         return autocast(run, 'cpu', DTYPES[p] if p == 'bf16' else None)
-    limits = Limits('cpu', tuple(records), copy=True)
+    limits = Limits('cpu', tuple(calls), copy=True)
     with torch.no_grad():
-        times = time_cases({p: traced(p) for p in records}, args.repeats, args.warmup,
-                           'cpu', limits)
-    tables, runs = [], args.warmup + args.repeats
-    for p, recs in records.items():
+        times = time_cases({p: traced(p) for p in calls}, args.repeats, args.warmup, 'cpu', limits)
+    tables = []
+    for p, (first, *_) in calls.items():
         table = Table(f'{name}, 1x3x{h}x{w}, {p}, per block step of the default path, '
-                      f'{where(args)}', f'{limits.describe(0, p)}; limit: the bytes at the copy '
+                      f'{args.where}', f'{limits.describe(0, p)}; limit: the bytes at the copy '
                       'bandwidth, or the MLP FLOPs at the GEMM rate if larger')
-        total, total_limit, total_bytes = [0.0] * args.repeats, 0.0, 0
-        for key in dict.fromkeys(r[:2] for r in recs):
-            mine = [r for r in recs if r[:2] == key]  # per run, the stage's blocks in order
-            k = len(mine) // runs
-            secs = [sum(r[2] for r in mine[i * k:(i + 1) * k]) for i in range(runs)][-args.repeats:]
-            moved, flops = (sum(r[j] for r in mine[:k]) for j in (3, 4))
-            row = table.add(f'{key[0]} {STEPS[key[1]]}', secs, None,
+        timed = calls[p][-args.repeats:]  # (the first calls are the warm-up)
+        for (stage, step), (_, moved, flops) in first.items():
+            row = table.add(f'{stage} {STEPS[step]}', [c[stage, step][0] for c in timed], None,
                             limits.seconds(flops, moved, p), **{'MB moved': moved / 1e6})
             row['extra']['GB/s'] = moved / max(row['median'], 1e-12) / 1e9
-            total = [a + b for a, b in zip(total, secs)]
-            total_limit, total_bytes = total_limit + row['limit_s'], total_bytes + moved
-        table.add('blocks, all stages', total, None, total_limit, **{'MB moved': total_bytes / 1e6})
+        table.add('blocks, all stages', [sum(v[0] for v in c.values()) for c in timed], None,
+                  sum(r['limit_s'] for r in table.rows),
+                  **{'MB moved': sum(v[1] for v in first.values()) / 1e6})
         table.add('whole backbone (stem, downsampling, output norms and copies included)',
                   times[p], None)
         tables.append(table)
@@ -440,28 +319,28 @@ def traffic(name: str, args) -> List[Table]:
 
 def plan(args) -> List[Tuple[Callable, str, argparse.Namespace]]:
     """(suite function, model, its options) of every table the chosen suites make, in order."""
-    chosen = set(args.suite)
-
     def names(suite: str, *kinds: str) -> List[str]:
         picked = SUITES[suite] if args.models is None else args.models
-        return [n for n in picked if kind(n) in kinds] if suite in chosen else []
+        return [n for n in picked if kind(n) in kinds] if suite in args.suite else []
     bf16, compiled = names('bf16', 'metaformer'), names('compile', 'metaformer')
 
-    def opts(fn: Callable, name: str, device: str = 'cpu', **kw) -> argparse.Namespace:
-        return argparse.Namespace(**{
-            **vars(args), 'device': device, 'compile': name in compiled, 'precisions': {}, **kw,
+    def job(fn: Callable, name: str, device: str = 'cpu', precisions: Optional[Dict] = None):
+        where = f'{args.threads} threads' if device == 'cpu' else device  # for the titles
+        return fn, name, argparse.Namespace(**{
+            **vars(args), 'device': device, 'compile': name in compiled, 'where': where,
+            'precisions': precisions or {},
             'repeats': args.repeats or (10 if device == 'cuda' else REPEATS[fn.__name__])})
     tabled = names('backbones', 'metaformer', 'backbone') + bf16 + (
-        compiled if chosen == {'compile'} else [])
-    jobs = [(backbones, n, opts(backbones, n, precisions={'bf16': torch.bfloat16}
-                                if n in bf16 else {})) for n in dict.fromkeys(tabled)]
-    jobs += [(train, n, opts(train, n)) for n in names('train', 'metaformer', 'backbone')]
-    jobs += [(models, n, opts(models, n)) for n in names('models', 'config')]
-    jobs += [(pipeline_bf16, n, opts(pipeline_bf16, n)) for n in names('bf16', 'config')]
-    jobs += [(traffic, n, opts(traffic, n)) for n in names('traffic', 'metaformer')]
+        compiled if set(args.suite) == {'compile'} else [])
+    jobs = [job(backbones, n, precisions={'bf16': torch.bfloat16} if n in bf16 else None)
+            for n in dict.fromkeys(tabled)]
+    jobs += [job(train, n) for n in names('train', 'metaformer', 'backbone')]
+    jobs += [job(models, n) for n in names('models', 'config')]
+    jobs += [job(pipeline_bf16, n) for n in names('bf16', 'config')]
+    jobs += [job(traffic, n) for n in names('traffic', 'metaformer')]
     for n in names('cuda', 'metaformer', 'backbone', 'config'):
-        fns = [models] if kind(n) == 'config' else [backbones, train]
-        jobs += [(fn, n, opts(fn, n, 'cuda', precisions=AMP)) for fn in fns]
+        jobs += [job(fn, n, 'cuda', AMP) for fn in ([models] if kind(n) == 'config'
+                                                    else [backbones, train])]
     return jobs
 
 
@@ -472,31 +351,27 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
     start(args.threads)
     torch.backends.cudnn.benchmark = True
     tables: List[Table] = []
-    out = open(args.out, 'w') if args.out else None
-
-    def emit(text: str) -> None:
-        # Table by table, so that a run cut off by its time limit keeps what it measured.
-        print(text + '\n', flush=True)
-        if out:
+    with open(args.out or os.devnull, 'w') as out:
+        def emit(text: str) -> None:
+            # Table by table, so that a run cut off by its time limit keeps what it measured.
+            print(text + '\n', flush=True)
             out.write(text + '\n\n')
             out.flush()
-    emit(f'machine: {machine_line("cuda" if "cuda" in args.suite else "cpu")}\n'
-         f'suites: {" ".join(args.suite)}; threads {args.threads}, warm-up {args.warmup}')
-    jobs = plan(args)
-    from mmengine.logging import MMLogger
-    for name in set(args.models or []) - {n for _, n, _ in jobs}:
-        MMLogger.get_instance('benchmark').warning(f'no chosen suite measures {name}')
-    for fn, name, run in jobs:
-        try:
-            made = fn(name, run)
-        except ImportError as err:  # e.g. timm_NAME without timm: the other tables still run
-            made = [Table(f'{name}: skipped ({err})')]
-        for table in made:
-            tables.append(table)
-            emit(table.render())
-    emit(f'load average at the end: {" / ".join(f"{v:.1f}" for v in os.getloadavg())}')
-    if out:
-        out.close()
+        emit(f'machine: {machine_line("cuda" if "cuda" in args.suite else "cpu")}\n'
+             f'suites: {" ".join(args.suite)}; threads {args.threads}, warm-up {args.warmup}')
+        jobs = plan(args)
+        from mmengine.logging import MMLogger
+        for name in set(args.models or []) - {n for _, n, _ in jobs}:
+            MMLogger.get_instance('benchmark').warning(f'no chosen suite measures {name}')
+        for fn, name, run in jobs:
+            try:
+                made = fn(name, run)
+            except ImportError as err:  # e.g. timm_NAME without timm: the other tables still run
+                made = [Table(f'{name}: skipped ({err})')]
+            for table in made:
+                tables.append(table)
+                emit(table.render())
+        emit(f'load average at the end: {" / ".join(f"{v:.1f}" for v in os.getloadavg())}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump([dict(title=t.title, note=t.note, rows=t.rows) for t in tables], f)
@@ -504,4 +379,4 @@ def main(argv: Optional[List[str]] = None) -> List[Table]:
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    main()

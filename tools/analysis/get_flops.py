@@ -3,10 +3,8 @@
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--paper]
 
-MACs follow mmengine's complexity analysis (fvcore's rules): a multiply-add of a conv,
-linear, matmul or attention product is one MAC; pooling, norms and element-wise ops are not
-counted, as in the papers. ``--paper`` puts the papers' numbers beside ours: the backbone
-as the ImageNet classifier at 224x224 (params, MACs) and the whole model's parameters.
+``--paper``: the papers' figures beside ours (the backbone as the ImageNet classifier at
+224x224, the whole model's parameters). The report says what a MAC is.
 """
 import argparse
 import logging
@@ -22,25 +20,18 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 # Backbone as an ImageNet-1K classifier at 224x224: (params M, GMACs) as printed in the papers
 # (PoolFormer: Yu et al. 2022 "MetaFormer is actually what you need for vision", Table 1;
 # PoolFormerV2/ConvFormer/CAFormer: Yu et al. 2023 "MetaFormer baselines for vision";
-# sMLPNet: Tang et al. 2022 "Sparse MLP for image recognition").
+# sMLPNet: Tang et al. 2022 "Sparse MLP for image recognition"). PoolFormerV2 counts as V1.
+POOLFORMERS = dict(s12=(12, 1.8), s24=(21, 3.4), s36=(31, 5.0), m36=(56, 8.8), m48=(73, 11.6))
 PAPER_BACKBONES: Dict[str, Tuple[float, float]] = {
-    'poolformer_s12': (12, 1.8), 'poolformer_s24': (21, 3.4), 'poolformer_s36': (31, 5.0),
-    'poolformer_m36': (56, 8.8), 'poolformer_m48': (73, 11.6),
-    'poolformerv2_s12': (12, 1.8), 'poolformerv2_s24': (21, 3.4), 'poolformerv2_s36': (31, 5.0),
-    'poolformerv2_m36': (56, 8.8), 'poolformerv2_m48': (73, 11.6),
+    **{f'poolformer{v}_{size}': p for v in ('', 'v2') for size, p in POOLFORMERS.items()},
     'convformer_s18': (27, 3.9), 'convformer_s36': (40, 7.6), 'convformer_m36': (57, 12.8),
-    'convformer_b36': (100, 22.6),
-    'caformer_s18': (26, 4.1), 'caformer_s36': (39, 8.0), 'caformer_m36': (56, 13.2),
-    'caformer_b36': (99, 23.2),
+    'convformer_b36': (100, 22.6), 'caformer_s18': (26, 4.1), 'caformer_s36': (39, 8.0),
+    'caformer_m36': (56, 13.2), 'caformer_b36': (99, 23.2),
     'smlpnet_tiny': (24.1, 5.0), 'smlpnet_small': (48.6, 10.3), 'smlpnet_base': (65.9, 14.0),
 }
-# Whole-model parameters (M) with the original backbones (PoolFormer paper, Tables 2 and 3;
-# recomputed to 0.01M in ../shared/reference/README.md).
-PAPER_MODELS: Dict[str, Dict[str, float]] = {
-    'RetinaNet': dict(s12=21.65, s24=31.13, s36=40.60, m36=66.34, m48=83.64),
-    'Mask R-CNN': dict(s12=31.57, s24=41.04, s36=50.52, m36=75.68, m48=92.98),
-    'Semantic FPN': dict(s12=15.67, s24=25.14, s36=34.62, m36=59.78, m48=77.08),
-}
+# A model's type (a segmentor's: its head's) -> its family in the papers, its model index prefix.
+FAMILIES = {'RetinaNet': ('RetinaNet', 'retinanet'), 'MaskRCNN': ('Mask R-CNN', 'mask_rcnn'),
+            'FPNHead': ('Semantic FPN', 'fpn')}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -59,25 +50,6 @@ def _fmt(value: Optional[float], unit: str, digits: int = 2) -> str:
     return 'n/a' if value is None else f'{value:.{digits}f}{unit}'
 
 
-def preset_name(backbone_cfg: Dict) -> Optional[str]:
-    """``'poolformer_s12'`` for ``dict(type='PoolFormer', arch='s12')``; None for custom archs."""
-    import metaformer_mm.models as models
-    arch, kind = backbone_cfg.get('arch'), backbone_cfg.get('type')
-    cls = getattr(models, kind, None) if isinstance(kind, str) else None
-    if not isinstance(arch, str) or not (isinstance(cls, type)
-                                         and issubclass(cls, models.MetaFormer)):
-        return None
-    prefix = cls.arch_prefix  # each family class declares its own (presets.FAMILIES)
-    return arch if arch.startswith(prefix) and prefix else prefix + arch
-
-
-def model_family(model_cfg: Dict) -> Optional[str]:
-    """The row of ``PAPER_MODELS`` a model config belongs to."""
-    head = (model_cfg.get('decode_head') or {}).get('type')
-    return {'RetinaNet': 'RetinaNet', 'MaskRCNN': 'Mask R-CNN'}.get(
-        model_cfg.get('type'), 'Semantic FPN' if head == 'FPNHead' else None)
-
-
 def sdpa_macs(inputs: List, outputs: List) -> int:
     """MACs of ``aten::scaled_dot_product_attention`` (Q K^T and A V), which fvcore skips."""
     from mmengine.analysis.jit_handles import get_shape
@@ -86,13 +58,8 @@ def sdpa_macs(inputs: List, outputs: List) -> int:
 
 
 def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
-    """(parameters, MACs) of ``module`` on one ``1x3xHxW`` input.
-
-    The counting of ``mmengine.analysis.get_model_complexity_info`` (its ``FlopAnalyzer``
-    and ``parameter_count``), plus the attention op, so that CAFormer counts like the paper.
-    Not under ``torch.no_grad()``: there the traced graph of some layers (e.g. sMLPNet's
-    MLPs) changes and the counter misses their multiply-adds.
-    """
+    """(parameters, MACs) of ``module`` on a ``1x3xHxW`` input: mmengine's counts plus attention
+    (as the CAFormer paper). Not under ``no_grad``: its traces of sMLPNet's MLPs miss MACs."""
     import torch
     from mmengine.analysis import FlopAnalyzer, parameter_count
     flops = FlopAnalyzer(module, (torch.randn(1, 3, *shape),))
@@ -101,8 +68,7 @@ def complexity(module, shape: Tuple[int, int]) -> Tuple[float, float]:
 
 
 class TensorForward(nn.Module):
-    """``model(x)`` as a detector's ``mode='tensor'`` forward: two-stage detectors need each
-    image's shape in a data sample to make proposals."""
+    """A detector's ``mode='tensor'`` forward on ``x`` (proposals need the image's shape)."""
 
     def __init__(self, model: nn.Module, shape: Tuple[int, int]) -> None:
         super().__init__()
@@ -119,10 +85,11 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
             paper: bool = False) -> Dict[str, object]:
     """Builds the config's model (random weights) and counts; returns the figures as a dict."""
     from metaformer_mm.cli.models import build_model_from_config, model_registry
-
+    from metaformer_mm.models import MetaFormer
+    from metaformer_mm.models.backbones.arch import preset_name
+    from metaformer_mm.zoo import model_index
     model = build_model_from_config(config)  # random weights: counting needs none
-    cfg, model_cfg = model.cfg, model.cfg.model
-    scope = cfg.default_scope
+    cfg, model_cfg, scope = model.cfg, model.cfg.model, model.cfg.default_scope
     shape = tuple(shape) if shape else ((800, 1280) if scope == 'mmdet' else (512, 512))
     # mmseg's forward(inputs) already defaults to mode='tensor'.
     params, macs = complexity(TensorForward(model, shape) if scope == 'mmdet' else model, shape)
@@ -130,19 +97,21 @@ def analyse(config: str, shape: Optional[Tuple[int, int]] = None,
     out = dict(config=config, model=model_cfg.type, shape=shape, params=params, macs=macs,
                backbone=model_cfg.backbone.type, backbone_params=bb_params, backbone_macs=bb_macs)
     if paper:
-        name = preset_name(cfg.model.backbone)
-        out['preset'] = name
-        classifier_cfg = dict(type=cfg.model.backbone.type, arch=cfg.model.backbone.get('arch'),
-                              fork_feat=False, num_classes=1000, **{
-                                  k: v for k, v in cfg.model.backbone.items()
-                                  if k in ('image_size', 'resize_mode')})
-        classifier = model_registry(scope).build(classifier_cfg).eval()
+        bb_cfg, arch = model_cfg.backbone, model_cfg.backbone.get('arch')
+        # The full preset name ('s12' -> 'poolformer_s12'); None for a custom arch dict.
+        name = out['preset'] = preset_name(type(model.backbone), arch) if isinstance(
+            model.backbone, MetaFormer) and isinstance(arch, str) else None
+        classifier = model_registry(scope).build(dict(
+            type=bb_cfg.type, arch=arch, fork_feat=False, num_classes=1000,
+            **{k: v for k, v in bb_cfg.items() if k in ('image_size', 'resize_mode')})).eval()
         out['classifier_params'], out['classifier_macs'] = complexity(classifier, (224, 224))
         out['paper_backbone'] = PAPER_BACKBONES.get(name)
-        family = model_family(cfg.model)
-        size = name.split('_')[-1] if name and name.startswith('poolformer_') else None
-        out['paper_model'] = PAPER_MODELS.get(family, {}).get(size)
-        out['family'] = family
+        head = (model_cfg.get('decode_head') or {}).get('type')
+        out['family'], prefix = FAMILIES.get(model_cfg.type, FAMILIES.get(head, (None, None)))
+        # The PoolFormer paper's whole-model parameters (Tables 2 and 3) are the model index's.
+        entry = model_index().get(f'{prefix}_{name}') if (name or '').startswith('poolformer_') \
+            else None
+        out['paper_model'] = entry and entry['Metadata'].get('Parameters (M)')
     return out
 
 

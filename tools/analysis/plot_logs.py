@@ -3,9 +3,8 @@
 
     python tools/analysis/plot_logs.py WORK_DIR --keys loss bbox_mAP --out-file curves.png
 
-WORK_DIR is a work dir (its newest run is used), one run's ``<timestamp>`` folder, or a
-``scalars.json`` file. A key matches a logged name exactly or as its last part, so
-``bbox_mAP`` finds ``coco/bbox_mAP`` and ``mIoU`` finds mmseg's ``mIoU``.
+WORK_DIR: a work dir (its newest run), a run's ``<timestamp>`` folder or a ``scalars.json``.
+A key matches a logged name or its last part (``bbox_mAP`` finds ``coco/bbox_mAP``).
 """
 import argparse
 import glob
@@ -14,6 +13,8 @@ import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Tuple
+
+Curve = Tuple[List[float], List[float], str]  # x values, y values, the x axis label
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -37,27 +38,15 @@ def find_scalars(path: str) -> str:
                             f'*/vis_data/scalars.json) under {path}')
 
 
-def read_records(scalars_file: str) -> List[Dict]:
-    with open(scalars_file) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def match_key(key: str, names: List[str]) -> Optional[str]:
-    """The logged name ``key`` means: itself, else the one name ending in ``/key``."""
-    if key in names:
-        return key
-    suffixed = [n for n in names if n.endswith('/' + key)]
-    return suffixed[0] if len(suffixed) == 1 else None
-
-
-def curves(records: List[Dict], keys: List[str]) -> Dict[str, Tuple[List[float], List[float], str]]:
-    """For each key: x values, y values and the x axis label (iteration or epoch)."""
+def curves(records: List[Dict], keys: List[str]) -> Dict[str, Curve]:
+    """For each key, its curve (x axis: iteration, or epoch for validation by epoch)."""
     names = sorted({n for r in records for n in r if n != 'step'})
     # Epoch-based training logs train scalars by iteration and validation scalars by epoch.
     epoch_based = any('epoch' in r for r in records if 'loss' in r)
     out = {}
     for key in keys:
-        name = match_key(key, names)
+        suffixed = [n for n in names if n.endswith('/' + key)]  # else the one such name
+        name = key if key in names else (suffixed[0] if len(suffixed) == 1 else None)
         if name is None:
             shown = [n for n in names if n not in ('iter', 'epoch', 'time', 'data_time', 'memory')]
             raise KeyError(f'no logged scalar matches {key!r}; logged: {shown}')
@@ -68,16 +57,13 @@ def curves(records: List[Dict], keys: List[str]) -> Dict[str, Tuple[List[float],
     return out
 
 
-def plot(data: Dict[str, Tuple[List[float], List[float], str]], out_file: str,
-         title: str) -> None:
+def plot(data: Dict[str, Curve], out_file: str, title: str) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.4), squeeze=False)
     for ax, (name, (xs, ys, xlabel)) in zip(axes[0], data.items()):
-        marker = 'o' if len(xs) <= 30 else None
-        ax.plot(xs, ys, marker=marker, markersize=4, linewidth=1.5)
+        ax.plot(xs, ys, marker='o' if len(xs) <= 30 else None, markersize=4, linewidth=1.5)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -96,7 +82,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     try:
         scalars_file = find_scalars(args.path)
-        data = curves(read_records(scalars_file), args.keys)
+        with open(scalars_file) as f:
+            data = curves([json.loads(line) for line in f if line.strip()], args.keys)
     except (FileNotFoundError, KeyError) as err:
         sys.exit(f'error: {err.args[0]}')
     run = osp.basename(osp.dirname(osp.dirname(osp.abspath(scalars_file))))

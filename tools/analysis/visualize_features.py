@@ -3,12 +3,9 @@
 
     python tools/analysis/visualize_features.py IMAGE CONFIG [CHECKPOINT] --out-file F.png
 
-Each panel shows one stage's channel-mean activation (min-max scaled) over the image,
-labelled with its stride and shape. The quickest check that weights loaded and the stages
-behave: trained weights give maps that follow the objects; random ones give texture.
-CHECKPOINT may be a whole detector/segmentor checkpoint (its ``backbone.*`` is used) or a
-backbone file in any supported layout (e.g. the ImageNet releases); without it the backbone
-keeps random weights.
+One panel per stage (channel mean, stride and shape): trained weights give maps that follow
+the objects, random ones (no CHECKPOINT) texture. CHECKPOINT: a whole detector/segmentor
+checkpoint (its ``backbone.*``) or a backbone file in any supported layout.
 """
 import argparse
 import os
@@ -19,7 +16,9 @@ from typing import Dict, List, Optional
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-REDUCTIONS = ('mean', 'absmean', 'l2')
+# How channels become one map (B, C, H, W) -> (H, W).
+REDUCTIONS = {'mean': lambda f: f.mean(dim=1)[0], 'absmean': lambda f: f.abs().mean(dim=1)[0],
+              'l2': lambda f: f.pow(2).sum(dim=1).sqrt()[0]}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -40,21 +39,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def build_backbone(config: str, checkpoint: Optional[str]):
     """The config's backbone with all four outputs, weights from ``checkpoint`` if given."""
-    from metaformer_mm.cli.config import load_config
+    from metaformer_mm.cli.config import ToolError, load_config
     from metaformer_mm.cli.models import build_model_from_config, load_backbone_weights
     from metaformer_mm.models import MetaFormer
-    from metaformer_mm.cli.config import ToolError
-
     cfg = load_config(config)
-    backbone_cfg = cfg.model.backbone
-    if not backbone_cfg.get('fork_feat', True):
+    if not cfg.model.backbone.get('fork_feat', True):
         raise ToolError('the backbone has fork_feat=False: it returns no feature maps')
     backbone = build_model_from_config(cfg, part='backbone',
                                        backbone_overrides=dict(out_indices=(0, 1, 2, 3)))
     if not isinstance(backbone, MetaFormer):
-        raise ToolError(f'{backbone_cfg.type} is not a MetaFormer backbone of this project')
+        raise ToolError(f'{cfg.model.backbone.type} is not a MetaFormer backbone of this project')
     report = load_backbone_weights(backbone, checkpoint) if checkpoint else None
-    return backbone.eval(), cfg, report
+    return backbone, cfg, report  # (in eval mode, as built)
 
 
 def preprocess(image_path: str, cfg, size: int):
@@ -62,13 +58,11 @@ def preprocess(image_path: str, cfg, size: int):
     import mmcv
     import numpy as np
     import torch
-
     image = mmcv.imread(image_path, channel_order='rgb')
     if image is None:
         raise FileNotFoundError(f'cannot read image {image_path}')
     h, w = image.shape[:2]
-    scale = size / max(h, w)
-    new_h, new_w = (max(32, int(round(d * scale / 32)) * 32) for d in (h, w))
+    new_h, new_w = (max(32, int(round(d * size / max(h, w) / 32)) * 32) for d in (h, w))
     image = mmcv.imresize(image, (new_w, new_h))
     prep = cfg.model.get('data_preprocessor') or {}
     mean = np.array(prep.get('mean', [123.675, 116.28, 103.53]), dtype=np.float32)
@@ -78,26 +72,17 @@ def preprocess(image_path: str, cfg, size: int):
     return image, torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
 
 
-def reduce_channels(feat, how: str):
-    if how == 'mean':
-        return feat.mean(dim=1)[0]
-    if how == 'absmean':
-        return feat.abs().mean(dim=1)[0]
-    return feat.pow(2).sum(dim=1).sqrt()[0]
-
-
 def draw(image, feats, out_file: str, how: str, alpha: float, title: str) -> None:
+    """The four maps, each min-max scaled, as a 2x2 picture over ``image``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
     import torch.nn.functional as F
-
     h, w = image.shape[:2]
     fig, axes = plt.subplots(2, 2, figsize=(10, 10 * h / w + 0.8))
     for i, (ax, feat) in enumerate(zip(axes.flat, feats)):
-        heat = reduce_channels(feat, how)
-        heat = F.interpolate(heat[None, None], size=(h, w), mode='bilinear',
+        heat = F.interpolate(REDUCTIONS[how](feat)[None, None], size=(h, w), mode='bilinear',
                              align_corners=False)[0, 0].numpy()
         lo, hi = float(heat.min()), float(heat.max())
         heat = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
@@ -120,7 +105,6 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     from metaformer_mm.cli.config import ToolError
     if not osp.isfile(args.image):
         sys.exit(f'error: image file not found: {args.image}')
-    # The config (a file, model name or metaformer_mm:: path) is read by load_config.
     try:
         backbone, cfg, report = build_backbone(args.config, args.checkpoint)
         image, x = preprocess(args.image, cfg, args.size)
