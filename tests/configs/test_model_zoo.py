@@ -313,13 +313,19 @@ def test_readme_params_are_the_whole_model_counts_of_the_configs(name):
             RANDFORMER_S12_FROZEN
 
 
-def _model_zoo(*args, env=None):
+def _model_zoo_process(*args, env=None):
     """``python tools/model_zoo.py ARGS`` as a user runs it."""
     import os
     import sys
     return subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'model_zoo.py'), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, **(env or {})))
+
+
+def _model_zoo(*args, env=None):
+    """tools/model_zoo.py's main(ARGS) in this process: its output and exit status."""
+    from in_process import run_main
+    return run_main('tools/model_zoo.py', *args, env=env)
 
 
 def test_model_zoo_tool_lists_shows_prints_weights_and_rewrites_readme(tmp_path):
@@ -362,7 +368,7 @@ def test_model_zoo_tool_lists_shows_prints_weights_and_rewrites_readme(tmp_path)
     assert stale.count('| 1.00M |') == 1 and '`fpn_convformer_s18`' not in stale
     copy = tmp_path / 'README.md'
     copy.write_text(stale)
-    check = _model_zoo('readme', str(copy))
+    check = _model_zoo_process('readme', str(copy))  # the script's exit status, as a process
     assert check.returncode == 1 and 'readme --write' in check.stderr
     assert copy.read_text() == stale  # checking never writes
     written = _model_zoo('readme', '--write', str(copy))
@@ -373,19 +379,15 @@ def test_model_zoo_tool_lists_shows_prints_weights_and_rewrites_readme(tmp_path)
 
 def test_tools_take_model_names(repo_root, tmp_path):
     """Model names work wherever the tools take a config; a wrong one gets the closest names."""
-    import subprocess
-    import sys
-
     from metaformer_mm.cli.config import load_config
     cfg = load_config('fpn_randformer_s12')
     assert cfg.default_scope == 'mmseg' and cfg.model.backbone.type == 'RandFormer'
     assert load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py').default_scope == 'mmdet'
+    from in_process import run_main
     for tool in ('tools/train.py', 'tools/test.py'):
         extra = [str(tmp_path / 'x.pth')] if tool.endswith('test.py') else []
-        proc = subprocess.run(
-            [sys.executable, tool, 'retinanet_poolformer_s13', *extra,
-             '--work-dir', str(tmp_path / 'w')],
-            capture_output=True, text=True, timeout=300, cwd=repo_root)
+        proc = run_main(tool, 'retinanet_poolformer_s13', *extra, '--work-dir', tmp_path / 'w',
+                        cwd=repo_root)
         assert proc.returncode != 0
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith('error:') and 'retinanet_poolformer_s13' in last, last

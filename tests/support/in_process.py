@@ -1,0 +1,62 @@
+"""Runs a repo script's ``main(argv)`` in the test's own process, as ``python SCRIPT ARGV`` would
+run it, without paying a fresh interpreter's torch/mmdet/mmseg imports. For what a test asserts
+on a tool's output, exit status and files; tests of the process itself (signals, launchers,
+fresh interpreters, uncaught errors) keep their subprocesses."""
+import contextlib
+import importlib.util
+import io
+import os
+import os.path as osp
+import subprocess
+import sys
+from typing import Dict, Optional, Sequence
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def script(relpath: str):
+    """The repo script ``relpath`` (tools/..., demo/...) imported as a module, once; its folder
+    is on sys.path, as Python puts it there for ``python SCRIPT``."""
+    name = 'script_' + relpath.replace('/', '_').replace('.py', '')
+    if name not in sys.modules:
+        path = osp.join(ROOT, relpath)
+        folder = osp.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """``script(relpath).main(args)`` with what it prints to sys.stdout / sys.stderr captured and
+    the exit status the interpreter would give: main's int return or ``sys.exit`` code; a
+    ``sys.exit(message)`` prints the message to stderr and is status 1. ``env`` is added to
+    os.environ and ``cwd`` entered for the call only. An uncaught exception propagates (fails
+    the test) instead of becoming a traceback on stderr."""
+    main = script(relpath).main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    os.environ.update(env or {})
+    sys.argv = [osp.join(ROOT, relpath), *argv]
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            if code is not None and not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([sys.executable, relpath, *argv], code or 0,
+                                       out.getvalue(), err.getvalue())
