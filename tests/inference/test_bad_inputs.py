@@ -12,8 +12,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Dict
@@ -197,28 +195,22 @@ def test_tools_report_bad_checkpoints_in_one_line(repo_root, data_dir, bad_files
                           f"_delete_=True, type='Pretrained', checkpoint={missing_one!r})))\n")
     as_list = str(tmp_path / 'as_list.pth')
     torch.save(list(state.values()), as_list)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    runs = {
-        'partial': [osp.join(repo_root, 'tools', 'test.py'), str(config), partial,
-                    '--work-dir', str(tmp_path / 'p')],
-        'other': [osp.join(repo_root, 'tools', 'test.py'), str(config), other,
-                  '--work-dir', str(tmp_path / 'o')],
-        'test': [osp.join(repo_root, 'tools', 'test.py'), str(config),
-                 bad_files['truncated.pth'], '--work-dir', str(tmp_path / 't')],
-        'resume': [osp.join(repo_root, 'tools', 'train.py'), str(config), '--resume',
-                   bad_files['notes.pth'], '--work-dir', str(tmp_path / 'r')],
-        'resume_weights': [osp.join(repo_root, 'tools', 'train.py'), str(config), '--resume',
-                           partial, '--work-dir', str(tmp_path / 'rw')],
-        'pretrained': [osp.join(repo_root, 'tools', 'train.py'), str(pretrained), '--work-dir',
-                       str(tmp_path / 'pt')],
-        'demo': [osp.join(repo_root, 'demo', 'image_demo.py'),
-                 osp.join(data_dir, 'demo', 'demo.jpg'), str(config), as_list,
-                 '--out-file', str(tmp_path / 'demo.jpg')],
+    runs = {  # each tool's main() in this process: its exit status and stderr
+        'partial': ['tools/test.py', str(config), partial, '--work-dir', str(tmp_path / 'p')],
+        'other': ['tools/test.py', str(config), other, '--work-dir', str(tmp_path / 'o')],
+        'test': ['tools/test.py', str(config), bad_files['truncated.pth'],
+                 '--work-dir', str(tmp_path / 't')],
+        'resume': ['tools/train.py', str(config), '--resume', bad_files['notes.pth'],
+                   '--work-dir', str(tmp_path / 'r')],
+        'resume_weights': ['tools/train.py', str(config), '--resume', partial,
+                           '--work-dir', str(tmp_path / 'rw')],
+        'pretrained': ['tools/train.py', str(pretrained), '--work-dir', str(tmp_path / 'pt')],
+        'demo': ['demo/image_demo.py', osp.join(data_dir, 'demo', 'demo.jpg'), str(config),
+                 as_list, '--out-file', str(tmp_path / 'demo.jpg')],
     }
-    procs = {k: subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env)
-             for k, args in runs.items()}
-    outputs = {k: p.communicate(timeout=600) for k, p in procs.items()}
+    from in_process import run_main
+    procs = {k: run_main(*args, cwd=str(tmp_path)) for k, args in runs.items()}
+    outputs = {k: (p.stdout, p.stderr) for k, p in procs.items()}
     expected = {'other': r'.*other_config\.pth does not fit the PoolFormer at \'backbone\.\' '
                          r'.*shapes that do not fit .*backbone\.stem\.conv\.weight: '
                          r'\(32, 3, 7, 7\) in the checkpoint, \(8, 3, 7, 7\) in the model.*'

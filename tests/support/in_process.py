@@ -30,13 +30,20 @@ def script(relpath: str):
     return sys.modules[name]
 
 
+def exits_with_main(relpath: str) -> bool:
+    """Whether the script's ``__main__`` block exits with what main returns."""
+    with open(osp.join(ROOT, relpath)) as f:
+        return 'sys.exit(main())' in f.read()
+
+
 def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
              cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     """``script(relpath).main(args)`` with what it prints to sys.stdout / sys.stderr captured and
-    the exit status the interpreter would give: main's int return or ``sys.exit`` code; a
-    ``sys.exit(message)`` prints the message to stderr and is status 1. ``env`` is added to
-    os.environ and ``cwd`` entered for the call only. An uncaught exception propagates (fails
-    the test) instead of becoming a traceback on stderr."""
+    the exit status the interpreter would give: what main returns where the script ends in
+    ``sys.exit(main())``, else 0, or the ``sys.exit`` code; a ``sys.exit(message)`` prints the
+    message to stderr and is status 1. ``env`` is added to os.environ and ``cwd`` entered for
+    the call only. An uncaught exception propagates (fails the test) instead of becoming a
+    traceback on stderr."""
     main = script(relpath).main
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
@@ -47,7 +54,8 @@ def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
         os.chdir(cwd or ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = main(argv)
+                returned = main(argv)
+                code = returned if exits_with_main(relpath) else 0
             except SystemExit as exit_:
                 code = exit_.code
             if code is not None and not isinstance(code, int):
