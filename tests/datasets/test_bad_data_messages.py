@@ -7,11 +7,9 @@ to a 3-input neck. In-process checks use mmdet's real datasets and the tools' ow
 the ``slow`` ones run ``tools/train.py`` / ``tools/test.py`` as a user does.
 """
 import json
-import os
 import os.path as osp
 import shutil
 import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -222,9 +220,9 @@ def test_four_backbone_outputs_into_a_three_input_neck(repo_root, config):
 
 # =========================================================================== the tools
 def _tool(repo_root, name, *args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
-    return subprocess.run([sys.executable, osp.join(repo_root, 'tools', name), *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    """tools/NAME's main(ARGS) in this process: its exit status and output."""
+    from in_process import run_main
+    return run_main(f'tools/{name}', *args, cwd=repo_root)
 
 
 def _one_error(proc) -> str:
