@@ -5,6 +5,7 @@ fresh interpreters, uncaught errors) keep their subprocesses."""
 import contextlib
 import importlib.util
 import io
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -36,6 +37,19 @@ def exits_with_main(relpath: str) -> bool:
         return 'sys.exit(main())' in f.read()
 
 
+def _instances() -> Dict[type, set]:
+    """The names of the instances of every mmengine ManagerMixin class (MMLogger, Visualizer
+    and its subclasses, MessageHub, DefaultScope)."""
+    from mmengine.utils import ManagerMixin
+    found, todo = {}, [ManagerMixin]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if '_instance_dict' in vars(cls):
+            found[cls] = set(cls._instance_dict)
+    return found
+
+
 def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
              cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     """``script(relpath).main(args)`` with what it prints to sys.stdout / sys.stderr captured and
@@ -44,7 +58,9 @@ def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
     message to stderr and is status 1. ``env`` is added to os.environ and ``cwd`` entered for
     the call only. An uncaught exception propagates (fails the test) instead of becoming a
     traceback on stderr."""
+    from metaformer_mm.cli import checkpoints
     main = script(relpath).main
+    instances, locks = _instances(), set(checkpoints._held_locks)
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
@@ -62,6 +78,19 @@ def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
                 print(code, file=sys.stderr)
                 code = 1
     finally:
+        # What goes with a process: the run's work-dir locks are released, and the loggers,
+        # visualizers, message hubs and default scopes it made are dropped, their log files
+        # closed (a work dir can be unmounted or locked again; a next run in the same second,
+        # with the same timestamp name, gets its own).
+        for work_dir in set(checkpoints._held_locks) - locks:
+            checkpoints._held_locks.pop(work_dir).close()
+        for cls, names in _instances().items():
+            for name in names - instances.get(cls, set()):
+                instance = cls._instance_dict.pop(name)
+                for handler in [h for h in getattr(instance, 'handlers', [])
+                                if isinstance(h, logging.FileHandler)]:
+                    instance.removeHandler(handler)
+                    handler.close()
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()

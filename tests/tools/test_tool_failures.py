@@ -54,6 +54,13 @@ def tool(*args, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=env, **kwargs)
 
 
+def tool_main(relpath: str, *args) -> subprocess.CompletedProcess:
+    """The script's main(ARGS) in this process (its exit status and output), for what is not
+    about the process itself."""
+    from in_process import run_main
+    return run_main(relpath, *args)
+
+
 def one_error(proc: subprocess.CompletedProcess) -> str:
     """The one ``error:`` line of a tool that failed cleanly (no traceback)."""
     assert proc.returncode not in (0, None), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -177,10 +184,10 @@ def test_read_only_work_dir_is_one_error(tmp_path, shapes):
     config = tiny_config(tmp_path, shapes)
     with read_only_dir(str(tmp_path / 'ro')) as ro:
         for args in (['tools/train.py', config], ['tools/test.py', config, 'none.pth']):
-            error = one_error(tool(*args, '--work-dir', ro))
+            error = one_error(tool_main(*args, '--work-dir', ro))
             assert error.startswith(f'error: work dir {ro} is not writable ('), error
             assert 'give a writable --work-dir' in error
-            error = one_error(tool(*args, '--work-dir', osp.join(ro, 'sub')))
+            error = one_error(tool_main(*args, '--work-dir', osp.join(ro, 'sub')))
             assert error.startswith(f'error: work dir {ro}/sub is not writable (')
 
 
@@ -215,7 +222,7 @@ def test_full_disk_stops_training_with_one_error_and_keeps_the_checkpoint(tmp_pa
     config = tiny_config(tmp_path, shapes, iters=1)
     with small_disk(str(tmp_path / 'disk'), size_kb=1500) as prefix:
         work_dir = str(tmp_path / 'disk' / 'w')
-        first = tool('tools/train.py', config, '--work-dir', work_dir)
+        first = tool_main('tools/train.py', config, '--work-dir', work_dir)
         assert first.returncode == 0, first.stderr[-3000:]
         kept = osp.join(work_dir, 'iter_1.pth')
         second = tool(*prefix, 'tools/train.py', config, '--work-dir', work_dir, '--resume',
@@ -234,15 +241,15 @@ def test_full_disk_stops_training_with_one_error_and_keeps_the_checkpoint(tmp_pa
 # =========================================================================== bad settings
 def test_bad_architecture_and_schedule_through_train_py(tmp_path, shapes):
     config = tiny_config(tmp_path, shapes)
-    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
-                           '--cfg-options', 'model.backbone.frozen_stages=1.5'))
+    error = one_error(tool_main('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                                '--cfg-options', 'model.backbone.frozen_stages=1.5'))
     assert error == (f'error: {config}: the model does not build: ArgumentError: PoolFormer: '
                      f'frozen_stages must be in -1..4, got 1.5 (a float; an integer is needed)')
-    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
-                           '--cfg-options', 'model.backbone.type=PoolFormerX'))
+    error = one_error(tool_main('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                                '--cfg-options', 'model.backbone.type=PoolFormerX'))
     assert 'the model does not build: KeyError: PoolFormerX is not in the mmdet::model' in error
-    error = one_error(tool('tools/train.py', config, '--work-dir', tmp_path / 'w',
-                           '--cfg-options', 'train_cfg.max_iters=-5'))
+    error = one_error(tool_main('tools/train.py', config, '--work-dir', tmp_path / 'w',
+                                '--cfg-options', 'train_cfg.max_iters=-5'))
     assert error == ('error: train_cfg.max_iters must be a positive integer, got -5 (nothing '
                      'would be trained)')
 
@@ -279,8 +286,8 @@ def test_test_py_with_no_detection_at_all_is_an_error(tmp_path, shapes):
     checkpoint = tmp_path / 'tiny.pth'
     torch.save(dict(state_dict=MODELS.build(Config.fromfile(config).model).state_dict()),
                checkpoint)
-    proc = tool('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'w',
-                '--cfg-options', 'model.test_cfg.score_thr=1.01')
+    proc = tool_main('tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'w',
+                     '--cfg-options', 'model.test_cfg.score_thr=1.01')
     error = one_error(proc)
     assert error.startswith('error: the test gave no metrics (CocoMetric): the model made no '
                             'detection on the test set')
