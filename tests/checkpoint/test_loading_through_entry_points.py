@@ -473,14 +473,12 @@ def test_train_py_checkpoints_rebuild_and_refuse_other_configs(repo_root, coco_m
                                                                tmp_path):
     """A checkpoint tools/train.py wrote: its embedded config (literals) rebuilds the model in
     DetInferencer(model=None); --resume / load_from into another config end in one error line."""
-    import subprocess
-    import sys
     from mmdet.apis import DetInferencer
-    train = osp.join(repo_root, 'tools', 'train.py')
+    from in_process import run_main  # train.py's main() in this process: status and output
+    train = 'tools/train.py'
     config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
-    proc = subprocess.run([sys.executable, train, config, '--work-dir', str(tmp_path / 'a'),
-                           '--cfg-options', *options], cwd=repo_root, capture_output=True,
-                          text=True, timeout=900)
+    proc = run_main(train, config, '--work-dir', str(tmp_path / 'a'), '--cfg-options', *options,
+                    cwd=repo_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     checkpoint = str(tmp_path / 'a' / 'epoch_1.pth')
     assert config_text_problem(read_checkpoint(checkpoint)['meta']['cfg']) is None
@@ -490,11 +488,10 @@ def test_train_py_checkpoints_rebuild_and_refuse_other_configs(repo_root, coco_m
 
     other, _ = coco_mini_run(tmp_path, 'retinanet_caformer_s18')
     for how in (['--resume', checkpoint], ['--cfg-options', f'load_from={checkpoint}']):
-        args = [sys.executable, train, other, '--work-dir', str(tmp_path / 'b'), *how]
+        args = [train, other, '--work-dir', str(tmp_path / 'b'), *how]
         if how[0] == '--resume':
             args += ['--cfg-options']
-        proc = subprocess.run(args + options, cwd=repo_root, capture_output=True, text=True,
-                              timeout=900)
+        proc = run_main(*args, *options, cwd=repo_root)
         assert proc.returncode == 1
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f'error: {checkpoint} does not fit the CAFormer'), last
