@@ -1,10 +1,10 @@
 """The tools take model names and ``metaformer_mm::`` paths wherever they take a config, and
 ``tools/convert_checkpoint.py`` labels a whole-model file by what it is (mmdet 2.x / mmseg 0.x
-release, or this project's own mmdet 3.x / mmseg 1.x checkpoint). Run as the commands a user types.
+release, or this project's own mmdet 3.x / mmseg 1.x checkpoint).
+Each tool's main() runs in this process with a user's command line.
 """
 import os.path as osp
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,9 +14,11 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VISUALIZE = osp.join('tools', 'analysis', 'visualize_features.py')
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """The script's main(ARGS) in this process, as the command a user types would run it: its
+    exit status, stdout and stderr."""
+    from in_process import run_main
+    return run_main(script, *args, cwd=ROOT)
 
 
 @pytest.fixture(scope='module')
