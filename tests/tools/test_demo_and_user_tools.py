@@ -1,5 +1,7 @@
 """`make demo` (short) and the user tools: get_flops, convert_checkpoint, image_demo,
-visualize_features, plot_logs. Every tool runs as the command a user types."""
+visualize_features, plot_logs. Every tool runs with the command line a user types: `make demo`
+(it starts the tools itself) and the peak-memory check as processes, the rest through the
+tools' main() in this process."""
 import json
 import os
 import os.path as osp
@@ -19,11 +21,20 @@ DEMO_CONFIG = osp.join(ROOT, 'configs', 'detection', 'demo', 'retinanet_poolform
 RETINA_S12 = osp.join(ROOT, 'configs', 'detection', 'retinanet_poolformer_s12.py')
 
 
-def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_process(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Runs a repo script with this interpreter; fails the test with its output if it fails."""
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, f'{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    return result
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """A repo script's main(ARGS) in this process, as the command would run it; fails the test
+    with its output if it fails."""
+    from in_process import run_main
+    result = run_main(script, *args, cwd=ROOT)
+    assert result.returncode == 0, f'{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     return result
 
 
@@ -72,7 +83,7 @@ def short_demo(tmp_path_factory):
     """
     base = tmp_path_factory.mktemp('demo')
     data_root, work_dir = str(base / 'data'), str(base / 'work')
-    result = run(osp.join('tools', 'demo', 'run_demo.py'), '--iters', '6', '--num-train', '16',
+    result = run_process(osp.join('tools', 'demo', 'run_demo.py'), '--iters', '6', '--num-train', '16',
                  '--num-val', '4', '--data-root', data_root, '--work-dir', work_dir,
                  '--cfg-options', 'model.test_cfg.score_thr=0.0',
                  'train_dataloader.batch_size=4', 'default_hooks.logger.interval=2', timeout=900)
