@@ -11,7 +11,6 @@ import os
 import os.path as osp
 import shutil
 import subprocess
-import sys
 import uuid
 from typing import List
 
@@ -183,11 +182,10 @@ def test_every_config_turns_the_guard_on(repo_root, config):
 
 
 # =========================================================================== end to end
-def _tool(repo_root: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
-    return subprocess.run([sys.executable, osp.join(repo_root, 'tools', 'train.py'),
-                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+def _tool(repo_root: str, *args) -> subprocess.CompletedProcess:
+    """tools/train.py's main(ARGS) in this process: its exit status and output."""
+    from in_process import run_main
+    return run_main('tools/train.py', *args, cwd=repo_root)
 
 
 @pytest.fixture(scope='module')

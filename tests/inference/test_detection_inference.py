@@ -2,8 +2,6 @@
 import json
 import os.path as osp
 import pickle
-import subprocess
-import sys
 from collections import OrderedDict
 
 import pytest
@@ -190,15 +188,14 @@ def test_test_py_predicts_the_same_from_a_released_and_a_converted_file(repo_roo
                 'state_dict': to_legacy(model.state_dict())}, released)
     save_converted(str(released), str(converted), 'mmdet2')
 
+    from in_process import run_main
     config, options = coco_mini_run(tmp_path, 'retinanet_poolformer_s12')
     preds = {}
     for name in ('released', 'converted'):
         out = tmp_path / f'{name}.pkl'
-        proc = subprocess.run(
-            [sys.executable, osp.join(repo_root, 'tools', 'test.py'), config,
-             str(tmp_path / f'{name}.pth'), '--work-dir', str(tmp_path / name), '--out', str(out),
-             '--cfg-options', *options], cwd=repo_root, capture_output=True, text=True,
-            timeout=900)
+        proc = run_main('tools/test.py', config, tmp_path / f'{name}.pth',  # in this process
+                        '--work-dir', tmp_path / name, '--out', out, '--cfg-options', *options,
+                        cwd=repo_root)
         assert proc.returncode == 0, proc.stderr[-5000:]
         with open(out, 'rb') as f:
             preds[name] = pickle.load(f)[0]['pred_instances']

@@ -37,16 +37,16 @@ def exits_with_main(relpath: str) -> bool:
         return 'sys.exit(main())' in f.read()
 
 
-def _instances() -> Dict[type, set]:
-    """The names of the instances of every mmengine ManagerMixin class (MMLogger, Visualizer
-    and its subclasses, MessageHub, DefaultScope)."""
+def _managers() -> list:
+    """Every mmengine ManagerMixin class (MMLogger, Visualizer and its subclasses, MessageHub,
+    DefaultScope): what a process holds as its current logger, visualizer, scope."""
     from mmengine.utils import ManagerMixin
-    found, todo = {}, [ManagerMixin]
+    found, todo = [], [ManagerMixin]
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())
         if '_instance_dict' in vars(cls):
-            found[cls] = set(cls._instance_dict)
+            found.append(cls)
     return found
 
 
@@ -60,7 +60,12 @@ def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
     traceback on stderr."""
     from metaformer_mm.cli import checkpoints
     main = script(relpath).main
-    instances, locks = _instances(), set(checkpoints._held_locks)
+    locks = set(checkpoints._held_locks)
+    # As in a fresh process, no logger, visualizer, message hub or default scope exists yet:
+    # the run makes its own (printing to the captured streams); the test's come back after.
+    instances = {cls: dict(cls._instance_dict) for cls in _managers()}
+    for cls in instances:
+        cls._instance_dict.clear()
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
@@ -78,19 +83,19 @@ def run_main(relpath: str, *args, env: Optional[Dict[str, str]] = None,
                 print(code, file=sys.stderr)
                 code = 1
     finally:
-        # What goes with a process: the run's work-dir locks are released, and the loggers,
-        # visualizers, message hubs and default scopes it made are dropped, their log files
-        # closed (a work dir can be unmounted or locked again; a next run in the same second,
-        # with the same timestamp name, gets its own).
+        # What goes with a process: its work-dir locks are released, its loggers, visualizers,
+        # message hubs and default scopes dropped, their log files closed (a work dir can be
+        # unmounted or locked again).
         for work_dir in set(checkpoints._held_locks) - locks:
             checkpoints._held_locks.pop(work_dir).close()
-        for cls, names in _instances().items():
-            for name in names - instances.get(cls, set()):
-                instance = cls._instance_dict.pop(name)
+        for cls in _managers():
+            for instance in cls._instance_dict.values():
                 for handler in [h for h in getattr(instance, 'handlers', [])
                                 if isinstance(h, logging.FileHandler)]:
                     instance.removeHandler(handler)
                     handler.close()
+            cls._instance_dict.clear()
+            cls._instance_dict.update(instances.get(cls, {}))
         os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()
