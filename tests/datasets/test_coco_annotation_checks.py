@@ -8,11 +8,9 @@ checks call the tools' own check (``check_annotation_files``, what ``tools/train
 """
 import json
 import logging
-import os
 import os.path as osp
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -79,10 +77,10 @@ def _config(shapes: str, tmp_path) -> str:
     return str(path)
 
 
-def _tool(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+def _tool(script: str, *args) -> subprocess.CompletedProcess:
+    """The script's main(ARGS) in this process: its exit status and output."""
+    from in_process import run_main
+    return run_main(script, *args, cwd=ROOT)
 
 
 def _one_error(proc: subprocess.CompletedProcess) -> str:
