@@ -370,9 +370,6 @@ def test_runner_test_loop_fp16_semantic_fpn(ade_mini_run, tmp_path):
 
 def test_tools_test_py_bf16_config(repo_root, ade_mini_run, tmp_path):
     """``tools/test.py --bf16``: bf16 where the CPU has bf16 units, else fp32, said once."""
-    import subprocess
-    import sys
-
     from mmseg.registry import MODELS
     base = ade_mini_run(tmp_path, 'fpn_poolformer_s12', iters=1)
     config = tmp_path / 'bf16.py'
@@ -386,10 +383,9 @@ def test_tools_test_py_bf16_config(repo_root, ade_mini_run, tmp_path):
     model = MODELS.build(Config.fromfile(str(config)).model)
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'seg.pth')
     work = tmp_path / 'work'
-    proc = subprocess.run([sys.executable, osp.join(repo_root, 'tools', 'test.py'), str(config),
-                           str(tmp_path / 'seg.pth'), '--work-dir', str(work), '--bf16'],
-                          capture_output=True, text=True, timeout=600, cwd=repo_root,
-                          env={**__import__('os').environ, 'PYTHONPATH': repo_root})
+    from in_process import run_main  # test.py's main() in this process (this checkout's code)
+    proc = run_main('tools/test.py', config, tmp_path / 'seg.pth', '--work-dir', work, '--bf16',
+                    cwd=repo_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
     if cpu_bf16_flags():
