@@ -8,8 +8,6 @@ counts, and short train/test runs of the configs through tools/train.py and tool
 import glob
 import json
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -309,8 +307,9 @@ def test_presets_have_the_original_parameter_counts(arch):
 
 
 def _run(repo_root, tool, *args):
-    cmd = [sys.executable, osp.join(repo_root, 'tools', tool), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=900)
+    """tools/TOOL's main(ARGS) in this process; fails the test with its output if it fails."""
+    from in_process import run_main
+    proc = run_main(f'tools/{tool}', *args, cwd=repo_root)
     assert proc.returncode == 0, f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
 
 
