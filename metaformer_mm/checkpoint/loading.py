@@ -204,8 +204,11 @@ def load_pretrained(model: nn.Module, path: str, prefix: Optional[str] = None,
     loaded = OrderedDict((k, v) for k, v in converted.items() if k not in dropped)
     kept = _output_norms_absent(loaded, own) if fork_feat else []
     with loading_source(path):
+        # Not strict here because the in-load hook (convert_backbone_keys) is the one check: it
+        # refuses any misfit unless partial loading was asked for; what it lets through is
+        # logged and returned below.
         result = model.load_state_dict(OrderedDict(loaded, **{k: own[k] for k in kept}),
-                                       strict=False)  # convert_backbone_keys refuses misfits
+                                       strict=False)
     missing = kept + [k for k in result.missing_keys if k not in kept]
     unexpected = list(result.unexpected_keys)
     report = dict(path=path, layout=layout, loaded=len(loaded) - len(unexpected),

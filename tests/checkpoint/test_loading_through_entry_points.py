@@ -430,17 +430,14 @@ def test_config_text_problem(text, problem):
 
 def test_a_refused_checkpoint_is_usable_through_a_clean_copy(retinanet, repo_root, tmp_path):
     """The refusal's advice works: convert_checkpoint.py writes the weights without the config."""
-    import importlib.util
     from mmdet.apis import DetInferencer
     cfg, source, _, _ = retinanet
     evil = str(tmp_path / 'evil.pth')
     torch.save({'state_dict': source.state_dict(),
                 'meta': {'cfg': "__import__('os').getcwd()\n",
                          'dataset_meta': {'classes': ('a',) * 80}}}, evil)
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', osp.join(repo_root, 'tools', 'convert_checkpoint.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from in_process import script
+    tool = script('tools/convert_checkpoint.py')
     clean = str(tmp_path / 'clean.pth')
     tool.main([evil, clean])
     assert 'cfg' not in read_checkpoint(clean)['meta']

@@ -5,7 +5,6 @@ Embedded configs that would import, read files or substitute (``DetInferencer`` 
 every other load, architectures named by the file, the download cache, state dicts of the
 wrong shape, non-finite weights, ``--resume`` inputs and the paths of the weights table.
 """
-import importlib.util
 import os
 import os.path as osp
 import re
@@ -197,10 +196,8 @@ def test_tools_backbone_weights_are_as_strict_as_init_cfg(repo_root, tmp_path):
     _, path = _backbone_file(tmp_path, 'no_stage3.pth', lambda k: k.startswith('stages.3.'))
     with pytest.raises(CheckpointError, match=re.escape(path) + ' does not fit the PoolFormer'):
         build_model_from_config(cfg, path, part='backbone')
-    spec = importlib.util.spec_from_file_location(
-        'export_onnx', osp.join(repo_root, 'tools', 'deploy', 'export_onnx.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from in_process import script
+    tool = script('tools/deploy/export_onnx.py')
     config = str(tmp_path / 'tiny.py')
     cfg.dump(config)
     with pytest.raises((CheckpointError, SystemExit), match=re.escape(path) + ' does not fit'):

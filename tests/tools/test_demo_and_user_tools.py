@@ -47,15 +47,9 @@ def run_fails(*args: str) -> subprocess.CompletedProcess:
 
 
 def tool(relpath: str):
-    """Imports a repo script (tools/..., demo/...) as a module, to call its main() in-process."""
-    import importlib.util
-    name = 'tool_' + relpath.replace('/', '_').replace('.py', '')
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """A repo script (tools/..., demo/...) as a module, to call its main() in-process."""
+    from in_process import script
+    return script(relpath)
 
 
 def exits_with(func, *args) -> str:

@@ -4,7 +4,6 @@ The export is traced at one size and run by onnxruntime at two others; its outpu
 equal the plain formulation of the same weights (the model's own forward) within 1e-4
 of the output's magnitude.
 """
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -23,11 +22,8 @@ TINY = "dict(_delete_=True, base='poolformer_s12', depths=[1, 1, 2, 1], dims=[16
 
 
 def _tool(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        'export_onnx_tool', osp.join(repo_root, 'tools', 'deploy', 'export_onnx.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from in_process import script
+    return script('tools/deploy/export_onnx.py')
 
 
 def _tiny_config(repo_root, tmp_path, base: str, out_indices=None) -> str:

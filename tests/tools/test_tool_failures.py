@@ -296,15 +296,9 @@ def test_test_py_with_no_detection_at_all_is_an_error(tmp_path, shapes):
 
 # =========================================================================== output files
 def _demo_tool(relpath: str):
-    """Imports a repo script as a module, to call its main() in-process."""
-    import importlib.util
-    name = 'reliability_' + relpath.replace('/', '_').replace('.py', '')
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, relpath))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name].main
+    """The repo script's main(), imported once, to call in-process."""
+    from in_process import script
+    return script(relpath).main
 
 
 def exits_with(main, *args) -> str:
